@@ -1,0 +1,66 @@
+"""Connections to the configured database, with pgvector's psycopg adapters registered."""
+from __future__ import annotations
+
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from pgvector.psycopg import register_vector
+
+from prodvec.config import Settings, load_settings
+from prodvec.errors import DatabaseError
+
+#: Database prodvec creates on the embedded server (its own, so `postgres` stays clean).
+EMBEDDED_DATABASE = "prodvec"
+
+
+def database_url(settings: Settings | None = None, *, dbname: str = EMBEDDED_DATABASE) -> str:
+    """DATABASE_URL when set; otherwise start or attach to the embedded server.
+
+    ``dbname`` applies to the embedded server only: it is created on first use.
+    """
+    settings = settings or load_settings()
+    if settings.database_url:
+        return settings.database_url
+    from prodvec.db.embedded import ensure_server  # only needed without DATABASE_URL
+
+    server_url = ensure_server(settings.pgdata)
+    ensure_database(server_url, dbname)
+    return with_dbname(server_url, dbname)
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def ensure_database(server_url: str, dbname: str) -> None:
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if not exists:
+            conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname)))
+
+
+def sqlalchemy_url(url: str) -> str:
+    """The same database, spelled for SQLAlchemy's psycopg 3 dialect."""
+    scheme, rest = url.split("://", 1)
+    if scheme in ("postgres", "postgresql"):
+        scheme = "postgresql+psycopg"
+    return f"{scheme}://{rest}"
+
+
+def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
+    """A psycopg connection that speaks pgvector's types. Needs the schema (`prodvec migrate`)."""
+    url = url or database_url()
+    try:
+        conn = psycopg.connect(url, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+    try:
+        register_vector(conn)
+    except psycopg.ProgrammingError as exc:
+        conn.close()
+        raise DatabaseError(
+            "the database has no pgvector extension yet: run `prodvec migrate` "
+            "(needs pgvector >= 0.8 installed on the server)"
+        ) from exc
+    return conn

@@ -1,0 +1,65 @@
+"""Schema migrations: alembic runs the plain SQL files in migrations/, in order."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+
+from prodvec.errors import ConfigError, SchemaMismatch
+
+#: The source tree holding alembic/ and migrations/ (prodvec runs from a checkout or /app).
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
+ALEMBIC_DIR = PROJECT_ROOT / "alembic"
+
+
+def execute_sql_file(name: str) -> None:
+    """Run one migrations/*.sql file inside the current alembic revision's transaction."""
+    from alembic import op
+
+    sql = (MIGRATIONS_DIR / name).read_text()
+    # psycopg's own cursor, no parameters: no placeholder parsing (the SQL has literal %s),
+    # so the file runs exactly as psql runs it, in the revision's transaction.
+    with op.get_bind().connection.dbapi_connection.cursor() as cursor:
+        cursor.execute(sql)
+
+
+def alembic_config(url: str):  # -> alembic.config.Config
+    from alembic.config import Config
+
+    from prodvec.db.connection import sqlalchemy_url
+
+    if not ALEMBIC_DIR.is_dir():
+        raise ConfigError(f"{ALEMBIC_DIR} is missing: prodvec migrations run from its source tree")
+    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config.set_main_option("script_location", str(ALEMBIC_DIR))
+    config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, dimensions: int, *, reset_embeddings: bool = False) -> bool:
+    """`alembic upgrade head`, then size the embedding column for the model.
+
+    Returns True when the column's dimensions changed (every product is requeued then).
+    """
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+    with psycopg.connect(url) as conn:
+        try:
+            changed = conn.execute(
+                "SELECT prodvec_set_embedding_dimensions(%s, %s)", (dimensions, reset_embeddings)
+            ).fetchone()[0]
+        except psycopg.errors.RaiseException as exc:
+            hint = exc.diag.message_hint or ""
+            raise SchemaMismatch(f"{exc.diag.message_primary}. {hint}".strip()) from exc
+    return bool(changed)
+
+
+def embedding_dimensions(conn: psycopg.Connection) -> int | None:
+    """The products.embedding column's dimensions, or None before `prodvec migrate`."""
+    row = conn.execute(
+        "SELECT atttypmod FROM pg_attribute "
+        "WHERE attrelid = to_regclass('products') AND attname = 'embedding'"
+    ).fetchone()
+    return row[0] if row else None

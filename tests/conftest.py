@@ -1,0 +1,84 @@
+"""Shared fixtures: one embedded PostgreSQL for the whole run, a fresh database per test."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from prodvec.db.connection import connect, ensure_database, with_dbname
+from prodvec.db.embedded import ensure_server, stop_server
+from prodvec.db.migrate import upgrade
+
+#: Random weights: plumbing only, never quality. 512-d like the default model.
+TEST_MODEL = "open_clip:ViT-B-32:none"
+TEST_DIMENSIONS = 512
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of an embedded server private to this test run."""
+    home = tmp_path_factory.mktemp("prodvec-home")
+    url = ensure_server(home / "pgdata")
+    yield url
+    stop_server(home / "pgdata")
+
+
+@pytest.fixture(scope="session")
+def migrated_template(pg_server: str) -> str:
+    """A migrated database that per-test databases are cloned from (fast: CREATE ... TEMPLATE)."""
+    ensure_database(pg_server, "prodvec_template")
+    upgrade(with_dbname(pg_server, "prodvec_template"), TEST_DIMENSIONS)
+    return "prodvec_template"
+
+
+@pytest.fixture
+def db_url(pg_server: str, migrated_template: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh migrated database for one test; DATABASE_URL points at it."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{migrated_template}"')
+    url = with_dbname(pg_server, name)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    monkeypatch.setenv("PRODVEC_DEVICE", "cpu")
+    yield url
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to the test's database, pgvector types registered."""
+    with connect(db_url, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def photo_dir(tmp_path: Path) -> Path:
+    """A folder of small, distinct product-like photos: red/green/blue squares and stripes."""
+    from PIL import Image, ImageDraw
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    colours = {"red": (220, 30, 30), "green": (30, 180, 60), "blue": (30, 60, 220), "black": (10, 10, 10)}
+    for name, rgb in colours.items():
+        image = Image.new("RGB", (64, 48), "white")
+        draw = ImageDraw.Draw(image)
+        draw.rectangle((12, 8, 52, 40), fill=rgb)
+        image.save(folder / f"{name}.jpg", quality=90)
+        stripes = Image.new("RGB", (48, 64), "white")
+        draw = ImageDraw.Draw(stripes)
+        for x in range(0, 48, 8):
+            draw.rectangle((x, 0, x + 3, 63), fill=rgb)
+        stripes.save(folder / f"{name}_stripes.png")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the developer's own ~/.local/share/prodvec from a test."""
+    monkeypatch.setenv("PRODVEC_HOME", os.fspath(tmp_path / "home"))

@@ -1,0 +1,195 @@
+"""The embedded PostgreSQL server: start, attach from other processes, survive SIGKILLs, stop.
+
+Each test has its own data dir and stops its server however it ends. As root the library makes
+every parent of pgdata world-traversable (pytest resets its own root dir to 0700 next session).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+
+from prodvec.db.embedded import HANDLE_PIDS_FILE, ensure_server, server_status, stop_server
+from prodvec.errors import DatabaseError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# A separate prodvec process: attach (after an optional shared start time), print the URI, then
+# exit or wait to be killed.
+ATTACH_SCRIPT = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from prodvec.db.embedded import ensure_server
+    pgdata, start_at, linger = Path(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "linger"
+    time.sleep(max(0.0, start_at - time.time()))
+    print(ensure_server(pgdata), flush=True)
+    if linger:
+        time.sleep(120)
+    """
+)
+
+
+def attach_process(pgdata: Path, *, start_at: float = 0.0, linger: bool = False) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", ATTACH_SCRIPT, str(pgdata), str(start_at), "linger" if linger else "exit"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def handle_pids(pgdata: Path) -> list[int]:
+    return json.loads((pgdata / HANDLE_PIDS_FILE).read_text())
+
+
+def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
+    """True once ``pid`` has exited (a zombie counts: where PID 1 doesn't reap, it stays one)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def pgdata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    data_dir = tmp_path_factory.mktemp("embedded") / "pgdata"
+    try:
+        yield data_dir
+    finally:
+        stop_server(data_dir)
+
+
+def test_start_connect_stop(pgdata: Path) -> None:
+    url = ensure_server(pgdata)
+    assert url.startswith("postgresql://") and f"host={pgdata.resolve()}" in url
+
+    status = server_status(pgdata)
+    assert status.running and status.url == url and status.pid is not None
+    assert status.version is not None and status.version.startswith("18")
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        assert conn.execute("SELECT '[1,2]'::vector <-> '[1,5]'::vector").fetchone() == (3.0,)
+
+    assert stop_server(pgdata) is True
+    assert wait_until_gone(status.pid)
+    assert server_status(pgdata).running is False
+    assert stop_server(pgdata) is False
+
+
+def test_other_process_attaches_and_server_outlives_it(pgdata: Path) -> None:
+    url = ensure_server(pgdata)
+    postmaster_pid = server_status(pgdata).pid
+
+    child = attach_process(pgdata)
+    child_out, _ = child.communicate(timeout=30)
+    assert child.returncode == 0
+    assert child_out.strip() == url
+
+    status = server_status(pgdata)
+    assert status.running and status.pid == postmaster_pid
+    assert handle_pids(pgdata) == [os.getpid()]  # the child detached on exit
+
+
+def test_concurrent_first_starts_share_one_server(pgdata: Path) -> None:
+    start_at = time.time() + 1.0  # both children are imported and waiting by then
+    children = [attach_process(pgdata, start_at=start_at) for _ in range(2)]
+    urls = {child.communicate(timeout=30)[0].strip() for child in children}
+
+    assert [child.returncode for child in children] == [0, 0]
+    assert len(urls) == 1
+    status = server_status(pgdata)
+    assert status.running and status.url in urls
+    assert "already exists" not in (pgdata / "log").read_text()
+
+
+def test_sigkilled_process_is_pruned_and_stop_still_stops(pgdata: Path) -> None:
+    child = attach_process(pgdata, linger=True)
+    assert child.stdout is not None
+    url = child.stdout.readline().strip()
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(timeout=10)
+    child.stdout.close()
+    assert handle_pids(pgdata) == [child.pid]  # it never detached
+
+    assert ensure_server(pgdata) == url
+    assert handle_pids(pgdata) == [os.getpid()]
+
+    postmaster_pid = server_status(pgdata).pid
+    assert postmaster_pid is not None
+    assert stop_server(pgdata) is True
+    assert wait_until_gone(postmaster_pid)
+    assert not (pgdata / HANDLE_PIDS_FILE).exists()
+
+
+def test_half_written_handle_list_is_reset(pgdata: Path) -> None:
+    ensure_server(pgdata)
+    (pgdata / HANDLE_PIDS_FILE).write_text("")  # a process killed while writing it
+    stop_server(pgdata)
+    ensure_server(pgdata)
+    assert handle_pids(pgdata) == [os.getpid()]
+
+
+def test_restart_keeps_data(pgdata: Path) -> None:
+    url = ensure_server(pgdata)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE kept (id int)")
+        conn.execute("INSERT INTO kept VALUES (42)")
+    assert stop_server(pgdata) is True
+
+    assert ensure_server(pgdata) == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT id FROM kept").fetchall() == [(42,)]
+
+
+def test_killed_postmaster_is_restarted(pgdata: Path) -> None:
+    url = ensure_server(pgdata)
+    postmaster_pid = server_status(pgdata).pid
+    assert postmaster_pid is not None
+    server_pids = [postmaster_pid, *(child.pid for child in psutil.Process(postmaster_pid).children())]
+    os.kill(postmaster_pid, signal.SIGKILL)  # e.g. the OOM killer
+    # Its children notice and exit; PostgreSQL won't start while they still hold its shared memory.
+    assert all(wait_until_gone(pid) for pid in server_pids)
+    assert server_status(pgdata).running is False
+
+    assert ensure_server(pgdata) == url
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_postmaster_pid_reused_by_another_process(pgdata: Path) -> None:
+    ensure_server(pgdata)
+    pid_file = pgdata / "postmaster.pid"
+    lines = pid_file.read_text().splitlines()
+    stop_server(pgdata)
+    # After a reboot the pid in a leftover postmaster.pid may belong to anything, e.g. us.
+    pid_file.write_text("\n".join([str(os.getpid()), *lines[1:]]) + "\n")
+    assert server_status(pgdata).running is False
+
+    url = ensure_server(pgdata)
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_unusable_data_dir_says_what_to_do(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    with pytest.raises(DatabaseError, match="PRODVEC_HOME"):
+        ensure_server(blocker / "pgdata")
