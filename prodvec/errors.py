@@ -14,6 +14,10 @@ class DatabaseError(ProdvecError):
     """The database cannot be reached, started or does not have what prodvec needs."""
 
 
+class DatabaseUnavailable(DatabaseError):
+    """The server did not answer (down, restarting, network): worth waiting and retrying."""
+
+
 class SchemaMismatch(DatabaseError):
     """The database schema does not fit the configured model (e.g. embedding dimensions)."""
 

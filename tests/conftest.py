@@ -82,3 +82,11 @@ def photo_dir(tmp_path: Path) -> Path:
 def _no_user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the developer's own ~/.local/share/prodvec from a test."""
     monkeypatch.setenv("PRODVEC_HOME", os.fspath(tmp_path / "home"))
+
+
+@pytest.fixture(scope="session")
+def test_encoder():
+    """The random-weight ViT-B-32 the test databases are sized for (loaded once per run)."""
+    from prodvec.worker.encode import load_encoder
+
+    return load_encoder(TEST_MODEL, "cpu")

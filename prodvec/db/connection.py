@@ -7,7 +7,7 @@ import psycopg
 from pgvector.psycopg import register_vector
 
 from prodvec.config import Settings, load_settings
-from prodvec.errors import DatabaseError
+from prodvec.errors import DatabaseError, DatabaseUnavailable
 
 #: Database prodvec creates on the embedded server (its own, so `postgres` stays clean).
 EMBEDDED_DATABASE = "prodvec"
@@ -54,7 +54,7 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to the database: {exc}".strip()) from exc
+        raise DatabaseUnavailable(f"cannot connect to the database: {exc}".strip()) from exc
     try:
         register_vector(conn)
     except psycopg.ProgrammingError as exc:

@@ -1,0 +1,134 @@
+"""Python side of the queue: each function runs one named query from sql/queue.sql."""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector
+
+from prodvec.sql import queries
+
+#: NOTIFY channel the enqueue trigger signals; idle workers LISTEN on it.
+CHANNEL = "prodvec_embedding_jobs"
+
+_SQL = queries("queue.sql")
+
+
+@dataclass(frozen=True)
+class Job:
+    product_id: int
+    image: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Jobs taken under one lease; the token proves the lease at write-back."""
+
+    token: uuid.UUID
+    jobs: list[Job]
+
+
+@dataclass(frozen=True)
+class QueueStatus:
+    total: int
+    embedded: int
+    pending: int
+    failed: int
+    oldest_pending_seconds: float | None
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Failure:
+    sku: str
+    image: str
+    attempts: int
+    reason: str | None
+
+
+def claim(conn: psycopg.Connection, *, limit: int, lease_seconds: float) -> Claim:
+    token = uuid.uuid4()
+    with conn.transaction():
+        rows = conn.execute(
+            _SQL["claim"], {"limit": limit, "lease_seconds": lease_seconds, "token": token}
+        ).fetchall()
+    return Claim(token, [Job(*row) for row in rows])
+
+
+def write_back(
+    conn: psycopg.Connection,
+    token: uuid.UUID,
+    jobs: Sequence[Job],
+    vectors: np.ndarray,
+    *,
+    model: str,
+) -> int:
+    """Store one vector per job in one transaction; returns how many were still wanted."""
+    if not jobs:
+        return 0
+    product_ids = [job.product_id for job in jobs]
+    params = {
+        "product_ids": product_ids,
+        "images": [job.image for job in jobs],
+        "embeddings": [HalfVector(vector) for vector in vectors],
+        "token": token,
+        "model": model,
+    }
+    with conn.transaction():
+        conn.execute(_SQL["lock_products"], {"product_ids": product_ids})
+        return conn.execute(_SQL["write_back"], params).rowcount
+
+
+def fail(conn: psycopg.Connection, token: uuid.UUID, product_id: int, reason: str) -> None:
+    with conn.transaction():
+        conn.execute(_SQL["fail"], {"product_id": product_id, "token": token, "reason": reason})
+
+
+def retry_later(
+    conn: psycopg.Connection,
+    token: uuid.UUID,
+    product_id: int,
+    reason: str,
+    *,
+    max_attempts: int,
+    base_delay_seconds: float,
+) -> None:
+    with conn.transaction():
+        conn.execute(
+            _SQL["retry_later"],
+            {
+                "product_id": product_id,
+                "token": token,
+                "reason": reason,
+                "max_attempts": max_attempts,
+                "base_delay": base_delay_seconds,
+            },
+        )
+
+
+def release(conn: psycopg.Connection, token: uuid.UUID) -> int:
+    with conn.transaction():
+        return conn.execute(_SQL["release"], {"token": token}).rowcount
+
+
+def status(conn: psycopg.Connection) -> QueueStatus:
+    row = conn.execute(_SQL["status"]).fetchone()
+    total, embedded, pending, failed, oldest = row
+    return QueueStatus(total, embedded, pending, failed, None if oldest is None else float(oldest))
+
+
+def failures(conn: psycopg.Connection, *, limit: int = 100) -> list[Failure]:
+    return [Failure(*row) for row in conn.execute(_SQL["failures"], {"limit": limit})]
+
+
+def retry_failed(conn: psycopg.Connection, skus: Sequence[str] | None = None) -> list[str]:
+    """Requeue failed products (all when ``skus`` is None); returns the requeued skus."""
+    with conn.transaction():
+        rows = conn.execute(_SQL["retry_failed"], {"skus": list(skus) if skus else None}).fetchall()
+    return [sku for (sku,) in rows]

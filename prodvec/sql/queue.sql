@@ -1,0 +1,98 @@
+-- Queries the embedding worker and the status/retry commands run on embedding_jobs.
+
+-- name: claim
+-- Take up to %(limit)s ready jobs under a lease. SKIP LOCKED lets workers claim side by
+-- side; the lease (not a held lock) is what keeps others off, so the claim commits at once
+-- and a worker that dies simply lets its lease run out.
+WITH ready AS (
+    SELECT product_id
+    FROM embedding_jobs
+    WHERE state = 'pending'
+      AND run_after <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+    ORDER BY enqueued_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE embedding_jobs AS j
+SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
+    lease_token = %(token)s,
+    attempts = j.attempts + 1
+FROM ready
+WHERE j.product_id = ready.product_id
+RETURNING j.product_id, j.image, j.attempts;
+
+-- name: lock_products
+-- Lock product rows before job rows, the same order as an import's UPDATE → trigger, so a
+-- write-back and a concurrent image change never deadlock.
+SELECT id FROM products WHERE id = ANY(%(product_ids)s) ORDER BY id FOR UPDATE;
+
+-- name: write_back
+-- Store vectors for the jobs this claim still holds for the same image. A job whose image
+-- changed meanwhile was reset by the trigger (new image, no lease): it is not deleted and
+-- its stale vector is not written; the new image gets embedded by a later claim.
+WITH vectors AS (
+    SELECT * FROM unnest(%(product_ids)s::bigint[], %(images)s::text[], %(embeddings)s::halfvec[])
+        AS v(product_id, image, embedding)
+), done AS (
+    DELETE FROM embedding_jobs AS j
+    USING vectors AS v
+    WHERE j.product_id = v.product_id AND j.image = v.image AND j.lease_token = %(token)s
+    RETURNING j.product_id
+)
+UPDATE products AS p
+SET embedding = v.embedding,
+    embedding_model = %(model)s,
+    embedded_image = v.image,
+    embedded_at = now()
+FROM done JOIN vectors AS v USING (product_id)
+WHERE p.id = done.product_id AND p.image = v.image;
+
+-- name: fail
+-- Permanent failure: keep the reason; retried only when the image changes or on `prodvec retry`.
+UPDATE embedding_jobs
+SET state = 'failed', last_error = %(reason)s, leased_until = NULL, lease_token = NULL
+WHERE product_id = %(product_id)s AND lease_token = %(token)s;
+
+-- name: retry_later
+-- Transient failure: back off exponentially; past the attempt limit it becomes a failure.
+UPDATE embedding_jobs
+SET state = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+    run_after = now() + make_interval(secs => %(base_delay)s * 2 ^ (attempts - 1)),
+    last_error = %(reason)s,
+    leased_until = NULL,
+    lease_token = NULL
+WHERE product_id = %(product_id)s AND lease_token = %(token)s;
+
+-- name: release
+-- Hand a claim back untouched (shutdown): the attempt does not count.
+UPDATE embedding_jobs
+SET leased_until = NULL, lease_token = NULL, attempts = greatest(attempts - 1, 0)
+WHERE lease_token = %(token)s;
+
+-- name: status
+SELECT
+    (SELECT count(*) FROM products) AS total,
+    (SELECT count(*) FROM products AS p WHERE p.embedding IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM embedding_jobs AS j WHERE j.product_id = p.id)) AS embedded,
+    (SELECT count(*) FROM embedding_jobs WHERE state = 'pending') AS pending,
+    (SELECT count(*) FROM embedding_jobs WHERE state = 'failed') AS failed,
+    (SELECT extract(epoch FROM now() - min(enqueued_at))
+       FROM embedding_jobs WHERE state = 'pending') AS oldest_pending_seconds;
+
+-- name: failures
+SELECT p.sku, j.image, j.attempts, j.last_error
+FROM embedding_jobs AS j JOIN products AS p ON p.id = j.product_id
+WHERE j.state = 'failed'
+ORDER BY p.sku
+LIMIT %(limit)s;
+
+-- name: retry_failed
+-- `prodvec retry`: failed jobs (all, or those of the given skus) go back to pending.
+UPDATE embedding_jobs AS j
+SET state = 'pending', attempts = 0, run_after = now(), last_error = NULL
+FROM products AS p
+WHERE p.id = j.product_id
+  AND j.state = 'failed'
+  AND (%(skus)s::text[] IS NULL OR p.sku = ANY(%(skus)s::text[]))
+RETURNING p.sku;

@@ -1,0 +1,1 @@
+"""The embedding worker: load → decode → encode → write back."""

@@ -1,0 +1,243 @@
+"""The embedding worker: claim → load+decode (pool) → encode (batched) → write back.
+
+Stages overlap: while the encoder works on one batch, the pool prepares the next ones and a
+writer thread commits the previous one, so the slowest stage sets the pace. Queues between
+stages are bounded, so memory stays flat and leases are not held for work that waits.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import psycopg
+import torch
+
+from prodvec import queue as jobs
+from prodvec.db.connection import connect
+from prodvec.db.migrate import embedding_dimensions
+from prodvec.errors import DatabaseUnavailable, SchemaMismatch
+from prodvec.worker.encode import Encoder
+from prodvec.worker.prepare import Prepared, prepare
+
+log = logging.getLogger("prodvec.worker")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    batch_size: int = 32
+    decode_threads: int = 2
+    #: Claims prepared ahead of the encoder; small, because prepared claims hold leases.
+    prefetch_batches: int = 2
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    retry_base_delay_seconds: float = 2.0
+    poll_seconds: float = 5.0
+    reconnect_max_seconds: float = 30.0
+
+
+@dataclass
+class WorkerStats:
+    embedded: int = 0
+    failed: int = 0
+    retried: int = 0
+    started_at: float = field(default_factory=time.perf_counter)
+
+    @property
+    def images_per_second(self) -> float:
+        elapsed = time.perf_counter() - self.started_at
+        return self.embedded / elapsed if elapsed > 0 else 0.0
+
+    def summary(self) -> str:
+        return f"embedded {self.embedded}, failed {self.failed}, retried {self.retried}, {self.images_per_second:.1f} img/s"
+
+
+@dataclass
+class _Batch:
+    claim: jobs.Claim
+    prepared: list[Future[Prepared]]
+
+
+@dataclass
+class _Encoded:
+    claim: jobs.Claim
+    prepared: list[Prepared]
+    vectors: np.ndarray
+
+
+class Worker:
+    """One worker process. ``run(once=True)`` drains the queue and returns."""
+
+    def __init__(
+        self,
+        url: str,
+        encoder: Encoder,
+        options: WorkerOptions | None = None,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.url = url
+        self.encoder = encoder
+        self.options = options or WorkerOptions()
+        self.stats = WorkerStats()
+        self.stopping = threading.Event()
+        self._on_progress = on_progress
+
+    def stop(self) -> None:
+        """Ask the worker to finish the batch it is encoding, hand back the rest and return."""
+        self.stopping.set()
+
+    def run(self, *, once: bool = False) -> WorkerStats:
+        delay = 1.0
+        while not self.stopping.is_set():
+            try:
+                self._run_connected(once=once)
+                return self.stats
+            except (psycopg.OperationalError, DatabaseUnavailable) as exc:
+                # Restart or network blip: leases of what we held run out; reconnect and go on.
+                log.warning("database unavailable (%s); reconnecting in %.0f s", str(exc).strip(), delay)
+                if self.stopping.wait(delay):
+                    break
+                delay = min(delay * 2, self.options.reconnect_max_seconds)
+        return self.stats
+
+    def _run_connected(self, *, once: bool) -> None:
+        with connect(self.url, autocommit=True) as conn, connect(self.url, autocommit=True) as write_conn:
+            self._check_dimensions(conn)
+            conn.execute(f"LISTEN {jobs.CHANNEL}")
+            writer = _Writer(write_conn, self)
+            with ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="prodvec-decode") as pool:
+                try:
+                    self._loop(conn, pool, writer, once=once)
+                finally:
+                    writer.close()
+
+    def _check_dimensions(self, conn: psycopg.Connection) -> None:
+        column = embedding_dimensions(conn)
+        if column is None:
+            raise SchemaMismatch("the database has no products table: run `prodvec migrate`")
+        if column != self.encoder.dimensions:
+            raise SchemaMismatch(
+                f"products.embedding holds {column}-d vectors but {self.encoder.spec} makes "
+                f"{self.encoder.dimensions}-d ones: run `prodvec migrate` with this PRODVEC_MODEL "
+                "(add --reset-embeddings to drop the old vectors)"
+            )
+
+    def _loop(self, conn: psycopg.Connection, pool: ThreadPoolExecutor, writer: _Writer, *, once: bool) -> None:
+        in_flight: deque[_Batch] = deque()
+        try:
+            while not self.stopping.is_set():
+                while len(in_flight) < self.options.prefetch_batches and not self.stopping.is_set():
+                    claim = jobs.claim(conn, limit=self.options.batch_size, lease_seconds=self.options.lease_seconds)
+                    if not claim.jobs:
+                        break
+                    in_flight.append(_Batch(claim, [pool.submit(prepare, job, self.encoder) for job in claim.jobs]))
+                if in_flight:
+                    writer.put(self._encode(in_flight.popleft()))
+                elif once:
+                    writer.drain()
+                    if not self._claimable(conn):
+                        return
+                else:
+                    self._wait_for_jobs(conn)
+        finally:
+            for batch in in_flight:  # prepared ahead but never encoded: hand back at once
+                for future in batch.prepared:
+                    future.cancel()
+                jobs.release(conn, batch.claim.token)
+
+    def _encode(self, batch: _Batch) -> _Encoded:
+        prepared = [future.result() for future in batch.prepared]
+        pixels = [item.pixels for item in prepared if item.pixels is not None]
+        if pixels:
+            vectors = self.encoder.encode_images(torch.stack(pixels))
+        else:
+            vectors = np.empty((0, self.encoder.dimensions), dtype=np.float32)
+        return _Encoded(batch.claim, prepared, vectors)
+
+    def _claimable(self, conn: psycopg.Connection) -> bool:
+        """In --once mode: is anything left that a retry could still claim soon?"""
+        row = conn.execute(
+            "SELECT count(*) FROM embedding_jobs WHERE state = 'pending' AND run_after <= now()"
+            " AND (leased_until IS NULL OR leased_until < now())"
+        ).fetchone()
+        return row[0] > 0
+
+    def _wait_for_jobs(self, conn: psycopg.Connection) -> None:
+        """Sleep until NOTIFY says there is work, or the poll interval passes (fallback)."""
+        for _ in conn.notifies(timeout=self.options.poll_seconds, stop_after=1):
+            pass
+
+    def record_written(self, embedded: int, failed: int, retried: int) -> None:
+        self.stats.embedded += embedded
+        self.stats.failed += failed
+        self.stats.retried += retried
+        if self._on_progress:
+            self._on_progress(embedded + failed)
+
+
+class _Writer:
+    """Stage 4 on its own thread and connection: commits batches while the next one encodes."""
+
+    def __init__(self, conn: psycopg.Connection, worker: Worker) -> None:
+        self.conn = conn
+        self.worker = worker
+        self.batches: queue.Queue[_Encoded | None] = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="prodvec-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, encoded: _Encoded) -> None:
+        self._raise_if_failed()
+        self.batches.put(encoded)
+
+    def drain(self) -> None:
+        self.batches.join()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        self.batches.put(None)
+        self.thread.join()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _run(self) -> None:
+        while (encoded := self.batches.get()) is not None:
+            try:
+                if self.error is None:
+                    self._write(encoded)
+            except BaseException as exc:  # surfaced on the main thread by put/drain/close
+                self.error = exc
+            finally:
+                self.batches.task_done()
+        self.batches.task_done()
+
+    def _write(self, encoded: _Encoded) -> None:
+        options = self.worker.options
+        token = encoded.claim.token
+        ok_jobs = [item.job for item in encoded.prepared if item.error is None]
+        written = jobs.write_back(self.conn, token, ok_jobs, encoded.vectors, model=self.worker.encoder.spec)
+        failed = retried = 0
+        for item in encoded.prepared:
+            if item.error is None:
+                continue
+            if item.error.permanent or item.job.attempts >= options.max_attempts:
+                jobs.fail(self.conn, token, item.job.product_id, item.error.reason)
+                failed += 1
+            else:
+                jobs.retry_later(
+                    self.conn, token, item.job.product_id, item.error.reason,
+                    max_attempts=options.max_attempts, base_delay_seconds=options.retry_base_delay_seconds,
+                )
+                retried += 1
+            log.info("product %s: %s", item.job.product_id, item.error.reason)
+        self.worker.record_written(written, failed, retried)

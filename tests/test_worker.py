@@ -1,0 +1,109 @@
+"""The worker against a real database: round trip, queue rules, failures, stale images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import pytest
+from pgvector import HalfVector
+
+from prodvec import queue as jobs
+from prodvec.worker.pipeline import Worker, WorkerOptions
+
+
+@pytest.fixture
+def encoder(test_encoder):
+    return test_encoder
+
+
+def _insert(conn: psycopg.Connection, sku: str, image: str | None, **columns: object) -> int:
+    values = {"sku": sku, "image": image, **columns}
+    names = ", ".join(values)
+    placeholders = ", ".join(["%s"] * len(values))
+    return conn.execute(f"INSERT INTO products ({names}) VALUES ({placeholders}) RETURNING id", list(values.values())).fetchone()[0]
+
+
+def _job_states(conn: psycopg.Connection) -> dict[str, str]:
+    rows = conn.execute("SELECT p.sku, j.state FROM embedding_jobs j JOIN products p ON p.id = j.product_id")
+    return dict(rows.fetchall())
+
+
+def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: Path) -> None:
+    for index, photo in enumerate(sorted(photo_dir.iterdir())):
+        _insert(conn, f"P{index}", str(photo), price=10 + index, stock=index)
+    stats = Worker(db_url, encoder, WorkerOptions(batch_size=3)).run(once=True)
+    assert stats.embedded == 8 and stats.failed == 0
+    assert jobs.status(conn).as_dict() | {"oldest_pending_seconds": None} == {
+        "total": 8, "embedded": 8, "pending": 0, "failed": 0, "oldest_pending_seconds": None,
+    }
+    rows = conn.execute("SELECT image, embedding, embedding_model, embedded_image FROM products").fetchall()
+    for image, embedding, model, embedded_image in rows:
+        vector = embedding.to_numpy().astype(np.float32)
+        assert vector.shape == (512,)
+        assert abs(np.linalg.norm(vector) - 1) < 1e-2
+        assert model == encoder.spec and embedded_image == image
+    # The stored vector is the encoder's vector for that photo (halfvec precision).
+    from PIL import Image
+
+    image, embedding = conn.execute("SELECT image, embedding FROM products WHERE sku = 'P0'").fetchone()
+    with Image.open(image) as photo:
+        expected = encoder.encode_images(encoder.preprocess(photo.convert("RGB"))[None])[0]
+    assert np.allclose(embedding.to_numpy(), expected, atol=2e-3)
+
+
+def test_queue_rules(conn) -> None:
+    product = _insert(conn, "Q1", "/photos/a.jpg")
+    assert _job_states(conn) == {"Q1": "pending"}
+    conn.execute("DELETE FROM embedding_jobs")
+    conn.execute("UPDATE products SET price = 99, stock = 3, title = 'new', category = 'x' WHERE id = %s", (product,))
+    assert _job_states(conn) == {}  # price/stock/title/category never queue
+    conn.execute("UPDATE products SET image = '/photos/b.jpg' WHERE id = %s", (product,))
+    assert conn.execute("SELECT image, state FROM embedding_jobs").fetchall() == [("/photos/b.jpg", "pending")]
+    _insert(conn, "Q2", None)
+    _insert(conn, "Q3", "/photos/c.jpg", embedding=HalfVector(np.ones(512)))
+    assert set(_job_states(conn)) == {"Q1"}  # no image, or a vector supplied: nothing to embed
+
+
+def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "not-an-image.jpg").write_text("hello")
+    good = sorted(photo_dir.iterdir())[:2]
+    _insert(conn, "GOOD1", str(good[0]))
+    _insert(conn, "BROKEN", str(tmp_path / "not-an-image.jpg"))
+    _insert(conn, "GOOD2", str(good[1]))
+    _insert(conn, "SCHEME", "ftp://example.invalid/a.jpg")
+    stats = Worker(db_url, encoder).run(once=True)
+    assert (stats.embedded, stats.failed) == (2, 2)
+    reasons = {failure.sku: failure.reason for failure in jobs.failures(conn)}
+    assert "not an image" in reasons["BROKEN"]
+    assert "unsupported image location scheme" in reasons["SCHEME"]
+    assert jobs.retry_failed(conn, ["BROKEN"]) == ["BROKEN"]
+    assert _job_states(conn) == {"BROKEN": "pending", "SCHEME": "failed"}
+
+
+def test_missing_file_is_retried_then_failed(conn, db_url, encoder, tmp_path: Path) -> None:
+    _insert(conn, "LATE", str(tmp_path / "not-yet.jpg"))
+    options = WorkerOptions(max_attempts=2, retry_base_delay_seconds=0.0)
+    Worker(db_url, encoder, options).run(once=True)
+    failure = jobs.failures(conn)[0]
+    assert failure.sku == "LATE" and failure.attempts == 2 and "not found" in failure.reason
+
+
+def test_stale_image_is_not_written(conn, db_url, encoder, photo_dir: Path) -> None:
+    photos = sorted(photo_dir.iterdir())
+    product = _insert(conn, "S1", str(photos[0]))
+    claim = jobs.claim(conn, limit=10, lease_seconds=60)
+    conn.execute("UPDATE products SET image = %s WHERE id = %s", (str(photos[1]), product))
+    vectors = np.ones((1, 512), dtype=np.float32) / np.sqrt(512)
+    assert jobs.write_back(conn, claim.token, claim.jobs, vectors, model="m") == 0
+    assert conn.execute("SELECT embedding FROM products").fetchone()[0] is None
+    Worker(db_url, encoder).run(once=True)
+    assert conn.execute("SELECT embedded_image FROM products").fetchone()[0] == str(photos[1])
+
+
+def test_dimension_mismatch_stops_the_worker(conn, db_url, encoder) -> None:
+    from prodvec.errors import SchemaMismatch
+
+    conn.execute("ALTER TABLE products ALTER COLUMN embedding TYPE halfvec(3)")
+    with pytest.raises(SchemaMismatch, match="prodvec migrate"):
+        Worker(db_url, encoder).run(once=True)
