@@ -1,0 +1,82 @@
+"""`prodvec db start|stop|status|url` and `prodvec migrate`."""
+from __future__ import annotations
+
+import argparse
+
+from prodvec.cli.output import print_json
+from prodvec.config import load_settings
+from prodvec.db.connection import database_url
+from prodvec.errors import ConfigError
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    db = commands.add_parser("db", help="the embedded PostgreSQL (used when DATABASE_URL is unset)")
+    actions = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    actions.add_parser("start", help="start it (or attach to it) and print its URL").set_defaults(handler=_start)
+    actions.add_parser("stop", help="stop it").set_defaults(handler=_stop)
+    status = actions.add_parser("status", help="is it running, and where")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+    actions.add_parser("url", help="print the database URL prodvec uses").set_defaults(handler=_url)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema (alembic upgrade head)")
+    migrate.add_argument(
+        "--reset-embeddings",
+        action="store_true",
+        help="when the model's dimensions differ from the column's: drop all vectors and re-embed",
+    )
+    migrate.set_defaults(handler=_migrate)
+
+
+def _require_embedded() -> None:
+    if load_settings().database_url:
+        raise ConfigError("DATABASE_URL is set: prodvec uses that server and manages no embedded one")
+
+
+def _start(args: argparse.Namespace) -> int:
+    _require_embedded()
+    print(database_url())
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from prodvec.db.embedded import stop_server
+
+    _require_embedded()
+    stopped = stop_server(load_settings().pgdata)
+    print("stopped" if stopped else "not running")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from prodvec.db.embedded import server_status
+
+    settings = load_settings()
+    if settings.database_url:
+        report = {"embedded": False, "url": settings.database_url}
+    else:
+        state = server_status(settings.pgdata)
+        report = {"embedded": True, "running": state.running, "url": state.url, "pgdata": str(settings.pgdata)}
+    if args.json:
+        print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _url(args: argparse.Namespace) -> int:
+    print(database_url())
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from prodvec.db.migrate import upgrade
+    from prodvec.worker.encode import spec_dimensions
+
+    settings = load_settings()
+    dimensions = spec_dimensions(settings.model)
+    changed = upgrade(database_url(settings), dimensions, reset_embeddings=args.reset_embeddings)
+    note = f" (embedding column resized to {dimensions}; all products queued)" if changed else ""
+    print(f"schema up to date; embeddings are {dimensions}-d for {settings.model}{note}")
+    return 0

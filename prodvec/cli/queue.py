@@ -1,0 +1,132 @@
+"""`prodvec worker`, `prodvec status`, `prodvec failures`, `prodvec retry`."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+from prodvec import queue as jobs
+from prodvec.cli.output import print_json, print_table
+from prodvec.config import load_settings
+from prodvec.db.connection import connect, database_url
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    worker = commands.add_parser("worker", help="embed pending products (keeps running unless --once)")
+    worker.add_argument("--once", action="store_true", help="embed everything pending, then exit")
+    worker.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
+    worker.add_argument("--decode-threads", type=int, default=None, help="threads loading and decoding images")
+    worker.add_argument("--lease-seconds", type=float, default=None,
+                        help="how long a claim is held before others may take it (default 60); a worker that dies "
+                             "gives its products back after this long")
+    worker.add_argument("--poll-seconds", type=float, default=None,
+                        help="fallback poll interval when idle (default 5); NOTIFY wakes the worker at once anyway")
+    worker.add_argument("--prefetch-batches", type=int, default=None, help="batches decoded ahead of the encoder")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port (e.g. 9108; 0 picks a free one)")
+    worker.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server listens on [0.0.0.0]")
+    worker.set_defaults(handler=_worker)
+
+    status = commands.add_parser("status", help="how many products are embedded, pending, failed")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=_status)
+
+    failures = commands.add_parser("failures", help="failed products and why")
+    failures.add_argument("--limit", type=int, default=100)
+    failures.add_argument("--json", action="store_true")
+    failures.set_defaults(handler=_failures)
+
+    retry = commands.add_parser("retry", help="queue failed products again")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("--sku", action="append", help="this product (repeatable)")
+    which.add_argument("--all", action="store_true", help="every failed product")
+    retry.set_defaults(handler=_retry)
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import threading
+
+    # SIGTERM/SIGINT before the worker exists (model loading takes seconds): exit 0 right after.
+    early_stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: early_stop.set())
+
+    from prodvec.worker.encode import load_encoder
+    from prodvec.worker.metrics import WorkerMetrics, serve
+    from prodvec.worker.pipeline import Worker, WorkerOptions
+
+    settings = load_settings()
+    url = database_url(settings)
+    overrides = {
+        name: value
+        for name, value in (
+            ("batch_size", args.batch_size),
+            ("decode_threads", args.decode_threads),
+            ("lease_seconds", args.lease_seconds),
+            ("poll_seconds", args.poll_seconds),
+            ("prefetch_batches", args.prefetch_batches),
+        )
+        if value is not None
+    }
+    encoder = load_encoder(settings.model, settings.device)
+    progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not early_stop.is_set() else None
+    metrics = WorkerMetrics()
+    worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
+                    metrics=metrics)
+    # SIGTERM/SIGINT: finish the batch being encoded, hand back the rest, exit 0.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.stop())
+    if early_stop.is_set():
+        worker.stop()
+    server = None
+    if args.metrics_port is not None:
+        server = serve(metrics, url, port=args.metrics_port, host=args.metrics_host)
+        print(f"worker: metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr)
+    print(f"worker: encoder {encoder.spec} on {encoder.device}", file=sys.stderr)
+    try:
+        stats = worker.run(once=args.once)
+    finally:
+        if progress:
+            progress.close()
+        if server:
+            server.close()
+    print(f"worker: {stats.summary()}", file=sys.stderr)
+    return 0
+
+
+def _progress_bar(url: str):  # -> tqdm
+    from tqdm import tqdm
+
+    with connect(url) as conn:
+        pending = jobs.status(conn).pending
+    return tqdm(total=pending, unit="img", desc="embedding")
+
+
+def _status(args: argparse.Namespace) -> int:
+    with connect() as conn:
+        report = jobs.status(conn).as_dict()
+    if args.json:
+        print_json(report)
+    else:
+        for key, value in report.items():
+            print(f"{key}: {value if value is not None else '-'}")
+    return 0
+
+
+def _failures(args: argparse.Namespace) -> int:
+    with connect() as conn:
+        rows = [vars(failure) for failure in jobs.failures(conn, limit=args.limit)]
+    if args.json:
+        print_json(rows)
+    elif rows:
+        print_table(rows, ["sku", "attempts", "reason", "image"])
+    else:
+        print("no failed products")
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    with connect() as conn:
+        requeued = jobs.retry_failed(conn, None if args.all else args.sku)
+    print(f"requeued {len(requeued)} product(s)")
+    return 0

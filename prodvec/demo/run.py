@@ -1,0 +1,96 @@
+"""`prodvec demo`: the whole tour on the embedded database, with no network.
+
+A fresh `prodvec_demo` database on the embedded server (your own data is never touched),
+the sample catalog of 300 Fashion-MNIST product photos (see catalog/ATTRIBUTION.md),
+embedding with the configured model or, when its weights cannot be had, the offline
+encoder, then three filtered searches printed as tables.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import psycopg
+
+from prodvec.catalog import import_catalog
+from prodvec.cli.output import print_table
+from prodvec.cli.search import hit_rows
+from prodvec.config import OFFLINE_MODEL, load_settings
+from prodvec.db.connection import connect, database_url, with_dbname
+from prodvec.db.migrate import upgrade
+from prodvec.errors import WeightsUnavailable
+from prodvec.worker.encode import Encoder, load_encoder
+from prodvec.worker.pipeline import Worker
+
+CATALOG_DIR = Path(__file__).parent / "catalog"
+DEMO_DATABASE = "prodvec_demo"
+
+
+def run_demo() -> int:
+    started = time.perf_counter()
+    settings = dataclasses.replace(load_settings(), database_url=None)  # always the embedded server
+    url = _fresh_database(database_url(settings))
+    print(f"database: embedded PostgreSQL, {url}")
+
+    encoder = _demo_encoder(settings.model, settings.device)
+    # Query photos must be embedded by the encoder that made the catalog's vectors.
+    os.environ["PRODVEC_MODEL"] = encoder.spec
+    upgrade(url, encoder.dimensions)
+    with connect(url) as conn:
+        report = import_catalog(conn, CATALOG_DIR / "catalog.csv", progress=False)
+    print(f"imported {report.inserted} products from {CATALOG_DIR / 'catalog.csv'}")
+
+    stats = Worker(url, encoder).run(once=True)
+    print(f"embedded: {stats.summary()}")
+    _searches(url, encoder)
+    print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _fresh_database(server_url: str) -> str:
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
+    return with_dbname(server_url, DEMO_DATABASE)
+
+
+def _demo_encoder(model: str, device: str | None) -> Encoder:
+    try:
+        encoder = load_encoder(model, device)
+    except WeightsUnavailable as exc:
+        print(f"encoder: {model} unavailable ({str(exc).splitlines()[0]})")
+        print(f"encoder: falling back to the offline encoder {OFFLINE_MODEL} (real ImageNet weights)")
+        encoder = load_encoder(OFFLINE_MODEL, device)
+    print(f"encoder: {encoder.spec}, {encoder.dimensions}-d, on {encoder.device}")
+    return encoder
+
+
+def _searches(url: str, encoder: Encoder) -> None:
+    from prodvec import session
+    from prodvec.models import Product
+    from prodvec.search import Sku
+
+    queries = CATALOG_DIR / "queries"
+    with session(url) as db:
+        searches = [
+            (
+                f"photo {queries / 'sneaker.png'}: sneakers under 80, in stock",
+                Product.similar_to(
+                    queries / "sneaker.png", session=db, k=5,
+                    where=[Product.category == "sneaker", Product.price < Decimal("80"), Product.stock > 0],
+                ),
+            ),
+            (
+                f"photo {queries / 'bag.png'}: anything under 50",
+                Product.similar_to(queries / "bag.png", session=db, k=5, where=[Product.price < Decimal("50")]),
+            ),
+            ("more like sku FM-00003, in stock", Product.similar_to(Sku("FM-00003"), session=db, k=5, where=[Product.stock > 0])),
+        ]
+        if encoder.supports_text:
+            searches.append(("text 'a leather handbag'", Product.similar_to_text("a leather handbag", session=db, k=5)))
+        for title, result in searches:
+            print(f"\n== {title} [{result.strategy}, {'complete' if result.complete else 'INCOMPLETE'}]")
+            print_table(hit_rows(result), ["sku", "title", "category", "price", "stock", "distance"])
