@@ -2,41 +2,51 @@
 
 Odd but valid images must work: CMYK and progressive JPEG, PNG with alpha, 16-bit PNG,
 palette GIF (first frame), 1×1 pixels, extreme aspect ratios, EXIF-rotated photos.
+Truncated files are refused (PIL's LOAD_TRUNCATED_IMAGES stays off): a cut-off file is
+far more often a broken upload than a photo worth embedding with a grey bottom half.
 """
 from __future__ import annotations
 
 import io
-import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from prodvec.errors import ImageError
 
-#: Larger images are refused as decompression bombs (PIL's own default is 89 Mpx, warning only).
+#: Images that would decode to more pixels are refused as decompression bombs. PIL's own
+#: refusal at open (DecompressionBombError, over 179 Mpx on file) still applies on top.
 MAX_PIXELS = 64_000_000
+#: Wider (or taller) than this is letterboxed: the encoder's resize-shortest-side-then-crop
+#: would otherwise blow a 4000×3 strip up to ~300000×224 pixels and keep only its middle.
+MAX_ASPECT_RATIO = 4.0
 
 
 def decode(data: bytes, *, target_size: int, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode, at a reduced scale where JPEG allows it, and return RGB at ≥ target_size."""
+    """Decode (at a reduced scale where JPEG allows, never below target_size) to upright RGB."""
+    # PIL's DecompressionBombWarning is left a warning (our limit decides): turning it into an
+    # error with warnings.catch_warnings() is not thread-safe, and decode runs in a pool.
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image is {width}x{height} pixels, over the {max_pixels}-pixel limit", permanent=True
-                )
-            # JPEG DCT scaling: decode straight to ≥ target size instead of full resolution.
-            image.draft("RGB", (target_size, target_size))
-            image.load()
+        image = Image.open(io.BytesIO(data))
+        # JPEG DCT scaling: decode straight to ≥ target size instead of full resolution.
+        image.draft("RGB", (target_size, target_size))
+        # Checked after draft: what matters is the memory decoding takes, and a 100 Mpx
+        # camera JPEG decodes at 1/8 scale just fine. Nothing is decompressed yet.
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(
+                f"decompression bomb refused: image is {width}x{height} pixels, over the {max_pixels}-pixel limit",
+                permanent=True,
+            )
+        image.load()  # first frame only (GIF, APNG, TIFF)
     except ImageError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(_reason(exc), permanent=True) from None
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated / corrupt data
-        raise ImageError(f"corrupt image: {exc}", permanent=True) from None
-    return to_rgb(ImageOps.exif_transpose(image))
+    except UnidentifiedImageError:
+        raise ImageError(_not_an_image(data), permanent=True) from None
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"decompression bomb refused: {exc}", permanent=True) from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"truncated or corrupt image: {exc}", permanent=True) from None
+    return _bounded_aspect(to_rgb(ImageOps.exif_transpose(image)), target_size)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -52,7 +62,23 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image (no decoder recognises the data)"
-    return f"decompression bomb refused: {exc}"
+def _bounded_aspect(image: Image.Image, target_size: int) -> Image.Image:
+    """Letterbox an extreme strip, whole, onto a white target_size square."""
+    width, height = image.size
+    if max(width, height) <= MAX_ASPECT_RATIO * min(width, height):
+        return image
+    scale = target_size / max(width, height)
+    # At least one pixel thick: ImageOps.contain would round a 4000×3 strip to nothing.
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    canvas = Image.new("RGB", (target_size, target_size), (255, 255, 255))
+    offset = ((target_size - size[0]) // 2, (target_size - size[1]) // 2)
+    canvas.paste(image.resize(size, Image.Resampling.BICUBIC), offset)
+    return canvas
+
+
+def _not_an_image(data: bytes) -> str:
+    if not data:
+        return "not an image: the file is empty (0 bytes)"
+    if data[:256].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "not an image: got an HTML page (an error or login page at the image URL?)"
+    return f"not an image (no decoder recognises data starting {data[:8]!r})"
