@@ -24,6 +24,7 @@ from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.worker.encode import Encoder
+from prodvec.worker.metrics import WorkerMetrics
 from prodvec.worker.prepare import Prepared, prepare
 
 log = logging.getLogger("prodvec.worker")
@@ -62,6 +63,7 @@ class WorkerStats:
 class _Batch:
     claim: jobs.Claim
     prepared: list[Future[Prepared]]
+    claimed_at: float = field(default_factory=time.perf_counter)
 
 
 @dataclass
@@ -69,6 +71,8 @@ class _Encoded:
     claim: jobs.Claim
     prepared: list[Prepared]
     vectors: np.ndarray
+    claimed_at: float
+    encode_seconds: float
 
 
 class Worker:
@@ -81,11 +85,13 @@ class Worker:
         options: WorkerOptions | None = None,
         *,
         on_progress: Callable[[int], None] | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.url = url
         self.encoder = encoder
         self.options = options or WorkerOptions()
         self.stats = WorkerStats()
+        self.metrics = metrics or WorkerMetrics()
         self.stopping = threading.Event()
         self._on_progress = on_progress
 
@@ -94,13 +100,19 @@ class Worker:
         self.stopping.set()
 
     def run(self, *, once: bool = False) -> WorkerStats:
+        self._connected = False
         delay = 1.0
         while not self.stopping.is_set():
             try:
                 self._run_connected(once=once)
                 return self.stats
             except (psycopg.OperationalError, DatabaseUnavailable) as exc:
-                # Restart or network blip: leases of what we held run out; reconnect and go on.
+                # Restart or network blip: what we held goes back when its lease runs out (or
+                # at once where the release below still got through); reconnect and go on.
+                if self._connected:  # lost a working connection: start the backoff afresh
+                    delay = 1.0
+                    self._connected = False
+                    self.metrics.record_reconnect()
                 log.warning("database unavailable (%s); reconnecting in %.0f s", str(exc).strip(), delay)
                 if self.stopping.wait(delay):
                     break
@@ -110,6 +122,7 @@ class Worker:
     def _run_connected(self, *, once: bool) -> None:
         with connect(self.url, autocommit=True) as conn, connect(self.url, autocommit=True) as write_conn:
             self._check_dimensions(conn)
+            self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
             writer = _Writer(write_conn, self)
             with ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="prodvec-decode") as pool:
@@ -150,16 +163,19 @@ class Worker:
             for batch in in_flight:  # prepared ahead but never encoded: hand back at once
                 for future in batch.prepared:
                     future.cancel()
+            for batch in in_flight:
+                # On a lost connection this raises; those claims then go back when their lease ends.
                 jobs.release(conn, batch.claim.token)
 
     def _encode(self, batch: _Batch) -> _Encoded:
         prepared = [future.result() for future in batch.prepared]
         pixels = [item.pixels for item in prepared if item.pixels is not None]
+        started = time.perf_counter()
         if pixels:
             vectors = self.encoder.encode_images(torch.stack(pixels))
         else:
             vectors = np.empty((0, self.encoder.dimensions), dtype=np.float32)
-        return _Encoded(batch.claim, prepared, vectors)
+        return _Encoded(batch.claim, prepared, vectors, batch.claimed_at, time.perf_counter() - started)
 
     def _claimable(self, conn: psycopg.Connection) -> bool:
         """In --once mode: is anything left that a retry could still claim soon?"""
@@ -169,10 +185,32 @@ class Worker:
         ).fetchone()
         return row[0] > 0
 
+    def _seconds_until_due(self, conn: psycopg.Connection) -> float | None:
+        """Seconds until the next pending job (leased by someone or backing off) becomes claimable."""
+        row = conn.execute(
+            "SELECT extract(epoch FROM min(greatest(run_after, coalesce(leased_until, run_after))) - now())"
+            " FROM embedding_jobs WHERE state = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else float(row[0])
+
     def _wait_for_jobs(self, conn: psycopg.Connection) -> None:
-        """Sleep until NOTIFY says there is work, or the poll interval passes (fallback)."""
-        for _ in conn.notifies(timeout=self.options.poll_seconds, stop_after=1):
-            pass
+        """Sleep until NOTIFY says there is work, or the poll interval passes (fallback).
+
+        Waits in short slices so stop() (SIGTERM) is seen at once, not after poll_seconds.
+        """
+        wait = self.options.poll_seconds
+        due = self._seconds_until_due(conn)
+        if due is not None:
+            # A lease of a dead worker or a retry backoff runs out before the next poll: no
+            # NOTIFY announces that, so wake for it (not up to poll_seconds later).
+            wait = max(0.1, min(wait, due + 0.05))
+        deadline = time.monotonic() + wait
+        while not self.stopping.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            for _ in conn.notifies(timeout=min(remaining, 0.5), stop_after=1):
+                return
 
     def record_written(self, embedded: int, failed: int, retried: int) -> None:
         self.stats.embedded += embedded
@@ -224,20 +262,30 @@ class _Writer:
     def _write(self, encoded: _Encoded) -> None:
         options = self.worker.options
         token = encoded.claim.token
+        started = time.perf_counter()
         ok_jobs = [item.job for item in encoded.prepared if item.error is None]
         written = jobs.write_back(self.conn, token, ok_jobs, encoded.vectors, model=self.worker.encoder.spec)
-        failed = retried = 0
+        failed: list[str] = []
+        retried: list[str] = []
         for item in encoded.prepared:
             if item.error is None:
                 continue
             if item.error.permanent or item.job.attempts >= options.max_attempts:
                 jobs.fail(self.conn, token, item.job.product_id, item.error.reason)
-                failed += 1
+                failed.append(item.error.reason)
             else:
                 jobs.retry_later(
                     self.conn, token, item.job.product_id, item.error.reason,
                     max_attempts=options.max_attempts, base_delay_seconds=options.retry_base_delay_seconds,
                 )
-                retried += 1
+                retried.append(item.error.reason)
             log.info("product %s: %s", item.job.product_id, item.error.reason)
-        self.worker.record_written(written, failed, retried)
+        finished = time.perf_counter()
+        metrics = self.worker.metrics
+        metrics.record_results(written, failed, retried)
+        metrics.record_batch(
+            encode_seconds=encoded.encode_seconds,
+            write_seconds=finished - started,
+            total_seconds=finished - encoded.claimed_at,
+        )
+        self.worker.record_written(written, len(failed), len(retried))

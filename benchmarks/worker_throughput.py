@@ -1,0 +1,223 @@
+"""Embedding worker throughput, stage by stage, against a fresh embedded PostgreSQL.
+
+    python benchmarks/worker_throughput.py                      # 160 photos, ViT-B-32 random weights
+    python benchmarks/worker_throughput.py --images 1000 --model open_clip:ViT-B-32:laion2b_s34b_b79k
+
+Generates N product-like 800 px JPEG photos (gradients + random shapes, quality 90), imports
+them into a new database on a temporary embedded server and measures, in one run:
+
+  (a) bare encoder      pre-decoded tensors through the model, same batch size: the ceiling
+  (b) decode ceiling    load + decode (draft) + preprocess in the worker's decode pool
+  (c) write-back        random vectors written through prodvec.queue.write_back for claimed jobs,
+                        into the HNSW-indexed column and into the same column without the index
+                        (+ what building the index afterwards costs)
+  (d) end to end        Worker.run(once=True): claim → decode pool → encode → writer thread
+
+and prints img/s for each and the ratio (d) / (a). Random weights are fine for speed (the
+network does the same arithmetic), never for quality.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prodvec import queue as jobs
+from prodvec.db.connection import connect, ensure_database, with_dbname
+from prodvec.db.embedded import ensure_server, stop_server
+from prodvec.db.migrate import upgrade
+from prodvec.worker.encode import load_encoder, spec_dimensions
+from prodvec.worker.pipeline import Worker, WorkerOptions
+from prodvec.worker.prepare import prepare
+
+
+def make_photos(folder: Path, count: int, size: int, seed: int) -> list[Path]:
+    """Varied, product-like photos: a soft gradient background and a few coloured shapes."""
+    from PIL import Image, ImageDraw, ImageFilter
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    for i in range(count):
+        top, bottom = rng.integers(120, 256, 3), rng.integers(60, 256, 3)
+        t = ramp[:, None, None] if rng.random() < 0.5 else ramp[None, :, None]
+        background = (top * (1 - t) + bottom * t) * np.ones((size, size, 1), dtype=np.float32)
+        background += rng.normal(0, 6, (size, size, 1)).astype(np.float32)  # sensor-like noise
+        image = Image.fromarray(np.clip(background, 0, 255).astype(np.uint8), "RGB")
+        draw = ImageDraw.Draw(image)
+        for _ in range(int(rng.integers(2, 7))):
+            x0, y0 = rng.integers(0, size - 100, 2)
+            w, h = rng.integers(60, size // 2, 2)
+            box = (int(x0), int(y0), int(min(size, x0 + w)), int(min(size, y0 + h)))
+            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+            shape = rng.integers(0, 3)
+            if shape == 0:
+                draw.rectangle(box, fill=colour)
+            elif shape == 1:
+                draw.ellipse(box, fill=colour, outline=(0, 0, 0), width=3)
+            else:
+                points = [tuple(int(v) for v in rng.integers(0, size, 2)) for _ in range(int(rng.integers(3, 7)))]
+                draw.polygon(points, fill=colour)
+        if i % 3 == 0:
+            image = image.filter(ImageFilter.GaussianBlur(1.2))
+        path = folder / f"p{i:06d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def insert_products(conn, images: list[str], prefix: str) -> None:
+    skus = [f"{prefix}{i:07d}" for i in range(len(images))]
+    conn.execute("INSERT INTO products (sku, image) SELECT * FROM unnest(%s::text[], %s::text[])", (skus, images))
+
+
+def all_jobs(conn) -> list[jobs.Job]:
+    return [jobs.Job(*row) for row in conn.execute("SELECT product_id, image, attempts FROM embedding_jobs ORDER BY product_id")]
+
+
+def bench_decode(encoder, job_list, threads: int) -> tuple[float, list[torch.Tensor]]:
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        prepared = list(pool.map(lambda job: prepare(job, encoder), job_list))
+        seconds = time.perf_counter() - started
+    errors = [item.error for item in prepared if item.error is not None]
+    if errors:
+        raise SystemExit(f"decode failed: {errors[0]}")
+    return len(job_list) / seconds, [item.pixels for item in prepared]
+
+
+def bench_encoder(encoder, pixels: list[torch.Tensor], batch_size: int) -> float:
+    encoder.encode_images(torch.stack(pixels[:batch_size]))  # warm-up (allocator, kernels)
+    started = time.perf_counter()
+    for start in range(0, len(pixels), batch_size):
+        encoder.encode_images(torch.stack(pixels[start : start + batch_size]))
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def bench_write_back(url: str, rows: int, dims: int, batch_size: int, *, indexed: bool) -> tuple[float, float | None]:
+    """Rows/s of claim + write_back of random unit vectors; with indexed=False the HNSW index is
+    dropped first and the time to rebuild it afterwards is returned too."""
+    rng = np.random.default_rng(1)
+    with connect(url, autocommit=True) as conn:
+        conn.execute("TRUNCATE products CASCADE")
+        insert_products(conn, [f"/nowhere/{i}.jpg" for i in range(rows)], "W")
+        if not indexed:
+            conn.execute("DROP INDEX products_embedding_hnsw")
+        started = time.perf_counter()
+        while True:
+            claim = jobs.claim(conn, limit=batch_size, lease_seconds=60)
+            if not claim.jobs:
+                break
+            vectors = rng.standard_normal((len(claim.jobs), dims)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            jobs.write_back(conn, claim.token, claim.jobs, vectors, model="bench")
+        rate = rows / (time.perf_counter() - started)
+        rebuild = None
+        if not indexed:
+            started = time.perf_counter()
+            conn.execute("SET maintenance_work_mem = '512MB'")
+            conn.execute("CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops)")
+            rebuild = time.perf_counter() - started
+        assert conn.execute("SELECT count(*) FROM products WHERE embedding IS NOT NULL").fetchone()[0] == rows
+    return rate, rebuild
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=160, help="photos to generate and embed [160]")
+    parser.add_argument("--size", type=int, default=800, help="photo width and height in px [800]")
+    parser.add_argument("--model", default="open_clip:ViT-B-32:none", help="encoder spec [open_clip:ViT-B-32:none]")
+    parser.add_argument("--device", default=None, help="cpu / cuda [cuda if available]")
+    parser.add_argument("--batch-size", type=int, default=WorkerOptions.batch_size)
+    parser.add_argument("--decode-threads", type=int, default=WorkerOptions.decode_threads)
+    parser.add_argument("--prefetch-batches", type=int, default=WorkerOptions.prefetch_batches)
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch intra-op threads [torch's default]")
+    parser.add_argument("--writeback-rows", type=int, default=3000, help="rows for the write-back ceiling [3000]")
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="alternate (a) and (d) this many times and keep each one's best [2]: other load "
+                             "on the machine then hits both alike")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep photos and pgdata here [a temp dir]")
+    args = parser.parse_args()
+
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    with tempfile.TemporaryDirectory(prefix="prodvec-bench-") as tmp:
+        workdir = args.workdir or Path(tmp)
+        started = time.perf_counter()
+        photos = make_photos(workdir / "photos", args.images, args.size, seed=7)
+        print(f"generated {len(photos)} {args.size} px JPEGs (quality 90) in {time.perf_counter() - started:.1f} s")
+        encoder = load_encoder(args.model, args.device)
+        dims = spec_dimensions(encoder.spec)
+        random_weights = encoder.spec.endswith(":none")
+        print(f"model {encoder.spec} on {encoder.device}{' (RANDOM weights: speed only)' if random_weights else ''}; "
+              f"batch {args.batch_size}, decode threads {args.decode_threads}, prefetch {args.prefetch_batches}, "
+              f"torch threads {torch.get_num_threads()}, {torch.get_num_interop_threads()} inter-op")
+        pgdata = workdir / "pgdata"
+        server = ensure_server(pgdata)
+        try:
+            ensure_database(server, "bench")
+            ensure_database(server, "bench_writes")
+            url, writes_url = with_dbname(server, "bench"), with_dbname(server, "bench_writes")
+            upgrade(url, dims)
+            upgrade(writes_url, dims)
+            with connect(url, autocommit=True) as conn:
+                insert_products(conn, [str(p) for p in photos], "P")
+                job_list = all_jobs(conn)
+
+            decode_rate, pixels = bench_decode(encoder, job_list, args.decode_threads)
+            options = WorkerOptions(batch_size=args.batch_size, decode_threads=args.decode_threads,
+                                    prefetch_batches=args.prefetch_batches)
+            encoder_rates, e2e_rates = [], []
+            for round_ in range(args.rounds):
+                encoder_rates.append(bench_encoder(encoder, pixels, args.batch_size))
+                if round_:
+                    with connect(url, autocommit=True) as conn:
+                        requeue(conn)
+                started = time.perf_counter()
+                stats = Worker(url, encoder, options).run(once=True)
+                e2e_rates.append(stats.embedded / (time.perf_counter() - started))
+                if stats.embedded != len(photos):
+                    raise SystemExit(f"end to end embedded {stats.embedded} of {len(photos)}: {stats.summary()}")
+                print(f"round {round_ + 1}: bare encoder {encoder_rates[-1]:.1f} img/s, end to end {e2e_rates[-1]:.1f} img/s",
+                      flush=True)
+            del pixels
+
+            indexed_rate, _ = bench_write_back(writes_url, args.writeback_rows, dims, args.batch_size, indexed=True)
+            plain_rate, rebuild = bench_write_back(writes_url, args.writeback_rows, dims, args.batch_size, indexed=False)
+        finally:
+            stop_server(pgdata)
+
+    print()
+    print(f"{'stage':<52}{'img/s':>10}")
+    encoder_rate, e2e_rate = max(encoder_rates), max(e2e_rates)
+    print(f"{'(a) bare encoder, pre-decoded tensors':<52}{encoder_rate:>10.1f}")
+    print(f"{'(b) decode ceiling: load+decode+preprocess, pool':<52}{decode_rate:>10.1f}")
+    print(f"{'(c) write-back ceiling, HNSW-indexed column':<52}{indexed_rate:>10.1f}")
+    print(f"{'    write-back ceiling, index dropped':<52}{plain_rate:>10.1f}")
+    print(f"{'(d) end to end, Worker.run(once=True)':<52}{e2e_rate:>10.1f}")
+    print()
+    print(f"end-to-end / bare encoder = {e2e_rate / encoder_rate:.2f} (best of {args.rounds} alternating rounds each; "
+          f"per round: {', '.join(f'{d / a:.2f}' for a, d in zip(encoder_rates, e2e_rates))})")
+    load = os.getloadavg()
+    print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
+          "(other processes on the machine slow every stage)")
+    print(f"HNSW insert cost: {args.writeback_rows} rows write back at {indexed_rate:.0f} rows/s indexed vs "
+          f"{plain_rate:.0f} rows/s unindexed ({plain_rate / indexed_rate:.1f}x); rebuilding the index after "
+          f"took {rebuild:.1f} s, so drop+write+rebuild runs at {args.writeback_rows / (args.writeback_rows / plain_rate + rebuild):.0f} rows/s")
+
+
+def requeue(conn) -> None:
+    """Forget the vectors and queue every product again (for the next end-to-end round)."""
+    conn.execute("UPDATE products SET embedding = NULL, embedding_model = NULL, embedded_image = NULL, embedded_at = NULL")
+    conn.execute("SELECT prodvec_enqueue(array_agg(id), array_agg(image)) FROM products")
+
+
+if __name__ == "__main__":
+    main()
