@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,12 +21,17 @@ TEST_DIMENSIONS = 512
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of an embedded server private to this test run."""
-    home = tmp_path_factory.mktemp("prodvec-home")
+def pg_server() -> Iterator[str]:
+    """URL of an embedded server private to this test run.
+
+    Its data lives outside pytest's tmp dirs: pytest resets /tmp/pytest-of-<user> to 0700,
+    which locks out the server's own system user when tests run as root.
+    """
+    home = Path(tempfile.mkdtemp(prefix="prodvec-tests-"))
     url = ensure_server(home / "pgdata")
     yield url
     stop_server(home / "pgdata")
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

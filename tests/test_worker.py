@@ -107,3 +107,22 @@ def test_dimension_mismatch_stops_the_worker(conn, db_url, encoder) -> None:
     conn.execute("ALTER TABLE products ALTER COLUMN embedding TYPE halfvec(3)")
     with pytest.raises(SchemaMismatch, match="prodvec migrate"):
         Worker(db_url, encoder).run(once=True)
+
+
+def _has_hnsw_index(conn) -> bool:
+    return conn.execute("SELECT to_regclass('products_embedding_hnsw') IS NOT NULL").fetchone()[0]
+
+
+def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path) -> None:
+    from prodvec.worker.bulk import hnsw_index_dropped
+
+    for index, photo in enumerate(sorted(photo_dir.iterdir())):
+        _insert(conn, f"B{index}", str(photo))
+    with hnsw_index_dropped(db_url):
+        assert not _has_hnsw_index(conn)
+        Worker(db_url, encoder).run(once=True)
+    assert _has_hnsw_index(conn)
+    assert jobs.status(conn).embedded == 8
+    with pytest.raises(RuntimeError), hnsw_index_dropped(db_url):
+        raise RuntimeError("backfill interrupted")
+    assert _has_hnsw_index(conn)  # rebuilt even when the backfill fails

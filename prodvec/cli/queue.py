@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import sys
 
@@ -9,11 +10,15 @@ from prodvec import queue as jobs
 from prodvec.cli.output import print_json, print_table
 from prodvec.config import load_settings
 from prodvec.db.connection import connect, database_url
+from prodvec.errors import ConfigError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     worker = commands.add_parser("worker", help="embed pending products (keeps running unless --once)")
     worker.add_argument("--once", action="store_true", help="embed everything pending, then exit")
+    worker.add_argument("--bulk", action="store_true",
+                        help="with --once, for big backfills: drop the HNSW index, embed, rebuild it once at the end "
+                             "(searches stay correct meanwhile, but slower)")
     worker.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
     worker.add_argument("--decode-threads", type=int, default=None, help="threads loading and decoding images")
     worker.add_argument("--lease-seconds", type=float, default=None,
@@ -51,10 +56,13 @@ def _worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: early_stop.set())
 
+    from prodvec.worker.bulk import hnsw_index_dropped
     from prodvec.worker.encode import load_encoder
     from prodvec.worker.metrics import WorkerMetrics, serve
     from prodvec.worker.pipeline import Worker, WorkerOptions
 
+    if args.bulk and not args.once:
+        raise ConfigError("--bulk goes with --once: a long-running worker must keep the index in place")
     settings = load_settings()
     url = database_url(settings)
     overrides = {
@@ -84,7 +92,8 @@ def _worker(args: argparse.Namespace) -> int:
         print(f"worker: metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr)
     print(f"worker: encoder {encoder.spec} on {encoder.device}", file=sys.stderr)
     try:
-        stats = worker.run(once=args.once)
+        with hnsw_index_dropped(url) if args.bulk else contextlib.nullcontext():
+            stats = worker.run(once=args.once)
     finally:
         if progress:
             progress.close()
