@@ -1,0 +1,211 @@
+"""Import a catalog file into products: binary COPY into a staging table, then a set-based upsert.
+
+Rows go in chunks: each chunk is copied into a TEMP table and merged into products with one
+``INSERT ... SELECT ... ON CONFLICT (sku) DO UPDATE`` that leaves out rows whose values did not
+change. So a re-import of an unchanged catalog writes nothing (not even row locks), fires no
+update trigger, queues nothing and keeps updated_at; the statement-level triggers queue new
+products and changed images once per chunk, while price, stock, title and category changes
+queue nothing. The whole file is one transaction: an import that fails half-way (database
+down, disk full) leaves products as they were. Bad rows do not fail it: they are reported and
+skipped.
+
+A sku that appears more than once in a file: the last row wins, as importing the rows one
+after the other would have it. Each earlier row is reported as a bad row naming the line that
+replaces it, and skipped; if that last row is itself invalid the sku is left as it was.
+Finding the last rows takes a quick first pass over the file (skus only) and about 100 bytes
+of memory per distinct sku while it runs.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Generator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import TextIO
+
+import psycopg
+from tqdm import tqdm
+
+from prodvec.catalog.readers import CatalogFormat, detect_format, iter_records, open_catalog
+from prodvec.catalog.rows import COLUMNS, CatalogRow, clean_sku, parse_row
+from prodvec.errors import CatalogRowError
+
+#: Rows per COPY + upsert. Large enough that per-statement costs vanish, small enough that
+#: the staging table and the triggers' transition tables stay in memory.
+CHUNK_ROWS = 50_000
+
+STAGING = "prodvec_import_staging"
+_COLUMN_LIST = ", ".join(COLUMNS)
+_CREATE_STAGING = f"""
+CREATE TEMP TABLE {STAGING} (
+    sku text, title text, category text, price numeric(12, 2), stock integer, image text
+)"""
+_COPY = f"COPY {STAGING} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = ("text", "text", "text", "numeric", "int4", "text")
+# Unchanged rows are filtered out before the INSERT: ON CONFLICT DO UPDATE would lock them
+# (and log the lock) even when its WHERE skips the update, so a re-import of a big unchanged
+# catalog would hold every product locked, stalling the worker's write-backs until it commits.
+# The WHERE after ON CONFLICT still guards against a concurrent change to the same values.
+# xmax = 0 on a returned row means it was inserted; an updated row carries this transaction's
+# xmax (its row lock). PostgreSQL 18's RETURNING old.* would say it directly, but
+# DATABASE_URL may point at an older server.
+_UPSERT = f"""
+WITH written AS (
+    INSERT INTO products AS p ({_COLUMN_LIST})
+    SELECT {_COLUMN_LIST} FROM {STAGING} s
+    WHERE NOT EXISTS (
+        SELECT FROM products cur
+        WHERE cur.sku = s.sku
+          AND (cur.title, cur.category, cur.price, cur.stock, cur.image)
+              IS NOT DISTINCT FROM (s.title, s.category, s.price, s.stock, s.image))
+    ON CONFLICT (sku) DO UPDATE
+        SET title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
+            stock = EXCLUDED.stock, image = EXCLUDED.image
+        WHERE (p.title, p.category, p.price, p.stock, p.image)
+              IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.category, EXCLUDED.price, EXCLUDED.stock, EXCLUDED.image)
+    RETURNING xmax = 0 AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"""
+
+
+@dataclass
+class ImportReport:
+    """What one import did. ``unchanged``: rows already in products exactly as in the file."""
+
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    bad_rows: list[CatalogRowError] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def import_catalog(
+    conn: psycopg.Connection,
+    path: str | os.PathLike[str],
+    *,
+    format: str | None = None,  # noqa: A002 - mirrors the CLI's --format
+    progress: bool | None = None,
+) -> ImportReport:
+    """Insert or update the products in a CSV or JSON Lines catalog file; one transaction.
+
+    ``format``: csv, jsonl or ndjson; by default the file suffix says. ``progress``: show a
+    progress bar on stderr; by default only when stderr is a terminal. Relative image paths
+    are stored resolved against the file's folder. Raises `CatalogRowError` (line 1) for a
+    CSV file without a sku column, `ConfigError` for an unknown format.
+    """
+    started = time.perf_counter()
+    path = Path(path)
+    fmt = detect_format(path, format)
+    show = sys.stderr.isatty() if progress is None else progress
+    report = ImportReport()
+    superseded = _repeated_skus(path, fmt, show)
+    with conn.transaction(), open_catalog(path) as stream, _bar(path, "importing", show) as bar:
+        conn.execute(_CREATE_STAGING)
+        rows = _valid_rows(stream, fmt, superseded, report.bad_rows, base_dir=str(path.parent.absolute()))
+        # closing(): the reading thread is done before the file closes, even on an error.
+        with closing(_read_ahead(rows, stream)) as chunks:
+            for chunk, position in chunks:
+                inserted, updated = _write_chunk(conn, chunk)
+                report.inserted += inserted
+                report.updated += updated
+                report.unchanged += len(chunk) - inserted - updated
+                bar.update(position - bar.n)
+        # Dropped here rather than ON COMMIT: the caller's transaction may outlive this import.
+        conn.execute(f"DROP TABLE {STAGING}")
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _repeated_skus(path: Path, fmt: CatalogFormat, show: bool) -> dict[str, int]:
+    """sku -> line of its last row, for the skus on more than one line (first pass, skus only)."""
+    last_line: dict[str, int] = {}
+    repeated: set[str] = set()
+    with open_catalog(path) as stream, _bar(path, "checking skus", show) as bar:
+        for count, item in enumerate(iter_records(stream, fmt)):
+            if count % CHUNK_ROWS == 0:
+                bar.update(stream.buffer.tell() - bar.n)
+            if isinstance(item, CatalogRowError):
+                continue
+            line, record = item
+            try:
+                sku = clean_sku(record.get("sku"))
+            except ValueError:
+                continue  # the second pass reports it
+            if sku is None:
+                continue
+            if sku in last_line:
+                repeated.add(sku)
+            last_line[sku] = line
+    return {sku: last_line[sku] for sku in repeated}
+
+
+def _valid_rows(
+    stream: TextIO,
+    fmt: CatalogFormat,
+    superseded: dict[str, int],
+    bad_rows: list[CatalogRowError],
+    *,
+    base_dir: str,
+) -> Iterator[CatalogRow]:
+    """The rows to write, in file order; every other line that held a record goes to bad_rows."""
+    for item in iter_records(stream, fmt):
+        if isinstance(item, CatalogRowError):
+            bad_rows.append(item)
+            continue
+        line, record = item
+        try:
+            row = parse_row(record, line, base_dir)
+        except CatalogRowError as exc:
+            bad_rows.append(exc)
+            continue
+        last = superseded.get(row.sku, line)
+        if last != line:
+            reason = f"sku {row.sku!r} appears again on line {last}, which replaces this row"
+            bad_rows.append(CatalogRowError(line, reason))
+            continue
+        yield row
+
+
+def _read_ahead(
+    rows: Iterator[CatalogRow], stream: TextIO
+) -> Generator[tuple[list[CatalogRow], int], None, None]:
+    """Chunks of up to CHUNK_ROWS rows, each with the file position after it.
+
+    A thread reads and checks the next chunk while the database writes the current one:
+    on two cores the parsing then costs no time (the database takes longer).
+    Only that thread touches ``rows``, ``stream`` and the bad-row list until this ends.
+    """
+
+    def read_chunk() -> tuple[list[CatalogRow], int]:
+        chunk = list(islice(rows, CHUNK_ROWS))
+        return chunk, stream.buffer.tell()
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prodvec-import") as reader:
+        upcoming = reader.submit(read_chunk)
+        while (current := upcoming.result())[0]:
+            upcoming = reader.submit(read_chunk)
+            yield current
+
+
+def _write_chunk(conn: psycopg.Connection, chunk: list[CatalogRow]) -> tuple[int, int]:
+    """COPY one chunk into staging and merge it into products; (inserted, updated)."""
+    conn.execute(f"TRUNCATE {STAGING}")
+    with conn.cursor() as cur:
+        with cur.copy(_COPY) as copy:
+            copy.set_types(list(_COPY_TYPES))
+            for row in chunk:
+                copy.write_row(row)
+        inserted, updated = cur.execute(_UPSERT).fetchone() or (0, 0)
+    return inserted, updated
+
+
+def _bar(path: Path, desc: str, show: bool) -> tqdm:
+    return tqdm(
+        total=path.stat().st_size, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+        disable=not show, leave=False, file=sys.stderr,
+    )
