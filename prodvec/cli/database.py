@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from prodvec.cli.output import print_json
+from prodvec.cli.output import print_report
 from prodvec.config import load_settings
 from prodvec.db.connection import database_url
 from prodvec.errors import ConfigError
@@ -57,11 +57,7 @@ def _status(args: argparse.Namespace) -> int:
     else:
         state = server_status(settings.pgdata)
         report = {"embedded": True, "running": state.running, "url": state.url, "pgdata": str(settings.pgdata)}
-    if args.json:
-        print_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value}")
+    print_report(report, as_json=args.json)
     return 0
 
 

@@ -19,6 +19,15 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def print_report(report: Mapping[str, Any], *, as_json: bool) -> None:
+    """A flat mapping: JSON, or one ``key: value`` line each."""
+    if as_json:
+        print_json(report)
+        return
+    for key, value in report.items():
+        print(f"{key}: {_cell(value) or '-'}")
+
+
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> None:
     cells = [[_cell(row.get(column)) for column in columns] for row in rows]
     widths = [max([len(column), *(len(line[i]) for line in cells)]) for i, column in enumerate(columns)]

@@ -7,7 +7,7 @@ import signal
 import sys
 
 from prodvec import queue as jobs
-from prodvec.cli.output import print_json, print_table
+from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.connection import connect, database_url
 from prodvec.errors import ConfigError
@@ -114,11 +114,7 @@ def _progress_bar(url: str):  # -> tqdm
 def _status(args: argparse.Namespace) -> int:
     with connect() as conn:
         report = jobs.status(conn).as_dict()
-    if args.json:
-        print_json(report)
-    else:
-        for key, value in report.items():
-            print(f"{key}: {value if value is not None else '-'}")
+    print_report(report, as_json=args.json)
     return 0
 
 

@@ -1,0 +1,52 @@
+"""`prodvec eval QUERIES.csv`: measure search quality on your own catalog with labelled photos."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from prodvec.cli.output import print_json, print_table
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "eval",
+        help="score search on the current database with labelled query photos (recall@k, MRR, precision@k)",
+        description=(
+            "QUERIES is a CSV with an 'image' column (path relative to the CSV, or URL) and a 'sku' column "
+            "(the product the photo shows: recall@1/5/10 and MRR) and/or a 'category' column "
+            "(precision@k: the share of the k results in that category)."
+        ),
+    )
+    parser.add_argument("queries", type=Path, metavar="QUERIES")
+    parser.add_argument("-k", type=int, default=10, help="results judged per query for precision@k (default 10)")
+    parser.add_argument(
+        "--robust", action=argparse.BooleanOptionalAction, default=None,
+        help="robust query embedding (default: as searches do)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the scores as JSON")
+    parser.set_defaults(handler=_evaluate)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from prodvec import session
+    from prodvec.config import load_settings
+    from prodvec.evaluate import evaluate, read_queries
+    from prodvec.worker.encode import load_encoder
+    from prodvec.worker.encode.robust import ROBUST_BY_DEFAULT
+
+    queries = read_queries(args.queries)
+    settings = load_settings()
+    encoder = load_encoder(settings.model, settings.device)
+    robust = ROBUST_BY_DEFAULT if args.robust is None else args.robust
+    with session() as db:
+        result = evaluate(db, queries, encoder, k=args.k, robust=robust)
+    if args.json:
+        print_json(result.as_dict())
+        return 0
+    print(f"{result.n} queries, model {result.model}, robust query embedding {'on' if result.robust else 'off'}")
+    rows = [
+        {"metric": name, "value": value, "queries": result.n_category if name.startswith("precision") else result.n_sku}
+        for name, value in result.scores.items()
+    ]
+    print_table(rows, ["metric", "value", "queries"])
+    return 0
