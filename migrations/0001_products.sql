@@ -20,7 +20,9 @@ CREATE TABLE products (
     updated_at     timestamptz NOT NULL DEFAULT now()
 );
 
-CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops);
+-- ef_construction 128 (pgvector's default is 64): unfiltered recall@10 0.92 → 0.99 on 100k
+-- clustered 512-d vectors for ~35% longer builds (benchmarks/filtered_search.py).
+CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 128);
 CREATE INDEX products_category_price ON products (category, price);
 CREATE INDEX products_price ON products (price);
 CREATE INDEX products_in_stock ON products (price) WHERE stock > 0;
@@ -146,7 +148,7 @@ BEGIN
     UPDATE products SET embedding_model = NULL, embedded_image = NULL, embedded_at = NULL
     WHERE embedding_model IS NOT NULL;
     PERFORM prodvec_enqueue(array_agg(id), array_agg(image)) FROM products WHERE image <> '';
-    CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops);
+    CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 128);
     RETURN true;
 END;
 $$;

@@ -52,8 +52,11 @@ class Product(Base):
         """The k products nearest to ``query`` that satisfy every ``where`` clause.
 
         ``query``: a PIL image, a path or URL, image bytes, a vector (list / numpy array),
-        a ``Product`` or a sku string prefixed ``sku:`` ("more like this", itself excluded).
-        Nearest first; ``result.complete`` says whether every qualifying product was considered.
+        a ``Product`` or ``prodvec.search.Sku("ABC-1")`` ("more like this", itself excluded).
+        Nearest first, by cosine distance; ``max_distance`` drops hits farther than that.
+        ``result.complete``: it holds min(k, matching products) hits (the planner picks exact
+        or HNSW per query and falls back to exact when the index comes back short).
+        QueryError for a query that cannot be answered (unknown sku, no embedding yet...).
         """
         from prodvec.search.similar import similar_to
 
@@ -69,7 +72,7 @@ class Product(Base):
         where: Iterable[ColumnElement[bool]] = (),
         max_distance: float | None = None,
     ) -> SearchResult:
-        """The k products whose photos best match ``text`` (CLIP models only)."""
+        """The k products whose photos best match ``text``; QueryError for image-only models."""
         from prodvec.search.similar import similar_to_text
 
         return similar_to_text(session, text, k=k, where=tuple(where), max_distance=max_distance)

@@ -5,4 +5,4 @@
 DROP INDEX IF EXISTS products_embedding_hnsw;
 
 -- name: create_hnsw
-CREATE INDEX IF NOT EXISTS products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops);
+CREATE INDEX IF NOT EXISTS products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops) WITH (m = 16, ef_construction = 128);

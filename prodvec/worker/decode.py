@@ -46,6 +46,12 @@ def decode(data: bytes, *, target_size: int, max_pixels: int = MAX_PIXELS) -> Im
         raise ImageError(f"decompression bomb refused: {exc}", permanent=True) from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError(f"truncated or corrupt image: {exc}", permanent=True) from None
+    return normalize(image, target_size=target_size)
+
+
+def normalize(image: Image.Image, *, target_size: int) -> Image.Image:
+    """What every image goes through before the encoder's transform, stored or query alike:
+    EXIF orientation applied, RGB on white, extreme strips letterboxed."""
     return _bounded_aspect(to_rgb(ImageOps.exif_transpose(image)), target_size)
 
 

@@ -1,0 +1,383 @@
+"""Filtered similarity search: completeness, recall@10 and latency, prodvec vs plain pgvector.
+
+    python benchmarks/filtered_search.py [--rows 100000] [--small-rows 10000] [--queries 50]
+
+A synthetic catalog: 512-d unit vectors from clusters (a shoe photo lies near other shoes,
+with ~16 dimensions of within-cluster variation), 20 categories that follow the clusters
+(10% of products carry another category), log-normal prices per category, half in stock.
+Filters keep ~50% (10 categories), 5% (one category), 1% (+ a price cap) and 0.2% (+ in stock);
+queries come from a cluster of the filtered category ("near") or of another one ("far").
+
+Methods, each on the same queries: naive pgvector (default settings: ef_search 40, no
+iterative scan), pgvector's iterative scan alone (relaxed_order, its defaults, re-sorted) and
+prodvec's Product.similar_to through the ORM. Truth: brute force in numpy over the stored
+halfvec values. Runs on a private embedded server (shared_buffers 512MB: the 100k table and
+its index fit), loads with binary COPY, then builds the migration's HNSW index
+(m=16, ef_construction=128) as `prodvec worker --once --bulk` does. About 2 minutes on 2 cores with the
+defaults. 1M rows (--rows 1000000) was not run: on 2 cores the index build alone would take
+many minutes (10x the rows, and the graph outgrows maintenance_work_mem = 1GB).
+"""
+from __future__ import annotations
+
+import os
+
+# numpy's BLAS threads busy-wait after each brute-force answer, taking the 2 cores from the
+# database being timed right after: one thread is as fast here and leaves timings alone.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+
+import numpy as np
+import psycopg
+import psycopg.sql
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session
+
+from prodvec.db.connection import ensure_database, sqlalchemy_url, with_dbname
+from prodvec.db.embedded import ensure_server, stop_server
+from prodvec.db.migrate import upgrade
+from prodvec.models import Product
+from prodvec.search import similar_to
+from prodvec.worker.bulk import rebuild_hnsw_index
+
+DIMENSIONS = 512
+CATEGORIES = 20
+CLUSTERS_PER_CATEGORY = 10
+LATENT_DIMENSIONS = 16
+K = 10
+#: Recall tolerance: halfvec distances tie within this, and any of the tied rows is right.
+TIE_TOLERANCE = 1e-4
+SELECTIVITIES = ("50%", "5%", "1%", "0.2%")
+#: Part of the database name, so a --pgdata kept from a run with other data is not reused.
+DATA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Catalog:
+    vectors: np.ndarray  # float16 rows, as stored (halfvec)
+    category: np.ndarray  # int, 0..CATEGORIES-1
+    cluster: np.ndarray
+    price: np.ndarray  # float, 2 decimals
+    in_stock: np.ndarray  # bool
+    generator: Callable[[int, int], np.ndarray]  # (cluster, n) -> n fresh float32 vectors
+
+
+def make_catalog(rows: int, seed: int) -> Catalog:
+    rng = np.random.default_rng(seed)
+    clusters = CATEGORIES * CLUSTERS_PER_CATEGORY
+    cluster_category = np.repeat(np.arange(CATEGORIES), CLUSTERS_PER_CATEGORY)
+    # Like CLIP image vectors: a shared component (unrelated photos still have cosine ~0.45),
+    # then category (~0.7 within one), cluster (~0.85) and 16 directions of variation inside it.
+    shared = _unit(rng.standard_normal(DIMENSIONS))
+    category_dirs = _unit(rng.standard_normal((CATEGORIES, DIMENSIONS)))
+    cluster_dirs = _unit(rng.standard_normal((clusters, DIMENSIONS)))
+    centres = 0.65 * shared + 0.45 * category_dirs[cluster_category] + 0.40 * cluster_dirs
+    bases = rng.standard_normal((clusters, LATENT_DIMENSIONS, DIMENSIONS)) / np.sqrt(LATENT_DIMENSIONS * DIMENSIONS)
+
+    def generate(cluster: int, n: int, rng: np.random.Generator = rng) -> np.ndarray:
+        latent = rng.standard_normal((n, LATENT_DIMENSIONS)) @ bases[cluster] * 0.35
+        noise = rng.standard_normal((n, DIMENSIONS)) * (0.10 / np.sqrt(DIMENSIONS))
+        return _unit(centres[cluster] + latent + noise).astype(np.float32)
+
+    cluster = rng.integers(0, clusters, rows)
+    vectors = np.empty((rows, DIMENSIONS), dtype=np.float16)
+    for c in range(clusters):
+        members = np.flatnonzero(cluster == c)
+        vectors[members] = generate(c, len(members))
+    category = cluster_category[cluster].copy()
+    relabel = rng.random(rows) < 0.10
+    category[relabel] = rng.integers(0, CATEGORIES, int(relabel.sum()))
+    median = np.exp(rng.uniform(np.log(15), np.log(300), CATEGORIES))
+    price = np.round(median[category] * rng.lognormal(0, 0.6, rows), 2).clip(0.5, 99_999)
+    return Catalog(vectors, category, cluster, price, rng.random(rows) < 0.5, generate)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+# ---- filters and queries ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Filter:
+    categories: tuple[int, ...]
+    max_price: float | None = None
+    in_stock: bool = False
+
+    def mask(self, catalog: Catalog) -> np.ndarray:
+        keep = np.isin(catalog.category, self.categories)
+        if self.max_price is not None:
+            keep &= catalog.price <= self.max_price
+        if self.in_stock:
+            keep &= catalog.in_stock
+        return keep
+
+    def sql(self) -> tuple[str, dict[str, object]]:
+        clauses, params = ["category = ANY(%(categories)s)"], {"categories": [f"c{c:02d}" for c in self.categories]}
+        if self.max_price is not None:
+            clauses.append("price <= %(max_price)s")
+            params["max_price"] = Decimal(f"{self.max_price:.2f}")
+        if self.in_stock:
+            clauses.append("stock > 0")
+        return " AND ".join(clauses), params
+
+    def clauses(self) -> list:
+        where = [Product.category.in_([f"c{c:02d}" for c in self.categories])]
+        if self.max_price is not None:
+            where.append(Product.price <= Decimal(f"{self.max_price:.2f}"))
+        if self.in_stock:
+            where.append(Product.stock > 0)
+        return where
+
+
+@dataclass(frozen=True)
+class Case:
+    selectivity: str
+    placement: str  # near | far
+    vector: np.ndarray
+    filter: Filter
+
+
+def make_cases(catalog: Catalog, per_cell: int, seed: int) -> list[Case]:
+    rng = np.random.default_rng(seed + 1)
+    cases = []
+    for selectivity in SELECTIVITIES:
+        for placement in ("near", "far"):
+            for _ in range(per_cell):
+                wanted = _filter_for(selectivity, catalog, rng)
+                others = tuple(set(range(CATEGORIES)) - set(wanted.categories))
+                pool = wanted.categories if placement == "near" else others
+                category = int(rng.choice(pool))
+                cluster = category * CLUSTERS_PER_CATEGORY + int(rng.integers(CLUSTERS_PER_CATEGORY))
+                cases.append(Case(selectivity, placement, catalog.generator(cluster, 1)[0], wanted))
+    return cases
+
+
+def _filter_for(selectivity: str, catalog: Catalog, rng: np.random.Generator) -> Filter:
+    if selectivity == "50%":
+        return Filter(tuple(int(c) for c in rng.choice(CATEGORIES, CATEGORIES // 2, replace=False)))
+    category = int(rng.integers(CATEGORIES))
+    prices = catalog.price[catalog.category == category]
+    if selectivity == "5%":
+        return Filter((category,))
+    if selectivity == "1%":
+        return Filter((category,), max_price=round(float(np.quantile(prices, 0.20)), 2))
+    return Filter((category,), max_price=round(float(np.quantile(prices, 0.08)), 2), in_stock=True)
+
+
+# ---- database ---------------------------------------------------------------------------------
+
+def load(server_url: str, catalog: Catalog, name: str) -> str:
+    """A database holding the catalog with its HNSW index; reused when already there."""
+    url = with_dbname(server_url, name)
+    ensure_database(server_url, name)
+    upgrade(url, DIMENSIONS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        if conn.execute("SELECT count(*) FROM products").fetchone()[0] == len(catalog.vectors):
+            print(f"  {name}: already loaded")
+            return url
+        conn.execute("TRUNCATE products CASCADE")
+        conn.execute("DROP INDEX IF EXISTS products_embedding_hnsw")
+        started = time.perf_counter()
+        with conn.cursor().copy(
+            "COPY products (id, sku, title, category, price, stock, embedding) FROM STDIN WITH (FORMAT BINARY)"
+        ) as copy:
+            copy.set_types(["int8", "text", "text", "text", "numeric", "int4", "halfvec"])
+            for i, vector in enumerate(catalog.vectors):
+                copy.write_row((
+                    i + 1, f"SKU-{i:07d}", f"product {i}", f"c{catalog.category[i]:02d}",
+                    Decimal(f"{catalog.price[i]:.2f}"), 10 if catalog.in_stock[i] else 0, HalfVector(vector),
+                ))
+        copied = time.perf_counter() - started
+        built = rebuild_hnsw_index(url)
+        conn.execute("VACUUM ANALYZE products")
+    print(f"  {name}: COPY {len(catalog.vectors):,} rows {copied:.1f} s, HNSW build {built:.1f} s")
+    return url
+
+
+# ---- methods ----------------------------------------------------------------------------------
+
+NAIVE = "SELECT id FROM products WHERE {where} ORDER BY embedding <=> %(q)s::halfvec LIMIT {k}"
+ITERATIVE = (
+    "WITH nearest AS MATERIALIZED (SELECT id, embedding <=> %(q)s::halfvec AS distance FROM products "
+    "WHERE {where} ORDER BY distance LIMIT {k}) SELECT id FROM nearest ORDER BY distance"
+)
+UNFILTERED = "SELECT id FROM products ORDER BY embedding <=> %(q)s::halfvec LIMIT {k}"
+
+
+@dataclass
+class Measured:
+    ids: list[int]
+    seconds: float
+    strategy: str = ""
+
+
+def run_sql(conn: psycopg.Connection, sql: str, case: Case, setup: str = "") -> Measured:
+    where, params = case.filter.sql()
+    params["q"] = HalfVector(case.vector)
+    started = time.perf_counter()
+    with conn.transaction():
+        if setup:
+            conn.execute(setup)
+        ids = [row[0] for row in conn.execute(sql.format(where=where, k=K), params)]
+    return Measured(ids, time.perf_counter() - started)
+
+
+def run_prodvec(session: Session, vector: np.ndarray, where: list) -> Measured:
+    started = time.perf_counter()
+    result = similar_to(session, vector, k=K, where=where)
+    ids = [hit.product.id for hit in result]
+    session.rollback()
+    elapsed = time.perf_counter() - started
+    session.expunge_all()
+    return Measured(ids, elapsed, result.strategy)
+
+
+# ---- evaluation -------------------------------------------------------------------------------
+
+def truth(stored: np.ndarray, case: Case, catalog: Catalog) -> tuple[set[int], int]:
+    """Ids (row number + 1, as loaded) within tolerance of the true top k, and how many must come back."""
+    rows = np.flatnonzero(case.filter.mask(catalog))
+    if len(rows) == 0:
+        return set(), 0
+    query = case.vector.astype(np.float16).astype(np.float32)
+    distances = 1 - stored[rows] @ query / np.linalg.norm(query)
+    need = min(K, len(rows))
+    kth = np.partition(distances, need - 1)[need - 1]
+    return {int(r) + 1 for r in rows[distances <= kth + TIE_TOLERANCE]}, need
+
+
+@dataclass
+class Cell:
+    complete: list[bool]
+    recall: list[float]
+    seconds: list[float]
+
+    def add(self, measured: Measured, right: set[int], need: int) -> None:
+        self.complete.append(len(measured.ids) == need)
+        found = len(set(measured.ids) & right)
+        self.recall.append(min(found, need) / need if need else 1.0)
+        self.seconds.append(measured.seconds)
+
+
+def p(values: list[float], q: float) -> float:
+    return float(np.quantile(values, q)) * 1000
+
+
+def evaluate(url: str, catalog: Catalog, cases: list[Case], label: str) -> dict[str, dict[str, Cell]]:
+    stored = catalog.vectors.astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    engine = create_engine(sqlalchemy_url(url))
+    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
+    methods = ("naive", "iterative", "prodvec")
+    cells: dict[str, dict[str, Cell]] = {m: {} for m in methods}
+    strategies: dict[str, Counter[str]] = {}
+    with psycopg.connect(url, autocommit=True) as conn, Session(engine) as session:
+        register_vector(conn)
+        for case in cases[:20]:  # warm caches and connections
+            run_sql(conn, NAIVE, case)
+            run_prodvec(session, case.vector, case.filter.clauses())
+        baseline = [run_sql(conn, UNFILTERED, c).seconds for c in cases]
+        baseline_api = [run_prodvec(session, c.vector, []).seconds for c in cases[:200]]
+        for case in cases:
+            right, need = truth(stored, case, catalog)
+            key = case.selectivity
+            runs = {
+                "naive": run_sql(conn, NAIVE, case),
+                "iterative": run_sql(conn, ITERATIVE, case, "SET LOCAL hnsw.iterative_scan = relaxed_order"),
+                "prodvec": run_prodvec(session, case.vector, case.filter.clauses()),
+            }
+            for method, measured in runs.items():
+                cells[method].setdefault(key, Cell([], [], [])).add(measured, right, need)
+            strategies.setdefault(key, Counter())[runs["prodvec"].strategy] += 1
+    engine.dispose()
+    print(f"\n{label}: unfiltered HNSW p50 {p(baseline, .5):.2f} ms, p95 {p(baseline, .95):.2f} ms (raw SQL, "
+          f"'unf'); through prodvec's API p50 {p(baseline_api, .5):.2f} ms ('api'). Load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, shared_buffers {show(url, 'shared_buffers')}.")
+    print(f"{'filter':>7} {'method':>10} {'complete':>9} {'recall@10':>10} {'min rec':>8} {'p50 ms':>8} "
+          f"{'p95 ms':>8} {'p50/unf':>8} {'p50/api':>8}  prodvec strategies")
+    for key in SELECTIVITIES:
+        for method in methods:
+            cell = cells[method][key]
+            note = ", ".join(f"{s} {n}" for s, n in sorted(strategies[key].items())) if method == "prodvec" else ""
+            print(f"{key:>7} {method:>10} {100 * np.mean(cell.complete):8.0f}% {np.mean(cell.recall):10.3f} "
+                  f"{min(cell.recall):8.2f} {p(cell.seconds, .5):8.2f} {p(cell.seconds, .95):8.2f} "
+                  f"{p(cell.seconds, .5) / p(baseline, .5):7.1f}x "
+                  f"{p(cell.seconds, .5) / p(baseline_api, .5):7.1f}x  {note}")
+    cells["unfiltered"] = {"all": Cell([], [], baseline)}
+    return cells
+
+
+def configure(server: str, pgdata: Path, shared_buffers: str) -> str:
+    """Set shared_buffers (restarting the server when it changes); returns the server's URL."""
+    with psycopg.connect(server, autocommit=True) as conn:
+        if conn.execute("SHOW shared_buffers").fetchone()[0] == shared_buffers:
+            return server
+        statement = psycopg.sql.SQL("ALTER SYSTEM SET shared_buffers = {}")
+        conn.execute(statement.format(psycopg.sql.Literal(shared_buffers)))
+    stop_server(pgdata)
+    return ensure_server(pgdata)
+
+
+def show(url: str, setting: str) -> str:
+    with psycopg.connect(url) as conn:
+        return conn.execute(psycopg.sql.SQL("SHOW {}").format(psycopg.sql.Identifier(setting))).fetchone()[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--small-rows", type=int, default=10_000, help="also run at this size, for growth (0: skip)")
+    parser.add_argument("--queries", type=int, default=50, help="queries per filter and near/far (default 50)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
+    parser.add_argument(
+        "--shared-buffers", default="512MB",
+        help="the server's shared_buffers (default 512MB: 100k rows and their index take ~250 MB; "
+        "PostgreSQL's own default, 128MB, makes every method read pages from the OS cache)",
+    )
+    args = parser.parse_args()
+
+    pgdata = args.pgdata or Path(tempfile.mkdtemp(prefix="prodvec-bench-")) / "pgdata"
+    server = configure(ensure_server(pgdata), pgdata, args.shared_buffers)
+    started = time.perf_counter()
+    results = {}
+    try:
+        for rows in [r for r in (args.small_rows, args.rows) if r]:
+            catalog = make_catalog(rows, args.seed)
+            name = f"bench_v{DATA_VERSION}_{rows}_{args.seed}"
+            url = load(server, catalog, name)
+            cases = make_cases(catalog, args.queries, args.seed)
+            results[rows] = evaluate(url, catalog, cases, f"{rows:,} rows, {len(cases)} queries, k={K}")
+    finally:
+        if args.pgdata is None:
+            stop_server(pgdata)
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+    if len(results) == 2:
+        small, large = sorted(results)
+        print(f"\nlatency growth {small:,} → {large:,} rows (p50 ms)")
+        for method in ("naive", "iterative", "prodvec"):
+            growth = "  ".join(
+                f"{key} {p(results[small][method][key].seconds, .5):.2f}"
+                f"→{p(results[large][method][key].seconds, .5):.2f}"
+                for key in SELECTIVITIES
+            )
+            print(f"  {method:>10}: {growth}")
+        unf = results[small]["unfiltered"]["all"].seconds, results[large]["unfiltered"]["all"].seconds
+        print(f"  {'unfiltered':>10}: {p(unf[0], .5):.2f}→{p(unf[1], .5):.2f}")
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

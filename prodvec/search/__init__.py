@@ -1,0 +1,13 @@
+"""Filtered similarity search that is always complete.
+
+    from prodvec.search import Sku, similar_to
+    result = similar_to(session, Sku("SHOE-1"), k=10, where=[Product.price < 50])
+    result.complete  # True: min(k, matching products) hits, nearest first
+
+``Product.similar_to`` / ``Product.similar_to_text`` are the same calls on the model.
+"""
+from prodvec.search.query import Sku, Text
+from prodvec.search.result import Hit, SearchResult
+from prodvec.search.similar import similar_to, similar_to_many, similar_to_text
+
+__all__ = ["Hit", "SearchResult", "Sku", "Text", "similar_to", "similar_to_many", "similar_to_text"]

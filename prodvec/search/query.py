@@ -1,0 +1,160 @@
+"""Search queries → query vectors: images and texts through the encoder (batched), vectors as
+given, products and skus by their stored embedding ("more like this", itself excluded)."""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from prodvec.errors import ImageError, QueryError
+from prodvec.models import Product
+
+if TYPE_CHECKING:  # torch and the model code load only when a query needs the encoder
+    from prodvec.worker.encode import Encoder
+
+#: Images per encoder call: bounds memory when many query images come at once.
+ENCODE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Sku:
+    """Query by a product's sku: its stored embedding, the product itself excluded."""
+
+    sku: str
+
+
+@dataclass(frozen=True)
+class Text:
+    """A text query (CLIP models only): ``similar_to_text`` wraps its text in one."""
+
+    text: str
+
+
+#: A PIL image, a path or URL, image bytes, a vector, a Product, a Sku or a Text.
+QueryInput: TypeAlias = Any
+
+
+@dataclass(frozen=True)
+class QueryVector:
+    vector: np.ndarray  # float32, shape (D,)
+    exclude_id: int | None = None  # the query product itself
+
+
+def resolve(session: Session, queries: Sequence[QueryInput]) -> list[QueryVector]:
+    """One vector per query, in order. Images go through the encoder together, texts too."""
+    resolved: dict[int, QueryVector] = {}
+    images: dict[int, Image.Image] = {}
+    texts: dict[int, str] = {}
+    stored: dict[int, Product | Sku] = {}
+    for i, query in enumerate(queries):
+        if isinstance(query, (Product, Sku)):
+            stored[i] = query
+        elif isinstance(query, Text):
+            texts[i] = query.text
+        elif isinstance(query, (np.ndarray, list, tuple)) or hasattr(query, "to_numpy"):
+            resolved[i] = QueryVector(_as_vector(query))
+        else:
+            images[i] = _as_image(query)
+    if stored:
+        resolved.update(zip(stored, _stored_vectors(session, list(stored.values())), strict=True))
+    if texts:
+        resolved.update(zip(texts, map(QueryVector, _encode_texts(list(texts.values()))), strict=True))
+    if images:
+        resolved.update(zip(images, map(QueryVector, _encode_images(list(images.values()))), strict=True))
+    return [resolved[i] for i in range(len(queries))]
+
+
+def _encoder() -> Encoder:
+    from prodvec.config import load_settings
+    from prodvec.worker.encode import load_encoder
+
+    settings = load_settings()
+    return load_encoder(settings.model, settings.device)
+
+
+def _as_vector(query: Any) -> np.ndarray:
+    raw = query.to_numpy() if hasattr(query, "to_numpy") else query
+    try:
+        vector = np.asarray(raw, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise QueryError("a vector query must be a flat sequence of numbers") from None
+    if vector.ndim != 1 or vector.size == 0:
+        raise QueryError(f"a vector query must be one flat vector, got shape {vector.shape}")
+    if not np.all(np.isfinite(vector)) or not np.any(vector):
+        # Cosine distance to a zero (or NaN) vector is undefined: every row would tie at NaN.
+        raise QueryError("a vector query must be finite and not all zeros")
+    return vector
+
+
+def _as_image(query: Any) -> Image.Image:
+    from prodvec.worker.decode import decode, normalize
+    from prodvec.worker.load import load_bytes
+
+    if isinstance(query, Image.Image):
+        return normalize(query, target_size=_encoder().input_size)
+    try:
+        if isinstance(query, (bytes, bytearray, memoryview)):
+            return decode(bytes(query), target_size=_encoder().input_size)
+        if isinstance(query, (str, os.PathLike)):
+            return decode(load_bytes(os.fspath(query)), target_size=_encoder().input_size)
+    except ImageError as exc:
+        hint = f" (to search by sku, pass Sku({query!r}))" if isinstance(query, str) else ""
+        raise QueryError(f"cannot use the query image: {exc.reason}{hint}") from None
+    raise QueryError(
+        f"cannot search by a {type(query).__name__}: pass a PIL image, a path or URL, image bytes, "
+        "a vector, a Product, a Sku or a Text"
+    )
+
+
+def _encode_images(images: list[Image.Image]) -> list[np.ndarray]:
+    import torch
+
+    encoder = _encoder()
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(images), ENCODE_BATCH):
+        batch = torch.stack([encoder.preprocess(image) for image in images[start : start + ENCODE_BATCH]])
+        vectors.extend(encoder.encode_images(batch))
+    return vectors
+
+
+def _encode_texts(texts: list[str]) -> list[np.ndarray]:
+    encoder = _encoder()
+    if not encoder.supports_text:
+        raise QueryError(
+            f"the configured model {encoder.spec} encodes images only, so it cannot search by text: "
+            "set PRODVEC_MODEL to an open_clip (CLIP) model, or search by image or sku"
+        )
+    if any(not text.strip() for text in texts):
+        raise QueryError("a text query must not be empty")
+    return list(encoder.encode_text(texts))
+
+
+def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[QueryVector]:
+    """The stored embeddings of the query products, looked up in one statement."""
+    ids = {q.id for q in queries if isinstance(q, Product)}
+    skus = {q.sku for q in queries if isinstance(q, Sku)}
+    if None in ids:
+        raise QueryError("the query product has no id yet: add it and flush the session first")
+    rows = session.execute(
+        select(Product.id, Product.sku, Product.embedding).where(Product.id.in_(ids) | Product.sku.in_(skus))
+    ).all()
+    by_id = {row.id: row for row in rows}
+    by_sku = {row.sku: row for row in rows}
+    vectors = []
+    for query in queries:
+        row = by_id.get(query.id) if isinstance(query, Product) else by_sku.get(query.sku)
+        if row is None:
+            what = f"sku {query.sku!r}" if isinstance(query, Sku) else f"id {query.id}"
+            raise QueryError(f"no product with {what}")
+        if row.embedding is None:
+            raise QueryError(
+                f"product {row.sku!r} has no embedding yet: run `prodvec worker` (or wait for it) and retry"
+            )
+        vectors.append(QueryVector(np.asarray(row.embedding, dtype=np.float32), exclude_id=row.id))
+    return vectors

@@ -1,0 +1,51 @@
+"""What a search returns: hits nearest first, and whether the answer is complete."""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, overload
+
+from prodvec.models import Product
+
+#: 'exact': every matching product was compared; 'hnsw': the index answered in full;
+#: 'hnsw+exact': the index came back short, so the exact pass answered.
+Strategy = Literal["exact", "hnsw", "hnsw+exact"]
+
+
+@dataclass(frozen=True)
+class Hit:
+    product: Product
+    distance: float  # cosine distance (0 = same direction, 2 = opposite)
+
+
+@dataclass(frozen=True)
+class SearchResult(Sequence[Hit]):
+    """The hits, nearest first, with how they were found.
+
+    ``complete``: the result holds min(k, number of matching products with an embedding) hits
+    (within ``max_distance`` when one was given), so a short list means there are no more.
+    ``candidates``: how many products the planner estimated the filter keeps (it chose the
+    strategy; misestimates cost time, never completeness).
+    """
+
+    hits: tuple[Hit, ...]
+    complete: bool
+    strategy: Strategy
+    candidates: int
+
+    @overload
+    def __getitem__(self, index: int) -> Hit: ...
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Hit]: ...
+    def __getitem__(self, index: int | slice) -> Hit | Sequence[Hit]:
+        return self.hits[index]
+
+    def __len__(self) -> int:
+        return len(self.hits)
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits)
+
+    @property
+    def products(self) -> list[Product]:
+        return [hit.product for hit in self.hits]

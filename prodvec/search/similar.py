@@ -1,0 +1,108 @@
+"""Filtered similarity search that is always complete: Product.similar_to and friends.
+
+Each query is planned on its own (plan.py): exact over the few rows a selective filter keeps,
+or the HNSW index's iterative scan for broad filters. When the index pass returns fewer than
+k hits (a filter it could not get past in its budget, or fewer matches than the estimate),
+the exact pass answers instead, so the result always holds min(k, matching products) hits.
+With max_distance that is every match within it, up to k, as far as the search got: an exact
+pass compares all matches; an index pass that found k matches walked past the distance.
+
+The index settings are SET LOCAL (set_config(..., true)) inside the session's transaction,
+and put back after the query. On an AUTOCOMMIT connection they would not reach the query:
+results stay complete (the short index pass falls back to exact), only slower.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from sqlalchemy import ColumnElement
+from sqlalchemy.orm import Session
+
+from prodvec.errors import QueryError
+from prodvec.search import execute, plan
+from prodvec.search.query import QueryInput, QueryVector, Text, resolve
+from prodvec.search.result import Hit, SearchResult, Strategy
+
+
+def similar_to(
+    session: Session,
+    query: QueryInput,
+    *,
+    k: int = 10,
+    where: Sequence[ColumnElement[bool]] = (),
+    max_distance: float | None = None,
+) -> SearchResult:
+    """The k products nearest to ``query`` that satisfy every ``where`` clause, nearest first.
+
+    ``query``: a PIL image, a path or URL, image bytes, a vector, a ``Product`` or ``Sku`` (more
+    like this, itself excluded) or a ``Text``. ``max_distance``: cosine distance cut-off (0..2).
+    """
+    return similar_to_many(session, [query], k=k, where=where, max_distance=max_distance)[0]
+
+
+def similar_to_text(
+    session: Session,
+    text: str,
+    *,
+    k: int = 10,
+    where: Sequence[ColumnElement[bool]] = (),
+    max_distance: float | None = None,
+) -> SearchResult:
+    """The k products whose photos best match ``text``; QueryError for image-only models."""
+    return similar_to(session, Text(text), k=k, where=where, max_distance=max_distance)
+
+
+def similar_to_many(
+    session: Session,
+    queries: Sequence[QueryInput],
+    *,
+    k: int = 10,
+    where: Sequence[ColumnElement[bool]] = (),
+    max_distance: float | None = None,
+) -> list[SearchResult]:
+    """One result per query, in order; query images (and texts) go through the encoder as one batch."""
+    _check_options(k, max_distance)
+    vectors = resolve(session, queries)
+    facts = plan.table_facts(session)
+    return [_search(session, vector, facts, k=k, where=where, max_distance=max_distance) for vector in vectors]
+
+
+def _search(
+    session: Session,
+    vector: QueryVector,
+    facts: plan.TableFacts,
+    *,
+    k: int,
+    where: Sequence[ColumnElement[bool]],
+    max_distance: float | None,
+) -> SearchResult:
+    if facts.dimensions is not None and len(vector.vector) != facts.dimensions:
+        raise QueryError(
+            f"the query vector has {len(vector.vector)} dimensions but products.embedding has "
+            f"{facts.dimensions}: query with the model that made the embeddings"
+        )
+    query = execute.Query(vector.vector, tuple(where), k, vector.exclude_id)
+    chosen = plan.choose(session, query, facts)
+    if chosen.exact_cap is not None:
+        hits = execute.exact_capped(session, query, chosen.exact_cap)
+        if hits is not None:
+            return _result(hits, "exact", chosen, max_distance)
+    hits = execute.hnsw(session, query, chosen.index)
+    if len(hits) == k:
+        return _result(hits, "hnsw", chosen, max_distance)
+    # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.
+    return _result(execute.exact(session, query), "hnsw+exact", chosen, max_distance)
+
+
+def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None) -> SearchResult:
+    # The k nearest within max_distance are the k nearest, cut at max_distance.
+    kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
+    return SearchResult(kept, True, strategy, chosen.estimate)
+
+
+def _check_options(k: int, max_distance: float | None) -> None:
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise QueryError(f"k must be a positive integer, not {k!r}")
+    if max_distance is not None and not (0 <= max_distance <= 2 and math.isfinite(max_distance)):
+        raise QueryError(f"max_distance is a cosine distance between 0 and 2, not {max_distance!r}")

@@ -1,0 +1,51 @@
+-- Similarity search in plain SQL: the recipes the README shows, run as written by
+-- tests/test_search.py. Placeholders are psycopg's; %(query)s is a vector's text form,
+-- e.g. '[0.12,-0.03,...]', cast to halfvec (the column's type) so the HNSW index applies.
+
+-- name: nearest
+-- The k nearest products: the HNSW index answers (approximate, default ef_search = 40).
+SELECT id, sku, title, embedding <=> %(query)s::halfvec AS distance
+FROM products
+ORDER BY embedding <=> %(query)s::halfvec
+LIMIT 10
+
+-- name: filtered_settings
+-- Before a filtered index query, in the same transaction: keep scanning the index until
+-- LIMIT rows pass the filter (or max_scan_tuples index tuples were visited).
+SET LOCAL hnsw.iterative_scan = relaxed_order;
+SET LOCAL hnsw.ef_search = 100;
+SET LOCAL hnsw.max_scan_tuples = 20000
+
+-- name: filtered_nearest
+-- Filtered, through the index: take 2k rows in the index's relaxed order, re-sort them
+-- exactly. "+ 0" makes the outer sort real: PostgreSQL 17+ would otherwise trust the CTE's
+-- ORDER BY and skip it. Fewer than k rows back means the scan gave up: run filtered_exact.
+WITH nearest AS MATERIALIZED (
+    SELECT id, embedding <=> %(query)s::halfvec AS distance
+    FROM products
+    WHERE category = %(category)s AND price <= %(max_price)s
+    ORDER BY embedding <=> %(query)s::halfvec
+    LIMIT 20
+)
+SELECT p.id, p.sku, p.title, n.distance
+FROM nearest n JOIN products p ON p.id = n.id
+ORDER BY n.distance + 0, p.id
+LIMIT 10
+
+-- name: filtered_exact
+-- Filtered, exact and complete: every matching product is compared (the B-trees find them).
+-- "+ 0" keeps the planner from using the HNSW index, which would stop after ef_search rows.
+SELECT id, sku, title, embedding <=> %(query)s::halfvec AS distance
+FROM products
+WHERE category = %(category)s AND price <= %(max_price)s AND embedding IS NOT NULL
+ORDER BY (embedding <=> %(query)s::halfvec) + 0, id
+LIMIT 10
+
+-- name: more_like_sku
+-- "More like this": the product's own embedding is the query (one lookup, then the index),
+-- the product itself left out.
+SELECT id, sku, title, embedding <=> (SELECT embedding FROM products WHERE sku = %(sku)s) AS distance
+FROM products
+WHERE sku <> %(sku)s
+ORDER BY embedding <=> (SELECT embedding FROM products WHERE sku = %(sku)s)
+LIMIT 10
