@@ -32,45 +32,17 @@ import psycopg
 from tqdm import tqdm
 
 from prodvec.catalog.readers import CatalogFormat, detect_format, iter_records, open_catalog
-from prodvec.catalog.rows import COLUMNS, CatalogRow, clean_sku, parse_row
+from prodvec.catalog.rows import CatalogRow, clean_sku, parse_row
 from prodvec.errors import CatalogRowError
+from prodvec.sql import queries
 
 #: Rows per COPY + upsert. Large enough that per-statement costs vanish, small enough that
 #: the staging table and the triggers' transition tables stay in memory.
 CHUNK_ROWS = 50_000
 
-STAGING = "prodvec_import_staging"
-_COLUMN_LIST = ", ".join(COLUMNS)
-_CREATE_STAGING = f"""
-CREATE TEMP TABLE {STAGING} (
-    sku text, title text, category text, price numeric(12, 2), stock integer, image text
-)"""
-_COPY = f"COPY {STAGING} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)"
+_SQL = queries("catalog.sql")
+#: Binary COPY types, in CatalogRow's column order.
 _COPY_TYPES = ("text", "text", "text", "numeric", "int4", "text")
-# Unchanged rows are filtered out before the INSERT: ON CONFLICT DO UPDATE would lock them
-# (and log the lock) even when its WHERE skips the update, so a re-import of a big unchanged
-# catalog would hold every product locked, stalling the worker's write-backs until it commits.
-# The WHERE after ON CONFLICT still guards against a concurrent change to the same values.
-# xmax = 0 on a returned row means it was inserted; an updated row carries this transaction's
-# xmax (its row lock). PostgreSQL 18's RETURNING old.* would say it directly, but
-# DATABASE_URL may point at an older server.
-_UPSERT = f"""
-WITH written AS (
-    INSERT INTO products AS p ({_COLUMN_LIST})
-    SELECT {_COLUMN_LIST} FROM {STAGING} s
-    WHERE NOT EXISTS (
-        SELECT FROM products cur
-        WHERE cur.sku = s.sku
-          AND (cur.title, cur.category, cur.price, cur.stock, cur.image)
-              IS NOT DISTINCT FROM (s.title, s.category, s.price, s.stock, s.image))
-    ON CONFLICT (sku) DO UPDATE
-        SET title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
-            stock = EXCLUDED.stock, image = EXCLUDED.image
-        WHERE (p.title, p.category, p.price, p.stock, p.image)
-              IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.category, EXCLUDED.price, EXCLUDED.stock, EXCLUDED.image)
-    RETURNING xmax = 0 AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"""
 
 
 @dataclass
@@ -105,7 +77,7 @@ def import_catalog(
     report = ImportReport()
     superseded = _repeated_skus(path, fmt, show)
     with conn.transaction(), open_catalog(path) as stream, _bar(path, "importing", show) as bar:
-        conn.execute(_CREATE_STAGING)
+        conn.execute(_SQL["create_staging"])
         rows = _valid_rows(stream, fmt, superseded, report.bad_rows, base_dir=str(path.parent.absolute()))
         # closing(): the reading thread is done before the file closes, even on an error.
         with closing(_read_ahead(rows, stream)) as chunks:
@@ -115,8 +87,7 @@ def import_catalog(
                 report.updated += updated
                 report.unchanged += len(chunk) - inserted - updated
                 bar.update(position - bar.n)
-        # Dropped here rather than ON COMMIT: the caller's transaction may outlive this import.
-        conn.execute(f"DROP TABLE {STAGING}")
+        conn.execute(_SQL["drop_staging"])
     report.seconds = time.perf_counter() - started
     return report
 
@@ -194,13 +165,13 @@ def _read_ahead(
 
 def _write_chunk(conn: psycopg.Connection, chunk: list[CatalogRow]) -> tuple[int, int]:
     """COPY one chunk into staging and merge it into products; (inserted, updated)."""
-    conn.execute(f"TRUNCATE {STAGING}")
+    conn.execute(_SQL["truncate_staging"])
     with conn.cursor() as cur:
-        with cur.copy(_COPY) as copy:
+        with cur.copy(_SQL["copy_staging"]) as copy:
             copy.set_types(list(_COPY_TYPES))
             for row in chunk:
                 copy.write_row(row)
-        inserted, updated = cur.execute(_UPSERT).fetchone() or (0, 0)
+        inserted, updated = cur.execute(_SQL["upsert"]).fetchone() or (0, 0)
     return inserted, updated
 
 

@@ -1,0 +1,42 @@
+-- The catalog importer's statements (prodvec/catalog/importer.py). Column order everywhere is
+-- CatalogRow's: sku, title, category, price, stock, image.
+
+-- name: create_staging
+CREATE TEMP TABLE prodvec_import_staging (
+    sku text, title text, category text, price numeric(12, 2), stock integer, image text
+)
+
+-- name: truncate_staging
+TRUNCATE prodvec_import_staging
+
+-- name: copy_staging
+COPY prodvec_import_staging (sku, title, category, price, stock, image) FROM STDIN (FORMAT BINARY)
+
+-- name: drop_staging
+-- Dropped by hand rather than ON COMMIT: the caller's transaction may outlive the import.
+DROP TABLE prodvec_import_staging
+
+-- name: upsert
+-- Unchanged rows are filtered out before the INSERT: ON CONFLICT DO UPDATE would lock them
+-- (and log the lock) even when its WHERE skips the update, so a re-import of a big unchanged
+-- catalog would hold every product locked, stalling the worker's write-backs until commit.
+-- The WHERE after ON CONFLICT still guards against a concurrent change to the same values.
+-- xmax = 0 on a returned row means it was inserted; an updated row carries this transaction's
+-- xmax (its row lock). PostgreSQL 18's RETURNING old.* would say it directly, but
+-- DATABASE_URL may point at an older server.
+WITH written AS (
+    INSERT INTO products AS p (sku, title, category, price, stock, image)
+    SELECT sku, title, category, price, stock, image FROM prodvec_import_staging s
+    WHERE NOT EXISTS (
+        SELECT FROM products cur
+        WHERE cur.sku = s.sku
+          AND (cur.title, cur.category, cur.price, cur.stock, cur.image)
+              IS NOT DISTINCT FROM (s.title, s.category, s.price, s.stock, s.image))
+    ON CONFLICT (sku) DO UPDATE
+        SET title = EXCLUDED.title, category = EXCLUDED.category, price = EXCLUDED.price,
+            stock = EXCLUDED.stock, image = EXCLUDED.image
+        WHERE (p.title, p.category, p.price, p.stock, p.image)
+              IS DISTINCT FROM (EXCLUDED.title, EXCLUDED.category, EXCLUDED.price, EXCLUDED.stock, EXCLUDED.image)
+    RETURNING xmax = 0 AS inserted
+)
+SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
