@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import open_clip
@@ -72,7 +72,7 @@ def load_open_clip(spec: EncoderSpec, device: torch.device) -> OpenClipEncoder:
     if spec.source is WeightSource.FILE and not os.path.isfile(spec.weights or ""):
         raise WeightsUnavailable(_fix_message(spec, f"there is no checkpoint file at {spec.weights}"))
     access = hub_or_cache() if spec.source is WeightSource.HUB else contextlib.nullcontext(None)
-    with access as hub_unreachable:
+    with access as hub_unreachable, _quiet_download_errors():
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.arch, pretrained=spec.weights, device=device
@@ -81,6 +81,22 @@ def load_open_clip(spec: EncoderSpec, device: torch.device) -> OpenClipEncoder:
             raise WeightsUnavailable(_fix_message(spec, hub_unreachable or _short(err))) from err
     model.eval()
     return OpenClipEncoder(spec, model, open_clip.get_tokenizer(spec.arch), preprocess, device)
+
+
+@contextlib.contextmanager
+def _quiet_download_errors() -> Iterator[None]:
+    """open_clip logs a failed download on the root logger before raising; the raise becomes a
+    WeightsUnavailable that says the same and how to fix it, so the log line is only noise."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to download weights")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 def _fix_message(spec: EncoderSpec, cause: str) -> str:
