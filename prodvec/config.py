@@ -4,6 +4,8 @@ DATABASE_URL      use this PostgreSQL (>= 15 with pgvector >= 0.8); unset: the e
 PRODVEC_HOME      where the embedded server keeps its data (default: per-user data dir)
 PRODVEC_MODEL     encoder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k or timm:efficientnet_lite0
 PRODVEC_DEVICE    torch device (default: cuda when available, else cpu)
+PRODVEC_ROBUST_QUERIES  1/0: search query photos as several views too (default 1,
+                  benchmarks/quality.md: it finds rotated and noisy photos, clean ones lose nothing)
 """
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from prodvec.errors import ConfigError
+
 DEFAULT_MODEL = "open_clip:ViT-B-32:laion2b_s34b_b79k"
 OFFLINE_MODEL = "timm:efficientnet_lite0"
+ROBUST_QUERIES_DEFAULT = True
 
 
 def default_home() -> Path:
@@ -27,6 +32,7 @@ class Settings:
     home: Path
     model: str
     device: str | None
+    robust_queries: bool
 
     @property
     def pgdata(self) -> Path:
@@ -41,4 +47,16 @@ def load_settings() -> Settings:
         home=Path(home).expanduser() if home else default_home(),
         model=os.environ.get("PRODVEC_MODEL") or DEFAULT_MODEL,
         device=os.environ.get("PRODVEC_DEVICE") or None,
+        robust_queries=_flag("PRODVEC_ROBUST_QUERIES", ROBUST_QUERIES_DEFAULT),
     )
+
+
+def _flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name}={value!r}: use 1 or 0")

@@ -48,6 +48,7 @@ class Product(Base):
         k: int = 10,
         where: Iterable[ColumnElement[bool]] = (),
         max_distance: float | None = None,
+        robust: bool | None = None,
     ) -> SearchResult:
         """The k products nearest to ``query`` that satisfy every ``where`` clause.
 
@@ -60,7 +61,7 @@ class Product(Base):
         """
         from prodvec.search.similar import similar_to
 
-        return similar_to(session, query, k=k, where=tuple(where), max_distance=max_distance)
+        return similar_to(session, query, k=k, where=tuple(where), max_distance=max_distance, robust=robust)
 
     @classmethod
     def similar_to_text(

@@ -288,15 +288,36 @@ def test_image_queries_batch_through_the_encoder(db: Session, catalog: Catalog, 
     monkeypatch.setattr(encoder, "encode_images", lambda batch: batches.append(len(batch)) or encode(batch))
     path = photo_dir / "red_stripes.png"
     queries = [path, str(photo_dir / "blue.jpg"), path.read_bytes(), Image.open(path), Text("a hat"), Sku("P0001")]
-    results = similar_to_many(db, queries, k=5)
+    results = similar_to_many(db, queries, k=5, robust=False)
     assert batches == [4]
     path_ids, bytes_ids, pil_ids = ([h.product.id for h in results[i]] for i in (0, 2, 3))
     assert path_ids == bytes_ids == pil_ids
-    alone = Product.similar_to(path, session=db, k=5)
+    alone = Product.similar_to(path, session=db, k=5, robust=False)
     assert [h.product.id for h in alone] == [h.product.id for h in results[0]]
     pixels = encoder.preprocess(Image.open(path).convert("RGB"))
     vector = encode(pixels.unsqueeze(0))[0]
     assert_exact(results[0], catalog, vector, np.ones(len(catalog.ids), bool), k=5)
+
+
+def test_robust_image_query_fuses_its_views_exactly(db: Session, catalog: Catalog, photo_dir: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from PIL import Image
+
+    from prodvec.worker.encode.robust import VIEW_NAMES, encode_queries, fused_distances
+
+    path = photo_dir / "green.jpg"
+    monkeypatch.setenv("PRODVEC_ROBUST_QUERIES", "1")
+    result = Product.similar_to(path, session=db, k=7, where=[Product.price <= 150])
+    assert result.complete and len(result) == 7
+    # The truth: each product's best view distance (extra views pay a penalty), brute force.
+    views = encode_queries(_encoder(), [Image.open(path).convert("RGB")], robust=True)
+    assert views.shape[1] == len(VIEW_NAMES)
+    fused = fused_distances(views, catalog.vectors)[0]
+    fused[catalog.price > 150] = np.inf
+    expected = np.sort(fused)[:7]
+    assert np.allclose([hit.distance for hit in result], expected, atol=2e-3)
+    plain = Product.similar_to(path, session=db, k=7, where=[Product.price <= 150], robust=False)
+    assert result[0].distance <= plain[0].distance + 1e-6  # a view can only bring products nearer
 
 
 def test_sql_recipes(conn: psycopg.Connection, catalog: Catalog) -> None:

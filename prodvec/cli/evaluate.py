@@ -32,12 +32,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from prodvec.config import load_settings
     from prodvec.evaluate import evaluate, read_queries
     from prodvec.worker.encode import load_encoder
-    from prodvec.worker.encode.robust import ROBUST_BY_DEFAULT
 
     queries = read_queries(args.queries)
     settings = load_settings()
     encoder = load_encoder(settings.model, settings.device)
-    robust = ROBUST_BY_DEFAULT if args.robust is None else args.robust
+    robust = settings.robust_queries if args.robust is None else args.robust
     with session() as db:
         result = evaluate(db, queries, encoder, k=args.k, robust=robust)
     if args.json:

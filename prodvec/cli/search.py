@@ -21,6 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--in-stock", action="store_true")
     parser.add_argument("-k", type=int, default=10, help="how many products (default 10)")
     parser.add_argument("--max-distance", type=float, help="cosine distance cut-off")
+    parser.add_argument("--robust", action=argparse.BooleanOptionalAction, default=None,
+                        help="also search the query photo's turned and coarse views (default: PRODVEC_ROBUST_QUERIES, on)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_search)
 
@@ -66,7 +68,7 @@ def _search(args: argparse.Namespace) -> int:
             result = Product.similar_to_text(args.text, session=db, **options)
         else:
             query = Sku(args.sku) if args.sku is not None else _image_query(args.image)
-            result = Product.similar_to(query, session=db, **options)
+            result = Product.similar_to(query, session=db, robust=args.robust, **options)
         rows = hit_rows(result)
     if args.json:
         print_json(rows)

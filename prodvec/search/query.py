@@ -44,10 +44,14 @@ QueryInput: TypeAlias = Any
 class QueryVector:
     vector: np.ndarray  # float32, shape (D,)
     exclude_id: int | None = None  # the query product itself
+    #: Robust image queries: the turned and coarse views (prodvec.worker.encode.robust),
+    #: each searched too, the results fused.
+    extra_views: tuple[np.ndarray, ...] = ()
 
 
-def resolve(session: Session, queries: Sequence[QueryInput]) -> list[QueryVector]:
-    """One vector per query, in order. Images go through the encoder together, texts too."""
+def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool) -> list[QueryVector]:
+    """One vector per query, in order. Images go through the encoder together (with their
+    robust views when ``robust``), texts too."""
     resolved: dict[int, QueryVector] = {}
     images: dict[int, Image.Image] = {}
     texts: dict[int, str] = {}
@@ -66,7 +70,7 @@ def resolve(session: Session, queries: Sequence[QueryInput]) -> list[QueryVector
     if texts:
         resolved.update(zip(texts, map(QueryVector, _encode_texts(list(texts.values()))), strict=True))
     if images:
-        resolved.update(zip(images, map(QueryVector, _encode_images(list(images.values()))), strict=True))
+        resolved.update(zip(images, _encode_images(list(images.values()), robust=robust), strict=True))
     return [resolved[i] for i in range(len(queries))]
 
 
@@ -112,15 +116,11 @@ def _as_image(query: Any) -> Image.Image:
     )
 
 
-def _encode_images(images: list[Image.Image]) -> list[np.ndarray]:
-    import torch
+def _encode_images(images: list[Image.Image], *, robust: bool) -> list[QueryVector]:
+    from prodvec.worker.encode.robust import encode_queries
 
-    encoder = _encoder()
-    vectors: list[np.ndarray] = []
-    for start in range(0, len(images), ENCODE_BATCH):
-        batch = torch.stack([encoder.preprocess(image) for image in images[start : start + ENCODE_BATCH]])
-        vectors.extend(encoder.encode_images(batch))
-    return vectors
+    per_image = encode_queries(_encoder(), images, robust=robust, batch_size=ENCODE_BATCH)  # N×V×D
+    return [QueryVector(views[0], extra_views=tuple(views[1:])) for views in per_image]
 
 
 def _encode_texts(texts: list[str]) -> list[np.ndarray]:

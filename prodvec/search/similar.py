@@ -13,12 +13,16 @@ results stay complete (the short index pass falls back to exact), only slower.
 """
 from __future__ import annotations
 
+import functools
 import math
+
+import numpy as np
 from collections.abc import Sequence
 
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
+from prodvec.config import load_settings
 from prodvec.errors import QueryError
 from prodvec.search import execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
@@ -32,13 +36,16 @@ def similar_to(
     k: int = 10,
     where: Sequence[ColumnElement[bool]] = (),
     max_distance: float | None = None,
+    robust: bool | None = None,
 ) -> SearchResult:
     """The k products nearest to ``query`` that satisfy every ``where`` clause, nearest first.
 
     ``query``: a PIL image, a path or URL, image bytes, a vector, a ``Product`` or ``Sku`` (more
     like this, itself excluded) or a ``Text``. ``max_distance``: cosine distance cut-off (0..2).
+    ``robust``: search an image query as several views too (turned, coarse) and keep each
+    product's best; default PRODVEC_ROBUST_QUERIES (on).
     """
-    return similar_to_many(session, [query], k=k, where=where, max_distance=max_distance)[0]
+    return similar_to_many(session, [query], k=k, where=where, max_distance=max_distance, robust=robust)[0]
 
 
 def similar_to_text(
@@ -60,10 +67,13 @@ def similar_to_many(
     k: int = 10,
     where: Sequence[ColumnElement[bool]] = (),
     max_distance: float | None = None,
+    robust: bool | None = None,
 ) -> list[SearchResult]:
     """One result per query, in order; query images (and texts) go through the encoder as one batch."""
     _check_options(k, max_distance)
-    vectors = resolve(session, queries)
+    if robust is None:
+        robust = load_settings().robust_queries
+    vectors = resolve(session, queries, robust=robust)
     facts = plan.table_facts(session)
     return [_search(session, vector, facts, k=k, where=where, max_distance=max_distance) for vector in vectors]
 
@@ -77,12 +87,37 @@ def _search(
     where: Sequence[ColumnElement[bool]],
     max_distance: float | None,
 ) -> SearchResult:
-    if facts.dimensions is not None and len(vector.vector) != facts.dimensions:
+    from prodvec.worker.encode.robust import merge_views  # extra views exist only once torch is loaded
+
+    search = functools.partial(_search_vector, session, exclude_id=vector.exclude_id, facts=facts, k=k, where=where)
+    if not vector.extra_views:
+        return search(vector.vector, max_distance=max_distance)
+    # Each view's complete top k, fused: a product in the fused top k is in the top k of the
+    # view that gives its best distance, so the fused answer is complete too.
+    results = [search(view, max_distance=None) for view in (vector.vector, *vector.extra_views)]
+    products = {hit.product.id: hit.product for result in results for hit in result}
+    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k)
+    hits = tuple(Hit(products[key], distance) for key, distance in fused
+                 if max_distance is None or distance <= max_distance)
+    return SearchResult(hits, all(r.complete for r in results), results[0].strategy, results[0].candidates)
+
+
+def _search_vector(
+    session: Session,
+    vector: np.ndarray,
+    *,
+    exclude_id: int | None,
+    facts: plan.TableFacts,
+    k: int,
+    where: Sequence[ColumnElement[bool]],
+    max_distance: float | None,
+) -> SearchResult:
+    if facts.dimensions is not None and len(vector) != facts.dimensions:
         raise QueryError(
-            f"the query vector has {len(vector.vector)} dimensions but products.embedding has "
+            f"the query vector has {len(vector)} dimensions but products.embedding has "
             f"{facts.dimensions}: query with the model that made the embeddings"
         )
-    query = execute.Query(vector.vector, tuple(where), k, vector.exclude_id)
+    query = execute.Query(vector, tuple(where), k, exclude_id)
     chosen = plan.choose(session, query, facts)
     if chosen.exact_cap is not None:
         hits = execute.exact_capped(session, query, chosen.exact_cap)
