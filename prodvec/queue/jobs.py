@@ -117,6 +117,17 @@ def release(conn: psycopg.Connection, token: uuid.UUID) -> int:
         return conn.execute(_SQL["release"], {"token": token}).rowcount
 
 
+def claimable(conn: psycopg.Connection) -> bool:
+    """Is any job claimable right now (pending, due, not leased)?"""
+    return bool(conn.execute(_SQL["claimable"]).fetchone()[0])
+
+
+def seconds_until_due(conn: psycopg.Connection) -> float | None:
+    """Seconds until the next pending job becomes claimable (None: no pending job)."""
+    seconds = conn.execute(_SQL["seconds_until_due"]).fetchone()[0]
+    return None if seconds is None else float(seconds)
+
+
 def status(conn: psycopg.Connection) -> QueueStatus:
     row = conn.execute(_SQL["status"]).fetchone()
     total, embedded, pending, failed, oldest = row

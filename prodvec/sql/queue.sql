@@ -96,3 +96,18 @@ WHERE p.id = j.product_id
   AND j.state = 'failed'
   AND (%(skus)s::text[] IS NULL OR p.sku = ANY(%(skus)s::text[]))
 RETURNING p.sku;
+
+-- name: claimable
+-- `worker --once`: is anything left that a claim could take now?
+SELECT EXISTS (
+    SELECT FROM embedding_jobs
+    WHERE state = 'pending' AND run_after <= now()
+      AND (leased_until IS NULL OR leased_until < now())
+);
+
+-- name: seconds_until_due
+-- When the next pending job leased by someone else, or backing off, becomes claimable: no
+-- NOTIFY announces a lease or a backoff running out, so an idle worker wakes for it.
+SELECT extract(epoch FROM min(greatest(run_after, coalesce(leased_until, run_after))) - now())
+FROM embedding_jobs
+WHERE state = 'pending';

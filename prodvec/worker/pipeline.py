@@ -155,7 +155,7 @@ class Worker:
                     writer.put(self._encode(in_flight.popleft()))
                 elif once:
                     writer.drain()
-                    if not self._claimable(conn):
+                    if not jobs.claimable(conn):
                         return
                 else:
                     self._wait_for_jobs(conn)
@@ -177,29 +177,13 @@ class Worker:
             vectors = np.empty((0, self.encoder.dimensions), dtype=np.float32)
         return _Encoded(batch.claim, prepared, vectors, batch.claimed_at, time.perf_counter() - started)
 
-    def _claimable(self, conn: psycopg.Connection) -> bool:
-        """In --once mode: is anything left that a retry could still claim soon?"""
-        row = conn.execute(
-            "SELECT count(*) FROM embedding_jobs WHERE state = 'pending' AND run_after <= now()"
-            " AND (leased_until IS NULL OR leased_until < now())"
-        ).fetchone()
-        return row[0] > 0
-
-    def _seconds_until_due(self, conn: psycopg.Connection) -> float | None:
-        """Seconds until the next pending job (leased by someone or backing off) becomes claimable."""
-        row = conn.execute(
-            "SELECT extract(epoch FROM min(greatest(run_after, coalesce(leased_until, run_after))) - now())"
-            " FROM embedding_jobs WHERE state = 'pending'"
-        ).fetchone()
-        return None if row[0] is None else float(row[0])
-
     def _wait_for_jobs(self, conn: psycopg.Connection) -> None:
         """Sleep until NOTIFY says there is work, or the poll interval passes (fallback).
 
         Waits in short slices so stop() (SIGTERM) is seen at once, not after poll_seconds.
         """
         wait = self.options.poll_seconds
-        due = self._seconds_until_due(conn)
+        due = jobs.seconds_until_due(conn)
         if due is not None:
             # A lease of a dead worker or a retry backoff runs out before the next poll: no
             # NOTIFY announces that, so wake for it (not up to poll_seconds later).
