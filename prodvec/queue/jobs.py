@@ -128,6 +128,12 @@ def seconds_until_due(conn: psycopg.Connection) -> float | None:
     return None if seconds is None else float(seconds)
 
 
+def depth(conn: psycopg.Connection) -> dict[str, int]:
+    """Jobs by state: pending (leased ones included), leased, failed."""
+    pending, leased, failed_jobs = conn.execute(_SQL["depth"]).fetchone()
+    return {"pending": pending, "leased": leased, "failed": failed_jobs}
+
+
 def status(conn: psycopg.Connection) -> QueueStatus:
     row = conn.execute(_SQL["status"]).fetchone()
     total, embedded, pending, failed, oldest = row

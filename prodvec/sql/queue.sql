@@ -111,3 +111,10 @@ SELECT EXISTS (
 SELECT extract(epoch FROM min(greatest(run_after, coalesce(leased_until, run_after))) - now())
 FROM embedding_jobs
 WHERE state = 'pending';
+
+-- name: depth
+-- Jobs by state for the metrics endpoint (pending includes leased ones).
+SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
+       count(*) FILTER (WHERE state = 'pending' AND leased_until > now()) AS leased,
+       count(*) FILTER (WHERE state = 'failed') AS failed
+FROM embedding_jobs;

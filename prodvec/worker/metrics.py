@@ -1,16 +1,19 @@
-"""Prometheus metrics for the worker (`prodvec worker --metrics-port 9108`), stdlib only.
+"""Prometheus metrics for the worker (`prodvec worker --metrics-port 9108`), via prometheus_client.
 
 Counters and histograms are kept in process by the worker; the queue depth is read from the
-database at scrape time (one small GROUP BY over embedding_jobs), so it is right even while the
-worker sleeps or other workers drain the queue. Text exposition format 0.0.4.
+database at scrape time, so it is right even while the worker sleeps or other workers drain
+the queue. Each WorkerMetrics has its own registry, so several workers in one process (tests)
+do not share counters.
 """
 from __future__ import annotations
 
 import logging
 import re
-import threading
-from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 log = logging.getLogger("prodvec.worker.metrics")
 
@@ -37,140 +40,88 @@ def reason_class(reason: str) -> str:
     return "other"
 
 
-class Histogram:
-    def __init__(self, buckets: Iterable[float] = LATENCY_BUCKETS) -> None:
-        self.bounds = tuple(buckets)
-        self.counts = [0] * len(self.bounds)
-        self.count = 0
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.count += 1
-        self.sum += value
-        for index, bound in enumerate(self.bounds):
-            if value <= bound:
-                self.counts[index] += 1
-
-    def lines(self, name: str) -> list[str]:
-        out = [f'{name}_bucket{{le="{bound:g}"}} {count}' for bound, count in zip(self.bounds, self.counts)]
-        out.append(f'{name}_bucket{{le="+Inf"}} {self.count}')
-        out.append(f"{name}_sum {self.sum:.6f}")
-        out.append(f"{name}_count {self.count}")
-        return out
-
-
 class WorkerMetrics:
-    """What one worker process did; thread-safe (decode pool, encoder loop and writer all report)."""
+    """What one worker process did; prometheus_client's metrics are thread-safe."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.embedded = 0
-        self.failures: dict[str, int] = {}
-        self.retries: dict[str, int] = {}
-        self.reconnects = 0
-        self.batches = 0
-        self.encode_seconds = Histogram()
-        self.write_seconds = Histogram()
-        self.batch_seconds = Histogram()
+        self.registry = CollectorRegistry()
+        registry = self.registry
+        self.embedded = Counter("prodvec_embedded", "Products embedded and written back by this worker.",
+                                registry=registry)
+        self.failures = Counter("prodvec_failures", "Products failed for good (permanent error or out of "
+                                "attempts), by reason class.", ["reason"], registry=registry)
+        self.retries = Counter("prodvec_retries", "Transient failures put back for a later retry, by reason class.",
+                               ["reason"], registry=registry)
+        self.batches = Counter("prodvec_batches", "Batches encoded and written back.", registry=registry)
+        self.reconnects = Counter("prodvec_reconnects", "Times the worker lost the database and reconnected.",
+                                  registry=registry)
+        self.encode_seconds = Histogram("prodvec_batch_encode_seconds", "Encoder time per batch.",
+                                        buckets=LATENCY_BUCKETS, registry=registry)
+        self.write_seconds = Histogram("prodvec_batch_write_seconds", "Write-back time per batch (one transaction).",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
+        self.batch_seconds = Histogram("prodvec_batch_seconds", "Claim to committed write-back, per batch.",
+                                       buckets=LATENCY_BUCKETS, registry=registry)
 
     def record_batch(self, *, encode_seconds: float, write_seconds: float, total_seconds: float) -> None:
-        with self._lock:
-            self.batches += 1
-            self.encode_seconds.observe(encode_seconds)
-            self.write_seconds.observe(write_seconds)
-            self.batch_seconds.observe(total_seconds)
+        self.batches.inc()
+        self.encode_seconds.observe(encode_seconds)
+        self.write_seconds.observe(write_seconds)
+        self.batch_seconds.observe(total_seconds)
 
     def record_results(self, embedded: int, failed_reasons: Iterable[str], retried_reasons: Iterable[str]) -> None:
-        with self._lock:
-            self.embedded += embedded
-            for reason in failed_reasons:
-                key = reason_class(reason)
-                self.failures[key] = self.failures.get(key, 0) + 1
-            for reason in retried_reasons:
-                key = reason_class(reason)
-                self.retries[key] = self.retries.get(key, 0) + 1
+        self.embedded.inc(embedded)
+        for reason in failed_reasons:
+            self.failures.labels(reason_class(reason)).inc()
+        for reason in retried_reasons:
+            self.retries.labels(reason_class(reason)).inc()
 
     def record_reconnect(self) -> None:
-        with self._lock:
-            self.reconnects += 1
+        self.reconnects.inc()
 
-    def render(self, queue: dict[str, int] | None) -> str:
-        """The exposition text; ``queue`` is {state: jobs} from the database, None when it is down."""
-        lines: list[str] = []
 
-        def metric(name: str, kind: str, help_text: str, samples: list[str]) -> None:
-            lines.extend([f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", *samples])
+class _QueueCollector(Collector):
+    """Queue depth by state and whether the database answered, read at each scrape."""
 
-        with self._lock:
-            metric("prodvec_embedded_total", "counter", "Products embedded and written back by this worker.",
-                   [f"prodvec_embedded_total {self.embedded}"])
-            metric("prodvec_failures_total", "counter",
-                   "Products failed for good (permanent error or out of attempts), by reason class.",
-                   [f'prodvec_failures_total{{reason="{k}"}} {v}' for k, v in sorted(self.failures.items())])
-            metric("prodvec_retries_total", "counter", "Transient failures put back for a later retry, by reason class.",
-                   [f'prodvec_retries_total{{reason="{k}"}} {v}' for k, v in sorted(self.retries.items())])
-            metric("prodvec_batches_total", "counter", "Batches encoded and written back.",
-                   [f"prodvec_batches_total {self.batches}"])
-            metric("prodvec_reconnects_total", "counter", "Times the worker lost the database and reconnected.",
-                   [f"prodvec_reconnects_total {self.reconnects}"])
-            metric("prodvec_batch_encode_seconds", "histogram", "Encoder time per batch.",
-                   self.encode_seconds.lines("prodvec_batch_encode_seconds"))
-            metric("prodvec_batch_write_seconds", "histogram", "Write-back time per batch (one transaction).",
-                   self.write_seconds.lines("prodvec_batch_write_seconds"))
-            metric("prodvec_batch_seconds", "histogram", "Claim to committed write-back, per batch.",
-                   self.batch_seconds.lines("prodvec_batch_seconds"))
-        metric("prodvec_database_up", "gauge", "1 when the last scrape could read the queue.",
-               [f"prodvec_database_up {0 if queue is None else 1}"])
-        if queue is not None:
-            metric("prodvec_queue_depth", "gauge",
-                   "Jobs in the queue by state (pending includes leased; leased = claimed by some worker now).",
-                   [f'prodvec_queue_depth{{state="{state}"}} {queue.get(state, 0)}'
-                    for state in ("pending", "leased", "failed")])
-        return "\n".join(lines) + "\n"
+    def __init__(self, read_depth: Callable[[], dict[str, int] | None]) -> None:
+        self.read_depth = read_depth
+
+    def collect(self) -> Iterator[Metric]:
+        depth = self.read_depth()
+        yield GaugeMetricFamily("prodvec_database_up", "1 when the last scrape could read the queue.",
+                                value=0 if depth is None else 1)
+        if depth is not None:
+            family = GaugeMetricFamily(
+                "prodvec_queue_depth",
+                "Jobs in the queue by state (pending includes leased; leased = claimed by some worker now).",
+                labels=["state"],
+            )
+            for state in ("pending", "leased", "failed"):
+                family.add_metric([state], depth.get(state, 0))
+            yield family
 
 
 def queue_depth(url: str) -> dict[str, int] | None:
     """{pending, leased, failed} job counts, or None when the database does not answer."""
     import psycopg
 
+    from prodvec.queue import depth
+
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=3) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE state = 'pending'),"
-                " count(*) FILTER (WHERE state = 'pending' AND leased_until > now()),"
-                " count(*) FILTER (WHERE state = 'failed') FROM embedding_jobs"
-            ).fetchone()
+            return depth(conn)
     except psycopg.Error as exc:
         log.debug("metrics: queue depth unavailable: %s", exc)
         return None
-    return {"pending": row[0], "leased": row[1], "failed": row[2]}
 
 
 class MetricsServer:
-    """GET /metrics (any path, really) on a daemon thread; ``close()`` stops it."""
+    """prometheus_client's HTTP server on a daemon thread; ``close()`` stops it."""
 
-    def __init__(self, metrics: WorkerMetrics, queue: Callable[[], dict[str, int] | None], *,
+    def __init__(self, metrics: WorkerMetrics, read_depth: Callable[[], dict[str, int] | None], *,
                  port: int, host: str = "0.0.0.0") -> None:
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-                if self.path.split("?")[0] not in ("/", "/metrics"):
-                    self.send_error(404)
-                    return
-                body = metrics.render(queue()).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet access log
-                log.debug("metrics: " + format, *args)
-
-        self.httpd = ThreadingHTTPServer((host, port), Handler)
-        self.httpd.daemon_threads = True
+        metrics.registry.register(_QueueCollector(read_depth))
+        self.httpd, self.thread = start_http_server(port, addr=host, registry=metrics.registry)
         self.port = self.httpd.server_address[1]
-        self.thread = threading.Thread(target=self.httpd.serve_forever, name="prodvec-metrics", daemon=True)
-        self.thread.start()
 
     def close(self) -> None:
         self.httpd.shutdown()
