@@ -31,14 +31,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     from prodvec import session
     from prodvec.config import load_settings
     from prodvec.evaluate import evaluate, read_queries
-    from prodvec.worker.encode import load_encoder
 
     queries = read_queries(args.queries)
-    settings = load_settings()
-    encoder = load_encoder(settings.model, settings.device)
-    robust = settings.robust_queries if args.robust is None else args.robust
+    robust = load_settings().robust_queries if args.robust is None else args.robust
     with session() as db:
-        result = evaluate(db, queries, encoder, k=args.k, robust=robust)
+        result = evaluate(db, queries, k=args.k, robust=robust)
     if args.json:
         print_json(result.as_dict())
         return 0

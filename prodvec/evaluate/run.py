@@ -15,18 +15,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from prodvec.config import load_settings
 from prodvec.errors import ConfigError, ImageError, QueryError
 from prodvec.evaluate import metrics
 from prodvec.models import Product
 from prodvec.search import similar_to_many
 from prodvec.worker.decode import decode
-from prodvec.worker.encode import Encoder
-from prodvec.worker.encode.robust import encode_queries, merge_views
+from prodvec.worker.encode import Encoder, load_encoder
 from prodvec.worker.load import load_bytes
 
 #: Recall is always reported at these depths (and at k), so runs with different k compare.
@@ -87,22 +86,18 @@ def read_queries(path: str | os.PathLike[str]) -> list[LabelledQuery]:
     return queries
 
 
-def evaluate(
-    session: Session, queries: Sequence[LabelledQuery], encoder: Encoder, *, k: int = 10, robust: bool
-) -> Evaluation:
-    """Search the database with every query photo and score the results."""
+def evaluate(session: Session, queries: Sequence[LabelledQuery], *, k: int = 10, robust: bool) -> Evaluation:
+    """Search the database with every query photo, as Product.similar_to does, and score the results."""
     if k < 1:
         raise QueryError(f"k must be at least 1, not {k}")
+    settings = load_settings()
+    encoder = load_encoder(settings.model, settings.device)  # the one search embeds the photos with
     _check_catalog(session, queries, encoder)
     depth = max(k, *RECALL_AT)
     ranked: list[list[tuple[str, str]]] = []
-    for batch in _embedded(queries, encoder, robust=robust):  # N×V×D
-        views = batch.shape[1]
-        results = similar_to_many(session, list(batch.reshape(-1, batch.shape[2])), k=depth)
-        category = {hit.product.sku: hit.product.category for result in results for hit in result}
-        for start in range(0, len(results), views):
-            per_view = [[(hit.product.sku, hit.distance) for hit in result] for result in results[start : start + views]]
-            ranked.append([(sku, category[sku]) for sku, _ in merge_views(per_view, depth)])
+    for images in _loaded(queries, encoder.input_size):
+        for result in similar_to_many(session, images, k=depth, robust=robust):
+            ranked.append([(hit.product.sku, hit.product.category) for hit in result])
         session.expunge_all()  # the hits' Product objects are not needed again: keep memory flat
     return _score(queries, ranked, encoder=encoder, k=k, robust=robust)
 
@@ -140,13 +135,11 @@ def _check_catalog(session: Session, queries: Sequence[LabelledQuery], encoder: 
         raise QueryError(f"query skus not in the catalog or not embedded yet: {shown}")
 
 
-def _embedded(queries: Sequence[LabelledQuery], encoder: Encoder, *, robust: bool) -> Iterator[np.ndarray]:
-    """Query view vectors, one N×V×D array per batch, in order."""
+def _loaded(queries: Sequence[LabelledQuery], size: int) -> Iterator[list[Image.Image]]:
+    """Query photos in batches, in order: search sends each batch through the encoder at once."""
     with ThreadPoolExecutor(LOAD_THREADS, thread_name_prefix="prodvec-eval-load") as pool:
         for start in range(0, len(queries), BATCH):
-            batch = queries[start : start + BATCH]
-            images = list(pool.map(lambda query: _load(query, encoder.input_size), batch))
-            yield encode_queries(encoder, images, robust=robust)
+            yield list(pool.map(lambda query: _load(query, size), queries[start : start + BATCH]))
 
 
 def _load(query: LabelledQuery, size: int) -> Image.Image:
