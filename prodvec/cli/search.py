@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 from prodvec.cli.output import print_json, print_table
@@ -67,7 +66,7 @@ def _search(args: argparse.Namespace) -> int:
         if args.text is not None:
             result = Product.similar_to_text(args.text, session=db, **options)
         else:
-            query = Sku(args.sku) if args.sku is not None else _image_query(args.image)
+            query = Sku(args.sku) if args.sku is not None else args.image  # a path or URL
             result = Product.similar_to(query, session=db, robust=args.robust, **options)
         rows = hit_rows(result)
     if args.json:
@@ -78,6 +77,3 @@ def _search(args: argparse.Namespace) -> int:
             print("(incomplete: not every matching product could be considered)")
     return 0
 
-
-def _image_query(image: str) -> Path | str:
-    return image if "://" in image else Path(image)
