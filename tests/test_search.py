@@ -317,7 +317,10 @@ def test_robust_image_query_fuses_its_views_exactly(db: Session, catalog: Catalo
     expected = np.sort(fused)[:7]
     assert np.allclose([hit.distance for hit in result], expected, atol=2e-3)
     plain = Product.similar_to(path, session=db, k=7, where=[Product.price <= 150], robust=False)
-    assert result[0].distance <= plain[0].distance + 1e-6  # a view can only bring products nearer
+    # A view can only bring products nearer. The photo's own view is encoded in a batch of four
+    # here and alone there: float differences of ~1e-7 can flip its half-precision rounding, so
+    # compare at halfvec precision, as the exactness check above does.
+    assert result[0].distance <= plain[0].distance + 2e-3
 
 
 def test_sql_recipes(conn: psycopg.Connection, catalog: Catalog) -> None:
