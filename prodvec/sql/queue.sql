@@ -31,8 +31,9 @@ SELECT id FROM products WHERE id = ANY(%(product_ids)s) ORDER BY id FOR UPDATE;
 -- Store vectors for the jobs this claim still holds for the same image. A job whose image
 -- changed meanwhile was reset by the trigger (new image, no lease): it is not deleted and
 -- its stale vector is not written; the new image gets embedded by a later claim.
+-- Vectors travel in binary (the b placeholder): formatting 512 of them as text costs ~50x the query.
 WITH vectors AS (
-    SELECT * FROM unnest(%(product_ids)s::bigint[], %(images)s::text[], %(embeddings)s::halfvec[])
+    SELECT * FROM unnest(%(product_ids)s::bigint[], %(images)s::text[], %(embeddings)b::halfvec[])
         AS v(product_id, image, embedding)
 ), done AS (
     DELETE FROM embedding_jobs AS j
