@@ -171,7 +171,10 @@ def test_pixel_limit_counts_what_a_jpeg_decodes_to() -> None:
     _assert_red_before_blue(image)
 
 
-def test_worker_embeds_odd_images_and_fails_broken_ones_alone(conn, db_url, test_encoder, tmp_path: Path) -> None:
+@pytest.mark.parametrize("gpu_decode", [False, True], ids=["pil", "batched-jpeg"])
+def test_worker_embeds_odd_images_and_fails_broken_ones_alone(
+    conn, db_url, test_encoder, tmp_path: Path, gpu_decode: bool
+) -> None:
     odd = {name: (suffix, build()) for name, (suffix, build) in ODD_IMAGES.items()}
     odd["exif_6"] = (".jpg", _exif_rotated(6))
     odd["one_pixel"] = (".png", _encode(Image.new("RGB", (1, 1), RED), "PNG"))
@@ -181,7 +184,8 @@ def test_worker_embeds_odd_images_and_fails_broken_ones_alone(conn, db_url, test
         path.write_bytes(data)
         conn.execute("INSERT INTO products (sku, image) VALUES (%s, %s)", (sku, str(path)))
     # Small batches, so broken images share batches with good ones; retried == 0: failed at once.
-    stats = Worker(db_url, test_encoder, WorkerOptions(batch_size=4)).run(once=True)
+    # batched-jpeg: the GPU decode path (torchvision's CPU decoder here), its PIL fallbacks included.
+    stats = Worker(db_url, test_encoder, WorkerOptions(batch_size=4, gpu_decode=gpu_decode)).run(once=True)
     assert (stats.embedded, stats.failed, stats.retried) == (len(odd), len(broken), 0)
     embedded = {sku for (sku,) in conn.execute("SELECT sku FROM products WHERE embedding IS NOT NULL")}
     assert embedded == set(odd)

@@ -12,7 +12,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,7 +24,7 @@ from prodvec.db.migrate import embedding_dimensions
 from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.worker.encode import Encoder
 from prodvec.worker.metrics import WorkerMetrics
-from prodvec.worker.prepare import Prepared, prepare
+from prodvec.worker.prepare import Prepared, Preparer, PreparingBatch
 
 log = logging.getLogger("prodvec.worker")
 
@@ -34,6 +33,8 @@ log = logging.getLogger("prodvec.worker")
 class WorkerOptions:
     batch_size: int = 32
     decode_threads: int = 2
+    #: Plain JPEGs decoded in batches on the GPU (nvJPEG); None: when the encoder runs on CUDA.
+    gpu_decode: bool | None = None
     #: Claims prepared ahead of the encoder; small, because prepared claims hold leases.
     prefetch_batches: int = 2
     lease_seconds: float = 60.0
@@ -62,7 +63,7 @@ class WorkerStats:
 @dataclass
 class _Batch:
     claim: jobs.Claim
-    prepared: list[Future[Prepared]]
+    preparing: PreparingBatch
     claimed_at: float = field(default_factory=time.perf_counter)
 
 
@@ -125,11 +126,12 @@ class Worker:
             self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
             writer = _Writer(write_conn, self)
-            with ThreadPoolExecutor(self.options.decode_threads, thread_name_prefix="prodvec-decode") as pool:
-                try:
-                    self._loop(conn, pool, writer, once=once)
-                finally:
-                    writer.close()
+            preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode)
+            try:
+                self._loop(conn, preparer, writer, once=once)
+            finally:
+                preparer.close()
+                writer.close()
 
     def _check_dimensions(self, conn: psycopg.Connection) -> None:
         column = embedding_dimensions(conn)
@@ -142,7 +144,7 @@ class Worker:
                 "(add --reset-embeddings to drop the old vectors)"
             )
 
-    def _loop(self, conn: psycopg.Connection, pool: ThreadPoolExecutor, writer: _Writer, *, once: bool) -> None:
+    def _loop(self, conn: psycopg.Connection, preparer: Preparer, writer: _Writer, *, once: bool) -> None:
         in_flight: deque[_Batch] = deque()
         try:
             while not self.stopping.is_set():
@@ -150,7 +152,7 @@ class Worker:
                     claim = jobs.claim(conn, limit=self.options.batch_size, lease_seconds=self.options.lease_seconds)
                     if not claim.jobs:
                         break
-                    in_flight.append(_Batch(claim, [pool.submit(prepare, job, self.encoder) for job in claim.jobs]))
+                    in_flight.append(_Batch(claim, preparer.submit(claim.jobs)))
                 if in_flight:
                     writer.put(self._encode(in_flight.popleft()))
                 elif once:
@@ -161,15 +163,15 @@ class Worker:
                     self._wait_for_jobs(conn)
         finally:
             for batch in in_flight:  # prepared ahead but never encoded: hand back at once
-                for future in batch.prepared:
-                    future.cancel()
+                batch.preparing.cancel()
             for batch in in_flight:
                 # On a lost connection this raises; those claims then go back when their lease ends.
                 jobs.release(conn, batch.claim.token)
 
     def _encode(self, batch: _Batch) -> _Encoded:
-        prepared = [future.result() for future in batch.prepared]
-        pixels = [item.pixels for item in prepared if item.pixels is not None]
+        prepared = batch.preparing.result()
+        # GPU-decoded pixels are already on the device; PIL's join them there.
+        pixels = [item.pixels.to(self.encoder.device) for item in prepared if item.pixels is not None]
         started = time.perf_counter()
         if pixels:
             vectors = self.encoder.encode_images(torch.stack(pixels))

@@ -1,9 +1,15 @@
-"""Stages 1+2 for one job: load bytes, decode, apply the encoder's transform.
+"""Stages 1+2 for claimed batches: load bytes, decode, apply the encoder's transform.
 
-Runs in the decode pool; returns the model-ready tensor or the ImageError that ends the job.
+Runs ahead of the encoder. Each job ends as model-ready pixels or the ImageError that ends it.
+On the CPU every image goes through PIL in a small thread pool (PIL decodes without the GIL).
+With GPU decoding the pool only loads bytes and reads headers; plain JPEGs are then decoded
+a batch at a time on the GPU (gpu_decode.py) by one thread, while the encoder works on the
+previous batch, and everything else still takes the PIL path.
 """
 from __future__ import annotations
 
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -12,7 +18,10 @@ from prodvec.errors import ImageError
 from prodvec.queue import Job
 from prodvec.worker.decode import decode
 from prodvec.worker.encode import Encoder
+from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
 from prodvec.worker.load import load_bytes
+
+log = logging.getLogger("prodvec.worker")
 
 
 @dataclass(frozen=True)
@@ -22,11 +31,107 @@ class Prepared:
     error: ImageError | None
 
 
+@dataclass(frozen=True)
+class _Jpeg:
+    """Loaded, and a JPEG the GPU decodes: its bytes wait for the batch decode."""
+
+    job: Job
+    data: bytes
+
+
 def prepare(job: Job, encoder: Encoder) -> Prepared:
+    """The whole PIL path for one job."""
+    loaded = _load(job)
+    return loaded if isinstance(loaded, Prepared) else _decoded(job, loaded, encoder)
+
+
+def _load(job: Job) -> bytes | Prepared:
     try:
-        image = decode(load_bytes(job.image), target_size=encoder.input_size)
-        return Prepared(job, encoder.preprocess(image), None)
+        return load_bytes(job.image)
+    except ImageError as exc:
+        return Prepared(job, None, exc)
+    except Exception as exc:  # noqa: BLE001 - one odd file must never take the batch down
+        return Prepared(job, None, ImageError(f"unexpected error loading image: {exc!r}", permanent=True))
+
+
+def _decoded(job: Job, data: bytes, encoder: Encoder) -> Prepared:
+    try:
+        return Prepared(job, encoder.preprocess(decode(data, target_size=encoder.input_size)), None)
     except ImageError as exc:
         return Prepared(job, None, exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must never take the batch down
         return Prepared(job, None, ImageError(f"unexpected error preparing image: {exc!r}", permanent=True))
+
+
+class PreparingBatch:
+    """A claimed batch on its way through stages 1+2."""
+
+    def __init__(self, per_job: list[Future[Prepared | _Jpeg]], whole: Future[list[Prepared]] | None) -> None:
+        self._per_job = per_job
+        self._whole = whole
+
+    def result(self) -> list[Prepared]:
+        """The batch in claim order, once every job is ready."""
+        if self._whole is not None:
+            return self._whole.result()
+        return [future.result() for future in self._per_job]  # type: ignore[misc]  # no _Jpeg without GPU
+
+    def cancel(self) -> None:
+        for future in (*self._per_job, *([self._whole] if self._whole else [])):
+            future.cancel()
+
+
+class Preparer:
+    """Prepares claimed batches ahead of the encoder. ``gpu_decode``: None = when the encoder
+    runs on CUDA; True also works on the CPU (torchvision's libjpeg path), for tests."""
+
+    def __init__(self, encoder: Encoder, *, threads: int, gpu_decode: bool | None = None) -> None:
+        self.encoder = encoder
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prodvec-decode")
+        self._gpu: GpuJpegDecoder | None = None
+        if gpu_decode if gpu_decode is not None else encoder.device.type == "cuda":
+            transform = TensorTransform.of(encoder)
+            if transform is None:
+                log.warning("%s's preprocess has steps the GPU decoder cannot redo: decoding with PIL", encoder.spec)
+            else:
+                self._gpu = GpuJpegDecoder(transform, encoder.device)
+        # One thread: batches decode on the GPU in claim order, overlapping the encoder.
+        self._gpu_thread = ThreadPoolExecutor(1, thread_name_prefix="prodvec-gpu-decode") if self._gpu else None
+
+    @property
+    def decodes_on_gpu(self) -> bool:
+        return self._gpu is not None
+
+    def submit(self, jobs: list[Job]) -> PreparingBatch:
+        if self._gpu_thread is None:
+            return PreparingBatch([self._pool.submit(prepare, job, self.encoder) for job in jobs], None)
+        per_job = [self._pool.submit(self._load_and_sort, job) for job in jobs]
+        return PreparingBatch(per_job, self._gpu_thread.submit(self._finish_on_gpu, per_job))
+
+    def close(self) -> None:
+        self._pool.shutdown(cancel_futures=True)
+        if self._gpu_thread is not None:
+            self._gpu_thread.shutdown(cancel_futures=True)
+
+    def _load_and_sort(self, job: Job) -> Prepared | _Jpeg:
+        loaded = _load(job)
+        if isinstance(loaded, Prepared):
+            return loaded
+        return _Jpeg(job, loaded) if batchable(loaded) else _decoded(job, loaded, self.encoder)
+
+    def _finish_on_gpu(self, per_job: list[Future[Prepared | _Jpeg]]) -> list[Prepared]:
+        items = [future.result() for future in per_job]
+        jpegs = [item for item in items if isinstance(item, _Jpeg)]
+        try:
+            pixels = self._gpu.decode([item.data for item in jpegs]) if jpegs else []  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - e.g. out of GPU memory: PIL can still do the batch
+            log.exception("GPU decode failed for a batch of %d JPEGs; decoding them with PIL", len(jpegs))
+            pixels = [None] * len(jpegs)
+        on_gpu = iter(pixels)
+        return [item if isinstance(item, Prepared) else self._finish(item, next(on_gpu)) for item in items]
+
+    def _finish(self, jpeg: _Jpeg, pixels: torch.Tensor | None) -> Prepared:
+        if pixels is not None:
+            return Prepared(jpeg.job, pixels, None)
+        # The GPU decoder rejected it: PIL decodes it, or says what is wrong with it.
+        return _decoded(jpeg.job, jpeg.data, self.encoder)
