@@ -14,6 +14,8 @@ from prodvec.worker.encode import load_encoder
 from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
 
 CPU = torch.device("cpu")
+#: On a machine with CUDA the same checks run on nvJPEG too.
+DEVICES = [CPU] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
 
 
 def _photo(size: tuple[int, int], mode: str = "RGB", seed: int = 0) -> Image.Image:
@@ -62,24 +64,32 @@ def test_both_encoders_transforms_can_be_redone_on_tensors(encoder) -> None:
         ("small_50x70", _jpeg(_photo((50, 70), seed=4))),
     ],
 )
-def test_batched_pixels_match_the_pil_path(encoder, name: str, data: bytes) -> None:
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_batched_pixels_match_the_pil_path(encoder, name: str, data: bytes, device: torch.device) -> None:
     assert batchable(data)
-    decoder = GpuJpegDecoder(TensorTransform.of(encoder), CPU)
+    decoder = GpuJpegDecoder(TensorTransform.of(encoder), device)
     (batched,) = decoder.decode([data])
     pil = encoder.preprocess(decode(data, target_size=encoder.input_size))
-    assert batched is not None and batched.shape == pil.shape
+    assert batched is not None and batched.device.type == device.type
+    batched = batched.cpu()
+    assert batched.shape == pil.shape
     # PIL decodes big JPEGs at a reduced DCT scale first: the same picture, a few levels apart.
     assert (batched - pil).abs().mean() < 0.05, name
     assert np.corrcoef(batched.flatten(), pil.flatten())[0, 1] > 0.99, name
 
 
-def test_a_bad_file_fails_alone_not_its_batch(test_encoder) -> None:
+@pytest.mark.parametrize("device", DEVICES, ids=str)
+def test_a_bad_file_fails_alone_not_its_batch(test_encoder, device: torch.device) -> None:
     good = [_jpeg(_photo((120, 90), seed=seed)) for seed in range(3)]
     whole = _jpeg(_photo((320, 240), seed=9))
     truncated = whole[: len(whole) // 2]
-    assert batchable(truncated)  # the header is whole: only decoding finds the cut
-    decoder = GpuJpegDecoder(TensorTransform.of(test_encoder), CPU)
-    pixels = decoder.decode([good[0], truncated, good[1], good[2]])
+    # nvJPEG decodes a cut-off file without complaint, so it must never be batched...
+    assert not batchable(truncated)
+    decoder = GpuJpegDecoder(TensorTransform.of(test_encoder), device)
+    # ... and one the decoder rejects fails alone. (Junk stands in for it here: which damaged
+    # JPEGs a decoder rejects varies between libjpeg and nvJPEG versions.)
+    broken = b"\xff\xd8\xff" + b"\x00not a jpeg" * 40 + b"\xff\xd9"
+    pixels = decoder.decode([good[0], broken, good[1], good[2]])
     assert [p is None for p in pixels] == [False, True, False, False]
     alone = decoder.decode([good[1]])[0]
     assert torch.equal(pixels[2], alone)  # same result as if decoded without the bad file

@@ -21,6 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                              "(searches stay correct meanwhile, but slower)")
     worker.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
     worker.add_argument("--decode-threads", type=int, default=None, help="threads loading and decoding images")
+    worker.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
+                        help="decode plain JPEGs in batches on the GPU (nvJPEG) [on when the model runs on CUDA]")
     worker.add_argument("--lease-seconds", type=float, default=None,
                         help="how long a claim is held before others may take it (default 60); a worker that dies "
                              "gives its products back after this long")
@@ -70,6 +72,7 @@ def _worker(args: argparse.Namespace) -> int:
         for name, value in (
             ("batch_size", args.batch_size),
             ("decode_threads", args.decode_threads),
+            ("gpu_decode", args.gpu_decode),
             ("lease_seconds", args.lease_seconds),
             ("poll_seconds", args.poll_seconds),
             ("prefetch_batches", args.prefetch_batches),
@@ -90,7 +93,8 @@ def _worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         server = serve(metrics, url, port=args.metrics_port, host=args.metrics_host)
         print(f"worker: metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr)
-    print(f"worker: encoder {encoder.spec} on {encoder.device}", file=sys.stderr)
+    print(f"worker: encoder {encoder.spec} on {encoder.device}, "
+          f"{'JPEGs decoded on the GPU' if worker.decodes_on_gpu else 'images decoded with PIL'}", file=sys.stderr)
     try:
         with hnsw_index_dropped(url) if args.bulk else contextlib.nullcontext():
             stats = worker.run(once=args.once)

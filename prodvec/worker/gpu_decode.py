@@ -33,6 +33,9 @@ warnings.filterwarnings("ignore", message="The image decoding and encoding capab
 #: Transform steps that are no-ops on an RGB uint8 tensor the GPU path has already made.
 _PASS_THROUGH = ("MaybeConvertMode", "MaybeToTensor", "ToTensor")
 _EXIF_ORIENTATION = 0x0112
+#: Photos resized in one call at most: the resize works in float, 4x the decoded bytes
+#: (64 photos of 800x800 px: ~0.5 GB), so a 512-photo batch is not resized in one go.
+RESIZE_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,9 @@ def _is_rgb_conversion(step: object) -> bool:
 
 def batchable(data: bytes) -> bool:
     """Is this a JPEG the GPU path decodes exactly as PIL would? Reads only the header."""
-    if not data.startswith(b"\xff\xd8\xff"):
+    # A JPEG ends with its EOI marker. nvJPEG decodes a cut-off file without complaint (grey
+    # where data is missing), where PIL refuses it: such files must take PIL's path.
+    if not (data.startswith(b"\xff\xd8\xff") and data.rstrip(b"\x00\r\n").endswith(b"\xff\xd9")):
         return False
     try:
         with Image.open(io.BytesIO(data)) as image:
@@ -98,6 +103,15 @@ class GpuJpegDecoder:
     def __init__(self, transform: TensorTransform, device: torch.device) -> None:
         self.transform = transform
         self.device = device
+
+    @classmethod
+    def for_encoder(cls, encoder: Encoder, wanted: bool | None = None) -> GpuJpegDecoder | None:
+        """The decoder for the encoder's device and transform; None where PIL decodes everything:
+        not wanted (None = wanted on CUDA) or a preprocess step tensors cannot redo."""
+        if not (wanted if wanted is not None else encoder.device.type == "cuda"):
+            return None
+        transform = TensorTransform.of(encoder)
+        return cls(transform, encoder.device) if transform is not None else None
 
     def decode(self, jpegs: list[bytes]) -> list[torch.Tensor | None]:
         """One 3×S×S tensor per JPEG, or None for a file the GPU decoder rejects (PIL decides)."""
@@ -125,8 +139,10 @@ class GpuJpegDecoder:
                 by_size.setdefault(tuple(image.shape), []).append(position)
         pixels: list[torch.Tensor | None] = [None] * len(decoded)
         with torch.inference_mode():
-            for positions in by_size.values():
-                group = self.transform(torch.stack([decoded[p] for p in positions]))  # type: ignore[misc]
-                for position, image in zip(positions, group):
-                    pixels[position] = image
+            for same_size in by_size.values():
+                for start in range(0, len(same_size), RESIZE_CHUNK):
+                    positions = same_size[start : start + RESIZE_CHUNK]
+                    group = self.transform(torch.stack([decoded[p] for p in positions]))  # type: ignore[misc]
+                    for position, image in zip(positions, group):
+                        pixels[position] = image
         return pixels

@@ -23,6 +23,7 @@ from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.worker.encode import Encoder
+from prodvec.worker.gpu_decode import GpuJpegDecoder
 from prodvec.worker.metrics import WorkerMetrics
 from prodvec.worker.prepare import Prepared, Preparer, PreparingBatch
 
@@ -95,6 +96,11 @@ class Worker:
         self.metrics = metrics or WorkerMetrics()
         self.stopping = threading.Event()
         self._on_progress = on_progress
+
+    @property
+    def decodes_on_gpu(self) -> bool:
+        """Plain JPEGs go through the batched GPU decoder (else PIL decodes every image)."""
+        return GpuJpegDecoder.for_encoder(self.encoder, self.options.gpu_decode) is not None
 
     def stop(self) -> None:
         """Ask the worker to finish the batch it is encoding, hand back the rest and return."""

@@ -18,7 +18,7 @@ from prodvec.errors import ImageError
 from prodvec.queue import Job
 from prodvec.worker.decode import decode
 from prodvec.worker.encode import Encoder
-from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
+from prodvec.worker.gpu_decode import GpuJpegDecoder, batchable
 from prodvec.worker.load import load_bytes
 
 log = logging.getLogger("prodvec.worker")
@@ -88,19 +88,11 @@ class Preparer:
     def __init__(self, encoder: Encoder, *, threads: int, gpu_decode: bool | None = None) -> None:
         self.encoder = encoder
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prodvec-decode")
-        self._gpu: GpuJpegDecoder | None = None
-        if gpu_decode if gpu_decode is not None else encoder.device.type == "cuda":
-            transform = TensorTransform.of(encoder)
-            if transform is None:
-                log.warning("%s's preprocess has steps the GPU decoder cannot redo: decoding with PIL", encoder.spec)
-            else:
-                self._gpu = GpuJpegDecoder(transform, encoder.device)
+        self._gpu = GpuJpegDecoder.for_encoder(encoder, gpu_decode)
+        if self._gpu is None and gpu_decode:
+            log.warning("%s's preprocess has steps the GPU decoder cannot redo: decoding with PIL", encoder.spec)
         # One thread: batches decode on the GPU in claim order, overlapping the encoder.
         self._gpu_thread = ThreadPoolExecutor(1, thread_name_prefix="prodvec-gpu-decode") if self._gpu else None
-
-    @property
-    def decodes_on_gpu(self) -> bool:
-        return self._gpu is not None
 
     def submit(self, jobs: list[Job]) -> PreparingBatch:
         if self._gpu_thread is None:
