@@ -24,7 +24,7 @@ from prodvec import session as open_session
 from prodvec.errors import QueryError
 from prodvec.models import Product
 from prodvec.search import Sku, Text, plan, similar_to_many
-from prodvec.search.execute import IndexSettings, halfvec_text
+from prodvec.search.execute import IndexSettings
 from prodvec.search.result import SearchResult
 from prodvec.sql import queries
 
@@ -106,8 +106,7 @@ def force_index(db: Session, monkeypatch: pytest.MonkeyPatch) -> None:
     With seq scans off and filters no B-tree serves (see ``unindexed``), PostgreSQL too has
     no other way than the index; at 400 rows it would rather sort them all.
     """
-    monkeypatch.setattr(plan, "EXACT_MIN_ROWS", 0)
-    monkeypatch.setattr(plan, "EXACT_COST_RATIO", 0)
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)
     db.execute(text("SET LOCAL enable_seqscan = off"))
     db.execute(text("SET LOCAL enable_bitmapscan = off"))
 
@@ -187,8 +186,7 @@ def test_overflowing_exact_plan_hands_over_to_the_index(db: Session, catalog: Ca
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """A planner estimate far too low: the capped exact pass stops, the index answers."""
     monkeypatch.setattr(plan, "_planner_estimate", lambda session, query: 1)
-    monkeypatch.setattr(plan, "EXACT_MIN_ROWS", 10)
-    monkeypatch.setattr(plan, "EXACT_COST_RATIO", 0)
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 10)
     monkeypatch.setattr(plan, "EXACT_CAP_FACTOR", 2)
     query = catalog.query_near("bags", seed=6)
     result = Product.similar_to(query, session=db, where=[Product.price > 0])
@@ -326,7 +324,7 @@ def test_robust_image_query_fuses_its_views_exactly(db: Session, catalog: Catalo
 def test_sql_recipes(conn: psycopg.Connection, catalog: Catalog) -> None:
     recipes = queries("search.sql")
     query = catalog.query_near("bags", seed=9)
-    params = {"query": halfvec_text(query), "category": "bags", "max_price": Decimal("150")}
+    params = {"query": HalfVector(query), "category": "bags", "max_price": Decimal("150")}
     everything = np.ones(len(catalog.ids), bool)
     filtered = (catalog.category == "bags") & (catalog.price <= 150)
 
@@ -348,3 +346,107 @@ def test_sql_recipes(conn: psycopg.Connection, catalog: Catalog) -> None:
         run("filtered_nearest", query, filtered, exact=False)
     params["sku"] = "P0003"
     run("more_like_sku", catalog.vectors[3], catalog.ids != catalog.ids[3], exact=False)
+
+
+def test_quick_look_answers_near_queries_and_hands_far_ones_to_exact(
+        db: Session, catalog: Catalog, force_index: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The index's first search alone (no iterative scan): k matches among the products nearest
+    to the query are the nearest matches; a query far from every match gets the exact pass."""
+    # Selective filters up to a few exact passes' worth get the quick look, broad ones the scan.
+    assert plan.index_settings(10, 5_000, 100_000).max_scan_tuples is None
+    assert plan.index_settings(10, 50_000, 100_000).max_scan_tuples is not None
+    # Here: the 40 products nearest to the query (of 400, in clusters of 100).
+    monkeypatch.setattr(plan, "index_settings", lambda k, matches, total: IndexSettings(40, None, 2 * k))
+    hats = [unindexed(Product.category) == "hats"]
+    near = catalog.query_near("hats", seed=20)
+    result = Product.similar_to(near, session=db, where=hats)
+    assert result.strategy == "hnsw"
+    assert_exact(result, catalog, near, catalog.category == "hats")
+    far = catalog.query_near("shoes", seed=21)
+    result = Product.similar_to(far, session=db, where=hats)
+    assert result.strategy == "hnsw+exact"
+    assert_exact(result, catalog, far, catalog.category == "hats")
+
+
+def test_index_pass_on_an_autocommit_session(db_url: str, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No transaction to hold a savepoint: the index pass makes one, and leaves nothing set."""
+    from sqlalchemy import create_engine
+
+    from prodvec.db.connection import sqlalchemy_url
+
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)
+    engine = create_engine(sqlalchemy_url(db_url), isolation_level="AUTOCOMMIT")
+    try:
+        with Session(engine) as session:
+            query = catalog.query_near("bags", seed=22)
+            result = Product.similar_to(query, session=session, where=[Product.stock > 0])
+            assert result.strategy.startswith("hnsw")
+            assert_exact(result, catalog, query, catalog.stock > 0)
+            setting = "SELECT current_setting('hnsw.ef_search'), current_setting('hnsw.iterative_scan')"
+            assert session.execute(text(setting)).one() == ("40", "off")
+    finally:
+        engine.dispose()
+
+
+def test_hits_are_the_sessions_products(db: Session, catalog: Catalog) -> None:
+    """As from an ORM query: objects the session holds come back as they are, unflushed
+    changes are flushed first, the others are persistent with a lazily loaded embedding."""
+    query = catalog.query_near("shirts", seed=23)
+    first = Product.similar_to(query, session=db, k=3)
+    held = first[0].product
+    again = Product.similar_to(query, session=db, k=3)
+    assert again[0].product is held
+    from sqlalchemy import inspect
+
+    assert inspect(held).persistent and not db.dirty and not db.new
+    assert len(held.embedding) == DIMENSIONS
+    held.category = "moved"  # not flushed yet
+    moved = Product.similar_to(query, session=db, where=[Product.category == "moved"])
+    assert [hit.product for hit in moved] == [held]
+
+
+def test_database_errors_are_sqlalchemy_errors(db: Session, catalog: Catalog) -> None:
+    from sqlalchemy.exc import ProgrammingError
+
+    with pytest.raises(ProgrammingError, match="no_such_column"):
+        Product.similar_to(catalog.query_near("hats", seed=24), session=db, where=[text("no_such_column > 0")])
+
+
+def test_query_encoded_by_another_model_than_the_products(db: Session, catalog: Catalog,
+                                                          conn: psycopg.Connection) -> None:
+    """A text or image query's vector is compared with vectors another model made: refused.
+    Vector and sku queries carry no model of their own, so they are not checked."""
+    words = "red leather handbag"
+    assert len(Product.similar_to_text(words, session=db)) == 10  # no model stored: nothing to check
+    conn.execute("UPDATE products SET embedding_model = 'timm:efficientnet_lite0' WHERE category = 'hats'")
+    db.expire_all()
+    with pytest.raises(QueryError, match=r"embedded with timm:efficientnet_lite0.*PRODVEC_MODEL"):
+        Product.similar_to_text(words, session=db, where=[Product.category == "hats"])
+    db.rollback()
+    query = catalog.query_near("hats", seed=25)
+    assert_exact(Product.similar_to(query, session=db, where=[Product.category == "hats"]), catalog, query,
+                 catalog.category == "hats")
+    assert len(Product.similar_to(Sku("P0001"), session=db, k=3)) == 3
+    conn.execute("UPDATE products SET embedding_model = 'open_clip:ViT-B-32:none'")
+    db.expire_all()
+    assert len(Product.similar_to_text(words, session=db, where=[Product.category == "hats"])) == 10
+
+
+def test_failed_index_pass_on_an_autocommit_session_leaves_no_transaction(
+        db_url: str, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sqlalchemy import create_engine
+    from sqlalchemy.exc import DataError
+
+    from prodvec.db.connection import sqlalchemy_url
+
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(plan, "_planner_estimate", lambda session, query: 100)
+    engine = create_engine(sqlalchemy_url(db_url), isolation_level="AUTOCOMMIT")
+    try:
+        with Session(engine) as session:
+            with pytest.raises(DataError, match="division by zero"):
+                Product.similar_to(catalog.query_near("bags", seed=26), session=session,
+                                   where=[text("1 / (stock - stock) > 0")])
+            assert session.execute(text("SELECT 1")).scalar_one() == 1
+    finally:
+        engine.dispose()

@@ -1,32 +1,38 @@
-"""The two ways to run a filtered nearest-neighbour query, as SQLAlchemy statements.
+"""The two ways to run a filtered nearest-neighbour query, on the session's own connection.
 
 exact: cosine distance to every product the filter keeps (found with its B-trees), top k;
        optionally capped, to find out cheaply that a filter keeps more than expected.
-hnsw:  pgvector's iterative index scan with transaction-local settings; it may come back short.
+index: through the HNSW index with transaction-local settings (its first search only, or
+       pgvector's iterative scan); it may come back short.
 
-LIMITs are rendered as literals: a generic plan (psycopg prepares statements it sees often)
-with an unknown LIMIT may not use the HNSW index at all.
+The statements (prodvec/sql/search_passes.sql) go straight to psycopg, in the session's
+transaction: an index pass is one round trip (pipeline mode: savepoint, SET LOCAL, the query,
+rollback to the savepoint, which puts the caller's settings back). Errors are raised as
+SQLAlchemy's DBAPIError subclasses, as a Session.execute would raise them.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pgvector.sqlalchemy import HALFVEC
-from sqlalchemy import ColumnElement, Select, String, bindparam, cast, func, literal_column, select
+import psycopg
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+from psycopg.pq import TransactionStatus
+from sqlalchemy import exc
 from sqlalchemy.orm import Session
 
-from prodvec.models import Product
+from prodvec.errors import QueryError
+from prodvec.search import loading
 from prodvec.search.result import Hit
+from prodvec.search.statements import PRODUCT_COLUMNS, Filter, statement
+from prodvec.sql import queries
 
-#: pgvector's own defaults, restored when the caller had not set a value in this session.
-HNSW_DEFAULTS = {"hnsw.iterative_scan": "off", "hnsw.ef_search": "40", "hnsw.max_scan_tuples": "20000"}
-
-#: Added to a distance in ORDER BY so that no index can provide the order, and nothing can
-#: claim to be sorted by it already (see exact() and hnsw()).
-_ZERO = literal_column("0")
+#: Names the savepoint an index pass rolls back to (which undoes its SET LOCALs).
+SAVEPOINT = "prodvec_index_pass"
 
 
 @dataclass(frozen=True)
@@ -38,115 +44,103 @@ class Query:
     """
 
     vector: np.ndarray
-    where: Sequence[ColumnElement[bool]]
+    filter: Filter
     k: int
     exclude_id: int | None
 
-    def distance(self) -> ColumnElement[float]:
-        # Sent as text and cast to the column's type: `<=>` compares halfvec with halfvec (so
-        # the index applies) and any engine can send it, pgvector's adapters registered or not.
-        query = bindparam("query_vector", halfvec_text(self.vector), type_=String())
-        return Product.embedding.cosine_distance(cast(query, HALFVEC(len(self.vector))))
-
-    def filters(self) -> list[ColumnElement[bool]]:
-        clauses = [Product.embedding.is_not(None), *self.where]
-        if self.exclude_id is not None:
-            clauses.append(Product.id != self.exclude_id)
-        return clauses
+    def params(self) -> dict[str, Any]:
+        # Binary halfvec (pgvector's adapter): `<=>` compares halfvec with halfvec, so the index applies.
+        return {**self.filter.params, "query": HalfVector(self.vector), "exclude_id": self.exclude_id}
 
 
 @dataclass(frozen=True)
 class IndexSettings:
     ef_search: int  # candidate list per index pass
-    max_scan_tuples: int  # index tuples visited before the iterative scan gives up
+    #: Index tuples visited before the iterative scan gives up; None: no iterative scan, the
+    #: index returns its first ef_search candidates only.
+    max_scan_tuples: int | None
     inner_limit: int  # rows taken from the index (≥ k) and re-sorted by exact distance
+
+    def as_params(self) -> dict[str, str]:
+        return {
+            "iterative_scan": "off" if self.max_scan_tuples is None else "relaxed_order",
+            "ef_search": str(self.ef_search),
+            "max_scan_tuples": str(self.max_scan_tuples or 1),  # unused with the scan off
+        }
 
 
 def exact(session: Session, query: Query) -> list[Hit]:
     """The exact top k: every product the filter keeps is compared."""
-    return [Hit(row[0], float(row[1])) for row in session.execute(_exact_statement(query, cap=None))]
+    return _hits(session, fetch(session, statement("exact", query.filter, k=query.k), query.params()))
 
 
 def exact_capped(session: Session, query: Query, cap: int) -> list[Hit] | None:
     """The exact top k, or None when the filter keeps more than ``cap`` products."""
-    rows = session.execute(_exact_statement(query, cap=cap)).all()
-    if rows and rows[0].kept > cap:
+    sql = statement("exact_capped", query.filter, k=query.k, cap_plus_one=cap + 1)
+    rows = fetch(session, sql, query.params())
+    if rows and rows[0][-1] > cap:
         return None
-    return [Hit(row[0], float(row[1])) for row in rows]
+    return _hits(session, rows)
 
 
-def _exact_statement(query: Query, *, cap: int | None) -> Select[Any]:
-    distance = query.distance()
-    kept = select(Product.id, distance.label("distance")).where(*query.filters())
-    counted = []
-    if cap is not None:
-        # The scan stops after cap + 1 rows; counting them says whether it saw every row.
-        kept = kept.limit(literal_column(str(cap + 1)))
-        counted = [func.count().over().label("kept")]
-    rows = kept.subquery("kept")
-    # `+ 0`: the planner cannot hand this order to the HNSW index (which stops after
-    # ef_search candidates), so it filters with the B-trees and compares every row.
-    ranked = (
-        select(rows.c.id, rows.c.distance, *counted)
-        .order_by(rows.c.distance + _ZERO, rows.c.id)
-        .limit(literal_column(str(query.k)))
-        .subquery("ranked")
-    )
-    return (
-        select(Product, ranked.c.distance, *[ranked.c[c.name] for c in counted])
-        .join(ranked, Product.id == ranked.c.id)
-        .order_by(ranked.c.distance, Product.id)
-    )
+def index(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
+    """The index's answer: up to k hits, fewer when the scan gave up (or fewer products match)."""
+    sql = statement("index", query.filter, k=query.k, inner_limit=settings.inner_limit)
+    set_local = queries("search_passes.sql")["index_settings"]
+    with _connection(session, sql) as conn:
+        # In autocommit mode there is no transaction to hold a savepoint: make one.
+        autocommit = conn.autocommit and conn.info.transaction_status == TransactionStatus.IDLE
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN" if autocommit else f"SAVEPOINT {SAVEPOINT}")
+                conn.execute(set_local, settings.as_params())
+                cursor = conn.execute(sql, query.params())
+                if autocommit:
+                    conn.execute("ROLLBACK")
+                else:
+                    conn.execute(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+                    conn.execute(f"RELEASE SAVEPOINT {SAVEPOINT}")
+                rows = cursor.fetchall()
+        except psycopg.Error:
+            if autocommit:  # the failed statement skipped the ROLLBACK; the caller began nothing
+                conn.execute("ROLLBACK")
+            raise
+    return _hits(session, rows)
 
 
-def hnsw(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
-    distance = query.distance()
-    # relaxed_order returns rows slightly out of order (better recall, less work); the
-    # materialized CTE keeps the re-sort out of the index scan.
-    nearest = (
-        select(Product.id, distance.label("distance"))
-        .where(*query.filters())
-        .order_by(distance)
-        .limit(literal_column(str(settings.inner_limit)))
-        .cte("nearest")
-        .prefix_with("MATERIALIZED")
-    )
-    stmt = select(Product, nearest.c.distance).join(nearest, Product.id == nearest.c.id)
-    # `+ 0` again: PostgreSQL 17+ takes a CTE's ORDER BY for the order of its output
-    # (pgvector#862), so sorting by the bare column would keep the index's relaxed order.
-    stmt = stmt.order_by(nearest.c.distance + _ZERO, Product.id).limit(literal_column(str(query.k)))
-    previous = _set_local(session, {
-        "hnsw.iterative_scan": "relaxed_order",
-        "hnsw.ef_search": str(settings.ef_search),
-        "hnsw.max_scan_tuples": str(settings.max_scan_tuples),
-    })
-    hits = _hits(session, stmt)
-    # Local to the transaction already; restoring keeps them off the caller's later queries.
-    # (After an error there is nothing to restore: the transaction must roll back anyway.)
-    _set_local(session, previous)
-    return hits
+def fetch(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """One statement's rows, in the session's transaction."""
+    with _connection(session, sql) as conn:
+        return conn.execute(sql, params).fetchall()
 
 
-def halfvec_text(vector: np.ndarray) -> str:
-    """pgvector's text form of the vector rounded to half precision, as it will be stored.
+def _driver_connection(session: Session) -> psycopg.Connection[Any]:
+    """The psycopg connection under the session's transaction, pgvector's types registered.
 
-    Five significant digits give back every half-precision value exactly, in half the text
-    (and time) of Python's shortest float repr of the widened value.
+    Pending ORM changes are flushed first, as before an ORM query (when autoflush is on).
     """
-    return "[" + ",".join([f"{value:.5g}" for value in vector.astype(np.float16).tolist()]) + "]"
+    if session.autoflush:
+        session.flush()
+    conn = session.connection().connection.driver_connection
+    if not isinstance(conn, psycopg.Connection):
+        raise QueryError(
+            f"search needs a psycopg 3 connection, not {type(conn).__module__}: create the engine with "
+            "a postgresql+psycopg:// URL (prodvec.session() does)"
+        )
+    if conn.adapters.types.get("halfvec") is None:
+        register_vector(conn)
+    return conn
 
 
-def _set_local(session: Session, settings: dict[str, str]) -> dict[str, str]:
-    """SET LOCAL each setting (one round trip); returns the values they replaced."""
-    columns = []
-    for i, (name, value) in enumerate(settings.items()):
-        columns.append(func.current_setting(name, True).label(f"old_{i}"))
-        columns.append(func.set_config(name, value, True).label(f"new_{i}"))
-    # Target lists are evaluated left to right: each old value is read before it is replaced.
-    row = session.execute(select(*columns)).one()
-    # NULL: vector's library was not loaded yet in this backend, so the default was in force.
-    return {name: row[2 * i] or HNSW_DEFAULTS[name] for i, name in enumerate(settings)}
+@contextmanager
+def _connection(session: Session, sql: str) -> Iterator[psycopg.Connection[Any]]:
+    try:
+        yield _driver_connection(session)
+    except psycopg.Error as error:
+        raise exc.DBAPIError.instance(sql, None, error, psycopg.Error) from error
 
 
-def _hits(session: Session, stmt: Select[tuple[Product, float]]) -> list[Hit]:
-    return [Hit(product, float(distance)) for product, distance in session.execute(stmt).all()]
+def _hits(session: Session, rows: list[tuple[Any, ...]]) -> list[Hit]:
+    products = loading.products(session, rows)
+    distance = len(PRODUCT_COLUMNS)
+    return [Hit(product, float(row[distance])) for product, row in zip(products, rows, strict=True)]

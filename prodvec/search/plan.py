@@ -1,43 +1,49 @@
 """Per query: how many products does the filter keep, and so which way to search.
 
-Few → exact distances over just those rows (the B-trees find them). Many → the HNSW index,
-with an iterative scan sized for k and the filter's selectivity. The estimate is the
-planner's; where it is wrong both ways stay correct: an exact pass is capped (over the cap,
-the index takes over) and an index pass that comes back short hands over to exact.
+Few → exact distances over just those rows (the B-trees find them). More → the HNSW index
+first: up to a few exact passes' worth, one quick look (its first search, no iterative scan);
+beyond, an iterative scan sized for k and the filter's selectivity. The estimate is
+the planner's; where it is wrong every way stays correct: an exact pass is capped (over the
+cap, the index takes over) and an index pass that comes back short hands over to exact.
 """
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import Executable, literal, select, text
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import text
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ClauseElement
 
 from prodvec.models import Product
+from prodvec.search import execute
 from prodvec.search.execute import IndexSettings, Query
+from prodvec.search.statements import statement
 
-#: Switch-over: exact for up to sqrt(EXACT_COST_RATIO · k · indexed rows) matching products
-#: (100k rows, k=10: 6,300). Measured on 100k × 512-d halfvec: an exact pass costs ~1.5 µs
-#: per matching row, the iterative index scan ~3 µs per visited tuple and ~2k/selectivity
-#: tuples for a query near its matches, but many more, with poor recall, for one far from
-#: them (a shoe photo filtered to bags). Exact costs the same wherever the query lies, so it
-#: is kept well past the break-even for near queries.
-EXACT_COST_RATIO = 40
-#: Exact below this many matching products whatever the table size (< 2 ms).
-EXACT_MIN_ROWS = 1_000
+#: Exact for up to this many matching products. Measured on 100k × 512-d halfvec with the
+#: matches scattered over the heap: ~1.5 µs a row, so ≤ 3 ms; a quick index look costs
+#: ~1 ms, and a query far from its matches pays that look and the exact pass after it.
+EXACT_MAX_ROWS = 2_000
 #: An exact pass planned from an estimate stops (and the index takes over) past this × the
 #: switch-over: the planner underestimates correlated filters (category and price).
 EXACT_CAP_FACTOR = 3
-#: hnsw.ef_search bounds (pgvector allows 1..1000; 40 is its default).
-EF_SEARCH_MIN, EF_SEARCH_MAX = 40, 400
+#: Up to this many matching products, and this share of the catalog, the index gets one
+#: quick look: its first search only (no iterative scan), which finds the ef_search products
+#: nearest to the query whatever the filter. If k of them match, those are the k nearest
+#: matches (as far as the index finds the nearest products at all): a query near its matches
+#: (a shoe photo among shoes). If not, the query is far from its matches (among bags) and the
+#: exact pass answers: an iterative scan would cost more and, where matches are that sparse,
+#: its relaxed order misses many of the true k. Broader filters match densely wherever the
+#: query lies, and the iterative scan finds them (measured at 5% and 50% selectivity).
+QUICK_LOOK_MAX_ROWS = 20_000
+QUICK_LOOK_MAX_SHARE = 0.2
+#: hnsw.ef_search bounds (pgvector allows 1..1000; 40 is its default). Past 200 the first
+#: search costs more than it gains, measured at 5% and 1% selectivity.
+EF_SEARCH_MIN, EF_SEARCH_MAX = 40, 200
 #: Index rows re-sorted per hit (relaxed order returns near-but-unordered rows).
 INNER_LIMIT_FACTOR = 2
-#: Iterative scan budget in tuples, per matching product: past it an exact pass is cheaper
-#: than going on (a query far from every matching product walks much of the graph).
+#: Iterative scan budget in tuples, per matching product, for broad filters (no exact pass
+#: could follow cheaply): a query far from every matching product walks much of the graph.
 SCAN_BUDGET_PER_MATCH = 0.5
 #: ... but never less than a few passes' worth, so queries near their matches finish.
 SCAN_BUDGET_MIN = 2_000
@@ -86,42 +92,34 @@ def table_facts(session: Session) -> TableFacts:
 
 def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     total = max(facts.indexed_rows or 0.0, 1.0)
-    exact_max = max(EXACT_MIN_ROWS, math.ceil(math.sqrt(EXACT_COST_RATIO * query.k * total)))
     # Without a filter the table's row count is the estimate: no need to ask the planner.
-    estimate = _planner_estimate(session, query) if query.where or facts.indexed_rows is None else int(total)
-    if estimate <= exact_max:
-        cap = EXACT_CAP_FACTOR * exact_max
+    if query.filter.empty and facts.indexed_rows is not None:
+        estimate = int(total)
+    else:
+        estimate = _planner_estimate(session, query)
+    if estimate <= EXACT_MAX_ROWS:
+        cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
         # Should the cap be hit, at least cap products match: size the index pass for that.
         return Plan(estimate, cap, index_settings(query.k, cap + 1, total))
     return Plan(estimate, None, index_settings(query.k, estimate, total))
 
 
 def index_settings(k: int, matches: float, total: float) -> IndexSettings:
-    """Iterative scan settings: candidates per pass to yield the inner limit at this
-    selectivity, and a budget past which the exact pass over the matches is cheaper."""
+    """Index settings: candidates per pass to yield the inner limit at this selectivity; a
+    quick look only, or for broad filters an iterative scan with a budget sized to the matches."""
     inner_limit = INNER_LIMIT_FACTOR * k
     selectivity = min(1.0, max(matches, 1.0) / max(total, 1.0))
     ef_search = int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, inner_limit / selectivity)))
-    budget = int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches))
+    if matches <= QUICK_LOOK_MAX_ROWS and selectivity <= QUICK_LOOK_MAX_SHARE:
+        budget = None
+    else:
+        budget = int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches))
     return IndexSettings(ef_search=ef_search, max_scan_tuples=budget, inner_limit=inner_limit)
 
 
 def _planner_estimate(session: Session, query: Query) -> int:
-    plan = session.execute(_Explain(select(literal(1)).where(*query.filters()))).scalar_one()
+    rows = execute.fetch(session, statement("estimate", query.filter), query.params())
+    plan = rows[0][0]
     if isinstance(plan, str):
         plan = json.loads(plan)
     return int(plan[0]["Plan"]["Plan Rows"])
-
-
-class _Explain(Executable, ClauseElement):
-    """EXPLAIN (FORMAT JSON) of a statement, compiled with it so its parameters bind as usual."""
-
-    inherit_cache = False
-
-    def __init__(self, statement: Executable) -> None:
-        self.statement = statement
-
-
-@compiles(_Explain, "postgresql")
-def _compile_explain(element: _Explain, compiler, **kw):  # type: ignore[no-untyped-def]
-    return "EXPLAIN (FORMAT JSON) " + compiler.process(element.statement, **kw)

@@ -47,6 +47,9 @@ class QueryVector:
     #: Robust image queries: the turned and coarse views (prodvec.worker.encode.robust),
     #: each searched too, the results fused.
     extra_views: tuple[np.ndarray, ...] = ()
+    #: The encoder spec that made the vector (image and text queries); the products it is
+    #: compared with must come from the same model.
+    model: str | None = None
 
 
 def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool) -> list[QueryVector]:
@@ -68,7 +71,7 @@ def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool) ->
     if stored:
         resolved.update(zip(stored, _stored_vectors(session, list(stored.values())), strict=True))
     if texts:
-        resolved.update(zip(texts, map(QueryVector, _encode_texts(list(texts.values()))), strict=True))
+        resolved.update(zip(texts, _encode_texts(list(texts.values())), strict=True))
     if images:
         resolved.update(zip(images, _encode_images(list(images.values()), robust=robust), strict=True))
     return [resolved[i] for i in range(len(queries))]
@@ -119,11 +122,12 @@ def _as_image(query: Any) -> Image.Image:
 def _encode_images(images: list[Image.Image], *, robust: bool) -> list[QueryVector]:
     from prodvec.worker.encode.robust import encode_queries
 
-    per_image = encode_queries(_encoder(), images, robust=robust, batch_size=ENCODE_BATCH)  # N×V×D
-    return [QueryVector(views[0], extra_views=tuple(views[1:])) for views in per_image]
+    encoder = _encoder()
+    per_image = encode_queries(encoder, images, robust=robust, batch_size=ENCODE_BATCH)  # N×V×D
+    return [QueryVector(views[0], extra_views=tuple(views[1:]), model=encoder.spec) for views in per_image]
 
 
-def _encode_texts(texts: list[str]) -> list[np.ndarray]:
+def _encode_texts(texts: list[str]) -> list[QueryVector]:
     encoder = _encoder()
     if not encoder.supports_text:
         raise QueryError(
@@ -132,7 +136,7 @@ def _encode_texts(texts: list[str]) -> list[np.ndarray]:
         )
     if any(not text.strip() for text in texts):
         raise QueryError("a text query must not be empty")
-    return list(encoder.encode_text(texts))
+    return [QueryVector(vector, model=encoder.spec) for vector in encoder.encode_text(texts)]
 
 
 def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[QueryVector]:

@@ -1,15 +1,19 @@
 """Filtered similarity search that is always complete: Product.similar_to and friends.
 
 Each query is planned on its own (plan.py): exact over the few rows a selective filter keeps,
-or the HNSW index's iterative scan for broad filters. When the index pass returns fewer than
-k hits (a filter it could not get past in its budget, or fewer matches than the estimate),
-the exact pass answers instead, so the result always holds min(k, matching products) hits.
+one quick look through the HNSW index for a few thousand, its iterative scan for broad
+filters. When the index pass returns fewer than k hits (a query far from its matches, a
+filter it could not get past in its budget, or fewer matches than the estimate), the exact
+pass answers instead, so the result always holds min(k, matching products) hits.
 With max_distance that is every match within it, up to k, as far as the search got: an exact
 pass compares all matches; an index pass that found k matches walked past the distance.
 
-The index settings are SET LOCAL (set_config(..., true)) inside the session's transaction,
-and put back after the query. On an AUTOCOMMIT connection they would not reach the query:
-results stay complete (the short index pass falls back to exact), only slower.
+The index settings are SET LOCAL inside a savepoint of the session's transaction that is
+rolled back after the query, which puts the caller's own settings back (execute.py).
+
+Image and text queries are encoded by the configured model (PRODVEC_MODEL); a hit whose
+vector another model made (products.embedding_model) would be at a meaningless distance, so
+such a result raises QueryError instead.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from prodvec.errors import QueryError
 from prodvec.search import execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
+from prodvec.search.statements import Filter, compile_filter
 
 
 def similar_to(
@@ -75,7 +80,13 @@ def similar_to_many(
         robust = load_settings().robust_queries
     vectors = resolve(session, queries, robust=robust)
     facts = plan.table_facts(session)
-    return [_search(session, vector, facts, k=k, where=where, max_distance=max_distance) for vector in vectors]
+    compiled = compile_filter(where, session.get_bind().dialect)
+    results = []
+    for vector in vectors:
+        result = _search(session, vector, facts, k=k, where=compiled, max_distance=max_distance)
+        _check_model(vector, result)
+        results.append(result)
+    return results
 
 
 def _search(
@@ -84,7 +95,7 @@ def _search(
     facts: plan.TableFacts,
     *,
     k: int,
-    where: Sequence[ColumnElement[bool]],
+    where: Filter,
     max_distance: float | None,
 ) -> SearchResult:
     from prodvec.worker.encode.robust import merge_views  # extra views exist only once torch is loaded
@@ -109,7 +120,7 @@ def _search_vector(
     exclude_id: int | None,
     facts: plan.TableFacts,
     k: int,
-    where: Sequence[ColumnElement[bool]],
+    where: Filter,
     max_distance: float | None,
 ) -> SearchResult:
     if facts.dimensions is not None and len(vector) != facts.dimensions:
@@ -117,13 +128,13 @@ def _search_vector(
             f"the query vector has {len(vector)} dimensions but products.embedding has "
             f"{facts.dimensions}: query with the model that made the embeddings"
         )
-    query = execute.Query(vector, tuple(where), k, exclude_id)
+    query = execute.Query(vector, where, k, exclude_id)
     chosen = plan.choose(session, query, facts)
     if chosen.exact_cap is not None:
         hits = execute.exact_capped(session, query, chosen.exact_cap)
         if hits is not None:
             return _result(hits, "exact", chosen, max_distance)
-    hits = execute.hnsw(session, query, chosen.index)
+    hits = execute.index(session, query, chosen.index)
     if len(hits) == k:
         return _result(hits, "hnsw", chosen, max_distance)
     # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.
@@ -134,6 +145,17 @@ def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance
     # The k nearest within max_distance are the k nearest, cut at max_distance.
     kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
     return SearchResult(kept, True, strategy, chosen.estimate)
+
+
+def _check_model(vector: QueryVector, result: SearchResult) -> None:
+    # Products stored with their vector but no model name (inserted directly) cannot be checked.
+    others = {hit.product.embedding_model for hit in result} - {vector.model, None}
+    if vector.model is not None and others:
+        raise QueryError(
+            f"the query was encoded with {vector.model} (PRODVEC_MODEL) but products it found were "
+            f"embedded with {', '.join(sorted(others))}: their distances mean nothing. Search with "
+            "PRODVEC_MODEL set to the model that made the embeddings, or re-embed the products"
+        )
 
 
 def _check_options(k: int, max_distance: float | None) -> None:

@@ -1,0 +1,60 @@
+"""The search's SQL: the caller's filter compiled once by SQLAlchemy, slotted into the
+statements of prodvec/sql/search_passes.sql, with the parameters psycopg sends."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, inspect
+from sqlalchemy.engine import Dialect
+
+from prodvec.errors import QueryError
+from prodvec.models import Product
+from prodvec.sql import queries
+
+#: Parameter names of the statements themselves; a filter's own parameters must differ.
+OWN_PARAMETERS = frozenset({"query", "exclude_id", "ef_search", "max_scan_tuples"})
+
+NO_FILTER = "TRUE"
+
+#: The product attributes a hit loads and their columns: the non-deferred ones (not the embedding).
+PRODUCT_COLUMNS: dict[str, str] = {
+    attr.key: attr.columns[0].name for attr in inspect(Product).column_attrs if not attr.deferred
+}
+
+
+@dataclass(frozen=True)
+class Filter:
+    """The caller's WHERE clauses as SQL text (columns as ``products.x``) and its parameters."""
+
+    sql: str
+    params: dict[str, Any]
+
+    @property
+    def empty(self) -> bool:
+        return self.sql == NO_FILTER
+
+
+def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Filter:
+    if not where:
+        return Filter(NO_FILTER, {})
+    compiled = and_(*where).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.construct_params()
+    # Type conversions SQLAlchemy would apply on execute (e.g. a vector compared in a filter).
+    # SQLAlchemy keeps them per parameter name on the compiled statement only.
+    for name, process in compiled._bind_processors.items():
+        if name in params:
+            params[name] = process(params[name])
+    clash = OWN_PARAMETERS & params.keys()
+    if clash:
+        raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
+    return Filter(compiled.string, params)
+
+
+def statement(name: str, filter: Filter, **limits: int) -> str:
+    """A statement of search_passes.sql with the filter, the product columns and LIMITs in place."""
+    columns = ", ".join(f"p.{column}" for column in PRODUCT_COLUMNS.values())
+    return queries("search_passes.sql")[name].format(
+        filters=filter.sql, columns=columns, **{key: int(value) for key, value in limits.items()}
+    )

@@ -1,0 +1,69 @@
+-- The statements behind Product.similar_to (prodvec/search/execute.py and plan.py).
+-- Placeholders are psycopg's: %(query)s is the query vector (halfvec), %(exclude_id)s the
+-- query product's id or NULL. Slots in braces are filled in by prodvec: {filters} the
+-- caller's WHERE clauses compiled by SQLAlchemy (with their own %(...)s parameters),
+-- {columns} the product columns to load, and LIMITs as literals: a generic plan (psycopg
+-- prepares statements it sees often) with an unknown LIMIT may not use the HNSW index at all.
+
+-- name: estimate
+-- How many products the planner expects the filter to keep (EXPLAIN: nothing runs).
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM products
+WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+
+-- name: exact
+-- Exact: the distance to every product the filter keeps (the B-trees find them), top k.
+-- "+ 0": the planner cannot hand this order to the HNSW index, which stops after
+-- ef_search candidates.
+SELECT {columns}, ranked.distance
+FROM (
+    SELECT id, embedding <=> %(query)s AS distance
+    FROM products
+    WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+    ORDER BY (embedding <=> %(query)s) + 0, id
+    LIMIT {k}
+) ranked
+JOIN products p ON p.id = ranked.id
+ORDER BY ranked.distance, p.id
+
+-- name: exact_capped
+-- Exact as above, but the scan stops after {cap_plus_one} matching products; "kept" (the
+-- same on every row) says how many it saw, so more than the cap means it did not see all.
+SELECT {columns}, ranked.distance, ranked.kept
+FROM (
+    SELECT id, distance, count(*) OVER () AS kept
+    FROM (
+        SELECT id, embedding <=> %(query)s AS distance
+        FROM products
+        WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+        LIMIT {cap_plus_one}
+    ) matching
+    ORDER BY distance + 0, id
+    LIMIT {k}
+) ranked
+JOIN products p ON p.id = ranked.id
+ORDER BY ranked.distance, p.id
+
+-- name: index_settings
+-- Before an index pass, inside a savepoint that is rolled back after it: the iterative
+-- scan (or none), its candidate list and its budget.
+SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
+       set_config('hnsw.ef_search', %(ef_search)s, true),
+       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true)
+
+-- name: index
+-- Through the HNSW index: {inner_limit} rows in the index's order (relaxed, for an iterative
+-- scan), re-sorted exactly. The materialized CTE keeps the re-sort out of the index scan; "+ 0" makes the
+-- outer sort real (PostgreSQL 17+ would trust the CTE's ORDER BY, pgvector#862).
+WITH nearest AS MATERIALIZED (
+    SELECT id, embedding <=> %(query)s AS distance
+    FROM products
+    WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+    ORDER BY embedding <=> %(query)s
+    LIMIT {inner_limit}
+)
+SELECT {columns}, nearest.distance
+FROM nearest
+JOIN products p ON p.id = nearest.id
+ORDER BY nearest.distance + 0, p.id
+LIMIT {k}
