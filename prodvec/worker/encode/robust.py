@@ -1,87 +1,151 @@
-"""Robust query embedding: look at a query photo a few ways, and let each product keep its best match.
+"""Robust image search: look at query photos (and products) a few ways, let each product keep its best match.
 
-Real query photos are tilted, noisy, compressed. Each query is embedded as several *views*:
-the photo as it is, turned both ways (tilt), and shrunk to a coarse thumbnail (sensor noise and
-JPEG blocks average out, the shape stays). Each view is searched, and a product's distance is
-its best view's, the extra views counted ``EXTRA_VIEW_PENALTY`` further so they only win when
-clearly better: a clean photo still finds what it found before. Works with any encoder: it only
-changes the pixels the encoder is shown.
+Real query photos are tilted, noisy, compressed, cropped, thumbnails. A :class:`ViewPolicy` says
+which *views* of a query are embedded (the photo, turned both ways, a coarse thumbnail), which
+views of each product the catalog stores, and the distance added to each view's matches. A
+product's fused distance is its best (query view, catalog view) pair's, plus both views'
+penalties, so extra views only win when clearly better. Works with any encoder: it only changes
+the pixels the encoder is shown.
 
-Measured with benchmarks/quality.py (numbers in benchmarks/quality.md): near-duplicate recall@1
-under nine photo faults rises (tilt and noise most), category precision on clean photos stays
-the same. Tried in exploratory runs of that benchmark and left out: averaging the views into one
-vector (one search: worse than plain), auto-contrast (≤ 0.03 on the light faults, which the
-encoder already handles, and stretching each channel alone changes a coloured product's colour),
-denoising filters (median, Gaussian, non-local means: no better than the coarse view on noise,
-and slower), re-centring on the product (helped off-centre crops as much as it cost thumbnails).
-Costs: ``len(VIEW_NAMES)``× the encoding and the searches per query.
+Two policies, measured with benchmarks/quality.py (numbers in benchmarks/quality.md; penalties
+and sizes chosen on its ``--split tune`` photos, reported on the others):
+
+- ``SINGLE_VIEW``: the catalog holds one vector per product, the photo as the encoder crops it
+  (what the worker stores today). Query views: photo, turned ±15°, coarse 32 px.
+- ``MULTI_VIEW``: the catalog holds two vectors per product, the whole photo *fitted* inside
+  the encoder's centre crop (the default crop cuts the borders, where an off-centre product is)
+  and a coarse 24 px thumbnail (a noisy, compressed or tiny query matches it best, since both
+  have lost the same fine detail). Query views: fitted photo, turned ±15°, coarse 24 px.
+
+Tried in exploratory runs (tuning photos) and left out: averaging views into one vector (one
+search, but worse), auto-contrast and denoising filters (no better than the coarse view),
+re-centring on the product, padded-corner query views, a grey-scale query view, a third stored
+view (the centre 75 %: +0.005 on average for 1.5× the storage), coarse sizes 16/32/48 px (24 px
+wins on noise and thumbnails together; 20 px, the benchmark's own thumbnail size, was left out
+as overfitting). Re-ranking the top candidates was measured too and not needed: re-encoding 50
+candidates shrunk to a tiny query's own size lifts thumbnails to 0.98, and comparing spatial
+feature maps helps occlusion (+0.08) and off-centre crops (+0.12) but costs noise (−0.2) and
+turned photos (−0.17), needs the model's feature maps (not any encoder) and the candidates' photos.
 """
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
+from torchvision import transforms
 
 from prodvec.worker.encode.base import Encoder
 
-#: Tilt of the turned views, degrees each way: covers photos taken at 10–25°.
-ROTATION_DEGREES = 15.0
-#: Longer side of the coarse view, px: fine noise and compression blocks average out, the shape stays.
-COARSE_SIDE = 32
-#: Cosine distance added to the extra views' matches (the photo as it is pays none).
-EXTRA_VIEW_PENALTY = 0.03
-#: Views per robust query, in the order `views` returns them.
-VIEW_NAMES = ("photo", f"turned +{ROTATION_DEGREES:g}°", f"turned -{ROTATION_DEGREES:g}°", f"coarse {COARSE_SIDE} px")
-
 K = TypeVar("K", bound=Hashable)
+#: Fill for the corners a turn uncovers and the margins a fit adds: a product shot's background.
+BACKGROUND = (255, 255, 255)
 
 
-def views(image: Image.Image) -> list[Image.Image]:
-    """The robust views of one RGB query photo, in ``VIEW_NAMES`` order."""
-    photo = image.convert("RGB")
-    # White fill: the corners a turn uncovers look like a product shot's background.
-    turned = [
-        photo.rotate(angle, resample=Image.Resampling.BICUBIC, fillcolor=(255, 255, 255))
-        for angle in (ROTATION_DEGREES, -ROTATION_DEGREES)
-    ]
-    return [photo, *turned, coarse_view(photo)]
+@dataclass(frozen=True)
+class ViewPolicy:
+    """Which views of queries and products are embedded, and how their matches are fused."""
+
+    fit: bool  # photos shown whole (padded inside the encoder's centre crop), not cropped by it
+    turn_degrees: float  # query views turned this far each way; 0: none
+    query_coarse: int  # longer side (px) of the query's coarse view; 0: none
+    catalog_coarse: int  # longer side (px) of the product's coarse view; 0: one vector per product
+    query_view_penalty: float  # cosine distance added to the extra query views' matches
+    catalog_view_penalty: float  # ... and to the product's coarse view's matches
+
+    @property
+    def query_view_names(self) -> tuple[str, ...]:
+        turned = (f"turned +{self.turn_degrees:g}°", f"turned -{self.turn_degrees:g}°") if self.turn_degrees else ()
+        coarse = (f"coarse {self.query_coarse} px",) if self.query_coarse else ()
+        return (self._photo_name, *turned, *coarse)
+
+    @property
+    def catalog_view_names(self) -> tuple[str, ...]:
+        return (self._photo_name, *((f"coarse {self.catalog_coarse} px",) if self.catalog_coarse else ()))
+
+    @property
+    def _photo_name(self) -> str:
+        return "fitted photo" if self.fit else "photo"
+
+    def query_views(self, image: Image.Image, keep: float = 1.0) -> list[Image.Image]:
+        """The views of one query photo, in ``query_view_names`` order; ``keep``: see `crop_keep`."""
+        photo = image.convert("RGB")
+        angles = (self.turn_degrees, -self.turn_degrees) if self.turn_degrees else ()
+        turned = [turned_view(photo, angle) for angle in angles]
+        coarse = [coarse_view(photo, self.query_coarse)] if self.query_coarse else []
+        return [self.photo_view(photo, keep), *turned, *coarse]
+
+    def catalog_views(self, image: Image.Image, keep: float = 1.0) -> list[Image.Image]:
+        """The views of one product photo the catalog stores, in ``catalog_view_names`` order."""
+        photo = image.convert("RGB")
+        coarse = [coarse_view(photo, self.catalog_coarse)] if self.catalog_coarse else []
+        return [self.photo_view(photo, keep), *coarse]
+
+    def penalties(self, query_views: int, catalog_views: int = 1) -> np.ndarray:
+        """V×C distance added to each (query view, catalog view) pair's matches: none for photo × photo."""
+        query = np.array([0.0] + [self.query_view_penalty] * (query_views - 1), dtype=np.float32)
+        catalog = np.array([0.0] + [self.catalog_view_penalty] * (catalog_views - 1), dtype=np.float32)
+        return query[:, None] + catalog[None, :]
+
+    def photo_view(self, image: Image.Image, keep: float = 1.0) -> Image.Image:
+        """The first view of queries and products alike: the photo, fitted or as the encoder crops it."""
+        photo = image.convert("RGB")
+        return fitted_view(photo, keep) if self.fit else photo
 
 
-def view_penalties(count: int) -> np.ndarray:
-    """Distance added to each of ``count`` views' matches: none for the first (the photo as it is)."""
-    return np.array([0.0] + [EXTRA_VIEW_PENALTY] * (count - 1), dtype=np.float32)
+SINGLE_VIEW = ViewPolicy(fit=False, turn_degrees=15.0, query_coarse=32, catalog_coarse=0,
+                         query_view_penalty=0.03, catalog_view_penalty=0.0)
+MULTI_VIEW = ViewPolicy(fit=True, turn_degrees=15.0, query_coarse=24, catalog_coarse=24,
+                        query_view_penalty=0.0, catalog_view_penalty=0.02)
+#: Views per robust query under the policy search uses today (the catalog holds one vector per product).
+VIEW_NAMES = SINGLE_VIEW.query_view_names
 
 
 def encode_queries(
-    encoder: Encoder, images: Sequence[Image.Image], *, robust: bool, batch_size: int = 64
+    encoder: Encoder, images: Sequence[Image.Image], *, robust: bool, policy: ViewPolicy = SINGLE_VIEW,
+    batch_size: int = 64,
 ) -> np.ndarray:
-    """Query photos → N×V×D unit vectors: V = len(VIEW_NAMES) when robust, else 1 (the photo as is)."""
-    shown = [view for image in images for view in views(image)] if robust else list(images)
-    vectors = [
-        encoder.encode_images(torch.stack([encoder.preprocess(view) for view in shown[start : start + batch_size]]))
-        for start in range(0, len(shown), batch_size)
-    ]
-    flat = np.concatenate(vectors) if vectors else np.empty((0, encoder.dimensions), dtype=np.float32)
-    return flat.reshape(len(images), -1, encoder.dimensions)
+    """Query photos → N×V×D unit vectors: V = the policy's query views when robust, else 1 (its photo view)."""
+    keep = crop_keep(encoder)
+    if robust:
+        return _encode(encoder, images, lambda image: policy.query_views(image, keep), batch_size)
+    return _encode(encoder, images, lambda image: [policy.photo_view(image, keep)], batch_size)
 
 
-def fused_distances(queries: np.ndarray, catalog: np.ndarray) -> np.ndarray:
-    """Exact fused cosine distances, N×M, from N×V×D query views and an M×D catalog (in memory)."""
-    penalties = view_penalties(queries.shape[1])
-    per_view = 1.0 - np.einsum("nvd,md->nvm", queries, catalog) + penalties[None, :, None]
-    return per_view.min(axis=1)
+def encode_products(
+    encoder: Encoder, images: Sequence[Image.Image], *, policy: ViewPolicy = SINGLE_VIEW, batch_size: int = 64
+) -> np.ndarray:
+    """Product photos → N×C×D unit vectors, one per catalog view of the policy (what the worker stores)."""
+    keep = crop_keep(encoder)
+    return _encode(encoder, images, lambda image: policy.catalog_views(image, keep), batch_size)
 
 
-def merge_views(per_view: Sequence[Sequence[tuple[K, float]]], k: int) -> list[tuple[K, float]]:
-    """One query's top-k from its views' top-k (key, cosine distance) lists, nearest first.
+def fused_distances(queries: np.ndarray, catalog: np.ndarray, policy: ViewPolicy = SINGLE_VIEW) -> np.ndarray:
+    """Exact fused cosine distances, N×M, from N×V×D query views and an M×D or M×C×D catalog (in memory)."""
+    if catalog.ndim == 2:
+        catalog = catalog[:, None]
+    penalties = policy.penalties(queries.shape[1], catalog.shape[1])
+    per_pair = 1.0 - np.einsum("nvd,mcd->nvcm", queries, catalog) + penalties[None, :, :, None]
+    return per_pair.min(axis=(1, 2))
 
-    Exact: a product in the fused top k is in the top k of the view that gives its best distance.
+
+def merge_views(
+    per_view: Sequence[Sequence[tuple[K, float]]], k: int, penalties: Sequence[float] | None = None
+) -> list[tuple[K, float]]:
+    """One query's top-k from the top-k (key, cosine distance) lists of its searches, nearest first.
+
+    One list per searched (query view, catalog view) pair, with ``penalties`` in the same order
+    (``policy.penalties(V, C).ravel()`` for lists in query-view-major order); by default one list
+    per query view under ``SINGLE_VIEW``. Exact: a product in the fused top k is in the top k of
+    the pair that gives its best distance.
     """
+    if penalties is None:
+        penalties = SINGLE_VIEW.penalties(len(per_view))[:, 0]
     best: dict[K, float] = {}
-    for penalty, hits in zip(view_penalties(len(per_view)), per_view):
+    for penalty, hits in zip(penalties, per_view, strict=True):
         for key, distance in hits:
             fused = distance + float(penalty)
             if fused < best.get(key, np.inf):
@@ -89,10 +153,49 @@ def merge_views(per_view: Sequence[Sequence[tuple[K, float]]], k: int) -> list[t
     return sorted(best.items(), key=lambda item: item[1])[:k]
 
 
-def coarse_view(image: Image.Image) -> Image.Image:
-    """The photo shrunk (box filter: a plain average) to ``COARSE_SIDE`` px on its longer side."""
-    scale = COARSE_SIDE / max(image.size)
+def crop_keep(encoder: Encoder) -> float:
+    """Share of a square photo's side the encoder's preprocessing keeps (its centre crop ÷ its resize).
+
+    0.875 for timm's ImageNet transform, 1.0 for open_clip's (which resizes to the crop size).
+    """
+    steps = getattr(encoder.preprocess, "transforms", ())
+    resize = next((t.size for t in steps if isinstance(t, transforms.Resize)), None)
+    crop = next((t.size for t in steps if isinstance(t, transforms.CenterCrop)), None)
+    resize = resize[0] if isinstance(resize, (list, tuple)) else resize
+    if not isinstance(resize, int) or crop is None:
+        return 1.0
+    return min(1.0, min(crop) / resize)
+
+
+def fitted_view(image: Image.Image, keep: float) -> Image.Image:
+    """The photo padded to a square, with margins the encoder's centre crop (``keep``) removes: all of it is seen."""
+    side = max(image.size)
+    padded = round(side / keep)
+    canvas = Image.new("RGB", (padded, padded), BACKGROUND)
+    canvas.paste(image, ((padded - image.width) // 2, (padded - image.height) // 2))
+    return canvas
+
+
+def turned_view(image: Image.Image, degrees: float) -> Image.Image:
+    return image.rotate(degrees, resample=Image.Resampling.BICUBIC, fillcolor=BACKGROUND)
+
+
+def coarse_view(image: Image.Image, side: int) -> Image.Image:
+    """The photo shrunk (box filter: a plain average) to ``side`` px on its longer side; smaller ones as they are."""
+    scale = side / max(image.size)
     if scale >= 1:
         return image
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     return image.resize(size, Image.Resampling.BOX)
+
+
+def _encode(
+    encoder: Encoder, images: Sequence[Image.Image], views: Callable[[Image.Image], list[Image.Image]], batch_size: int
+) -> np.ndarray:
+    shown = [view for image in images for view in views(image)]
+    vectors = [
+        encoder.encode_images(torch.stack([encoder.preprocess(view) for view in shown[start : start + batch_size]]))
+        for start in range(0, len(shown), batch_size)
+    ]
+    flat = np.concatenate(vectors) if vectors else np.empty((0, encoder.dimensions), dtype=np.float32)
+    return flat.reshape(len(images), -1, encoder.dimensions)
