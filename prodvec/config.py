@@ -6,18 +6,28 @@ PRODVEC_MODEL     encoder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k or tim
 PRODVEC_DEVICE    torch device (default: cuda when available, else cpu)
 PRODVEC_ROBUST_QUERIES  1/0: search query photos as several views too (default 1,
                   benchmarks/quality.md: it finds rotated and noisy photos, clean ones lose nothing)
+PRODVEC_CATALOG_VIEWS   single/multi: vectors stored per product (default single: the photo;
+                  multi: the whole photo fitted in the encoder's crop and a coarse thumbnail, which
+                  finds noisy, tiny and off-centre photos better, benchmarks/quality.md). Workers and
+                  searches must agree; after a change, `prodvec requeue` re-embeds the catalog
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal, get_args
 
 from prodvec.errors import ConfigError
+
+if TYPE_CHECKING:  # the view policies live beside the encoders (torch): loaded when used
+    from prodvec.worker.encode.robust import ViewPolicy
 
 DEFAULT_MODEL = "open_clip:ViT-B-32:laion2b_s34b_b79k"
 OFFLINE_MODEL = "timm:efficientnet_lite0"
 ROBUST_QUERIES_DEFAULT = True
+CatalogViews = Literal["single", "multi"]
+CATALOG_VIEWS_DEFAULT: CatalogViews = "single"
 
 
 def default_home() -> Path:
@@ -33,10 +43,18 @@ class Settings:
     model: str
     device: str | None
     robust_queries: bool
+    catalog_views: CatalogViews
 
     @property
     def pgdata(self) -> Path:
         return self.home / "pgdata"
+
+    @property
+    def catalog_policy(self) -> ViewPolicy:
+        """The view policy of PRODVEC_CATALOG_VIEWS: what the worker stores, how image queries search it."""
+        from prodvec.worker.encode import robust
+
+        return robust.MULTI_VIEW if self.catalog_views == "multi" else robust.SINGLE_VIEW
 
 
 def load_settings() -> Settings:
@@ -48,7 +66,18 @@ def load_settings() -> Settings:
         model=os.environ.get("PRODVEC_MODEL") or DEFAULT_MODEL,
         device=os.environ.get("PRODVEC_DEVICE") or None,
         robust_queries=_flag("PRODVEC_ROBUST_QUERIES", ROBUST_QUERIES_DEFAULT),
+        catalog_views=_catalog_views(),
     )
+
+
+def _catalog_views() -> CatalogViews:
+    value = os.environ.get("PRODVEC_CATALOG_VIEWS", "").strip().lower() or CATALOG_VIEWS_DEFAULT
+    if value not in get_args(CatalogViews):
+        raise ConfigError(
+            f"PRODVEC_CATALOG_VIEWS={value!r}: use single (one vector per product: the photo) or multi "
+            "(two: the whole photo and a coarse thumbnail; see benchmarks/quality.md)"
+        )
+    return value  # type: ignore[return-value]  # one of CatalogViews, checked above
 
 
 def _flag(name: str, default: bool) -> bool:

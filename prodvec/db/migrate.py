@@ -56,10 +56,11 @@ def upgrade(url: str, dimensions: int, *, reset_embeddings: bool = False) -> boo
     return bool(changed)
 
 
-def embedding_dimensions(conn: psycopg.Connection) -> int | None:
-    """The products.embedding column's dimensions, or None before `prodvec migrate`."""
+def embedding_dimensions(conn: psycopg.Connection, column: str = "embedding") -> int | None:
+    """The dimensions of a products vector column, or None before `prodvec migrate` (made it)."""
     row = conn.execute(
         "SELECT atttypmod FROM pg_attribute "
-        "WHERE attrelid = to_regclass('products') AND attname = 'embedding'"
+        "WHERE attrelid = to_regclass('products') AND attname = %s AND NOT attisdropped",
+        (column,),
     ).fetchone()
     return row[0] if row else None

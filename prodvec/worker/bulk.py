@@ -1,6 +1,7 @@
-"""Bulk backfills: embed many products without paying the HNSW insert for every row.
+"""Bulk backfills: embed many products without paying the HNSW inserts for every row.
 
-Every vector written into the indexed column is also inserted into the HNSW graph, which
+Every vector written into an indexed column (embedding; embedding_coarse too under
+PRODVEC_CATALOG_VIEWS=multi) is also inserted into its HNSW graph, which
 costs more than the write itself (benchmarks/worker_throughput.py: ~3.7x at 3k rows, ~50x
 for COPY into a large index per ENVIRONMENT.md). Building the index once, afterwards, with
 parallel maintenance workers is much cheaper. While the index is gone, searches stay correct
@@ -24,18 +25,18 @@ _SQL = queries("index.sql")
 
 @contextmanager
 def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterator[None]:
-    """Drop the HNSW index for the block, and rebuild it afterwards even if the block fails."""
+    """Drop the HNSW indexes for the block, and rebuild them afterwards even if the block fails."""
     with connect(url, autocommit=True) as conn:
         conn.execute(_SQL["drop_hnsw"])
     try:
         yield
     finally:
         seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
-        log.warning("HNSW index rebuilt in %.1f s", seconds)
+        log.warning("HNSW indexes rebuilt in %.1f s", seconds)
 
 
 def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
-    """(Re)create the index if it is missing; returns the seconds it took."""
+    """(Re)create the indexes that are missing; returns the seconds it took."""
     started = time.perf_counter()
     # A fresh connection: the one the backfill used may be the reason it stopped.
     with connect(url, autocommit=True) as conn:

@@ -11,11 +11,12 @@ Two policies, measured with benchmarks/quality.py (numbers in benchmarks/quality
 and sizes chosen on its ``--split tune`` photos, reported on the others):
 
 - ``SINGLE_VIEW``: the catalog holds one vector per product, the photo as the encoder crops it
-  (what the worker stores today). Query views: photo, turned ±15°, coarse 32 px.
+  (PRODVEC_CATALOG_VIEWS=single, the default). Query views: photo, turned ±15°, coarse 32 px.
 - ``MULTI_VIEW``: the catalog holds two vectors per product, the whole photo *fitted* inside
   the encoder's centre crop (the default crop cuts the borders, where an off-centre product is)
   and a coarse 24 px thumbnail (a noisy, compressed or tiny query matches it best, since both
-  have lost the same fine detail). Query views: fitted photo, turned ±15°, coarse 24 px.
+  have lost the same fine detail), PRODVEC_CATALOG_VIEWS=multi: products.embedding and
+  embedding_coarse. Query views: fitted photo, turned ±15°, coarse 24 px.
 
 Tried in exploratory runs (tuning photos) and left out: averaging views into one vector (one
 search, but worse), auto-contrast and denoising filters (no better than the coarse view),
@@ -67,6 +68,11 @@ class ViewPolicy:
         return (self._photo_name, *((f"coarse {self.catalog_coarse} px",) if self.catalog_coarse else ()))
 
     @property
+    def catalog_is_plain_photo(self) -> bool:
+        """The catalog stores the photo as the encoder crops it, nothing else (what the batched GPU decoder makes)."""
+        return not self.fit and not self.catalog_coarse
+
+    @property
     def _photo_name(self) -> str:
         return "fitted photo" if self.fit else "photo"
 
@@ -100,8 +106,18 @@ SINGLE_VIEW = ViewPolicy(fit=False, turn_degrees=15.0, query_coarse=32, catalog_
                          query_view_penalty=0.03, catalog_view_penalty=0.0)
 MULTI_VIEW = ViewPolicy(fit=True, turn_degrees=15.0, query_coarse=24, catalog_coarse=24,
                         query_view_penalty=0.0, catalog_view_penalty=0.02)
-#: Views per robust query under the policy search uses today (the catalog holds one vector per product).
+#: Views per robust query under the default policy (the catalog holds one vector per product).
 VIEW_NAMES = SINGLE_VIEW.query_view_names
+
+
+def embedding_model(spec: str, policy: ViewPolicy) -> str:
+    """What products.embedding_model records for vectors encoder ``spec`` stored under ``policy``.
+
+    The spec itself for the plain photo (SINGLE_VIEW, as ever), ``<spec>+multi-view`` for other
+    catalog views: a catalog embedded under the other policy is then another model to search,
+    which refuses it, since its vectors show other pixels.
+    """
+    return spec if policy.catalog_is_plain_photo else f"{spec}+multi-view"
 
 
 def encode_queries(
