@@ -128,7 +128,7 @@ def _pixels(prepared, encoder) -> list[torch.Tensor]:
 
 def bench_encoder(encoder, sample: list[torch.Tensor], count: int, batch_size: int) -> float:
     """img/s of the model alone on `count` images: one batch of real pixels, on the device, repeated."""
-    batch = torch.stack([sample[i % len(sample)] for i in range(batch_size)])
+    batch = torch.cat([sample[i % len(sample)] for i in range(batch_size)])  # each 1×3×S×S: one catalog view
     encoder.encode_images(batch)  # warm-up (allocator, kernels)
     started = time.perf_counter()
     done = 0

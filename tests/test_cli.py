@@ -72,6 +72,8 @@ def test_failures_and_retry(capsys, db_url: str, tmp_path: Path) -> None:
     assert main(["retry", "--all"]) == 0
     assert "requeued 1" in capsys.readouterr().out
     assert _run_json(capsys, "status")["pending"] == 1
+    assert main(["requeue"]) == 0  # every product with an image, whatever its state
+    assert "queued 1 product(s)" in capsys.readouterr().out
 
 
 def test_errors_are_one_line_not_tracebacks(capsys, db_url: str) -> None:

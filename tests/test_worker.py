@@ -1,6 +1,7 @@
 """The worker against a real database: round trip, queue rules, failures, stale images."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,49 @@ def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: P
     with Image.open(image) as photo:
         expected = encoder.encode_images(encoder.preprocess(photo.convert("RGB"))[None])[0]
     assert np.allclose(embedding.to_numpy(), expected, atol=2e-3)
+
+
+def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: Path, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """PRODVEC_CATALOG_VIEWS=multi: the fitted photo in embedding, the coarse thumbnail in
+    embedding_coarse, both made with PIL even where JPEGs could be decoded in batches; switching
+    an embedded catalog over (and back) is a requeue."""
+    from PIL import Image
+
+    from prodvec.worker.encode.robust import MULTI_VIEW, encode_products
+
+    photos = sorted(photo_dir.iterdir())
+    for index, photo in enumerate(photos):
+        _insert(conn, f"M{index}", str(photo))
+    Worker(db_url, encoder).run(once=True)  # single, the default: no coarse vector
+    assert conn.execute("SELECT count(*) FROM products WHERE embedding_coarse IS NULL").fetchone()[0] == 8
+
+    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
+    assert jobs.requeue_all(conn) == 8
+    (tmp_path / "not-an-image.jpg").write_text("hello")
+    _insert(conn, "BROKEN", str(tmp_path / "not-an-image.jpg"))
+    worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True))
+    assert worker.policy == MULTI_VIEW and not worker.decodes_on_gpu
+    with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
+        stats = worker.run(once=True)
+    assert (stats.embedded, stats.failed) == (8, 1)  # the broken photo fails alone
+    assert sum("made with PIL" in record.message for record in caplog.records) == 1
+    rows = conn.execute(
+        "SELECT image, embedding, embedding_coarse, embedding_model FROM products WHERE sku LIKE 'M%' ORDER BY sku"
+    ).fetchall()
+    images = [Image.open(image).convert("RGB") for image, *_ in rows]
+    expected = encode_products(encoder, images, policy=MULTI_VIEW)  # N×2×D
+    for (_, embedding, coarse, model), views in zip(rows, expected, strict=True):
+        assert model == f"{encoder.spec}+multi-view"
+        assert np.allclose(embedding.to_numpy(), views[0], atol=2e-3)
+        assert np.allclose(coarse.to_numpy(), views[1], atol=2e-3)
+
+    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")
+    assert jobs.requeue_all(conn) == 9
+    Worker(db_url, encoder).run(once=True)
+    assert conn.execute(
+        "SELECT count(*) FROM products WHERE embedding_coarse IS NULL AND embedding_model = %s", (encoder.spec,)
+    ).fetchone()[0] == 8
 
 
 def test_queue_rules(conn) -> None:
@@ -110,7 +154,13 @@ def test_dimension_mismatch_stops_the_worker(conn, db_url, encoder) -> None:
 
 
 def _has_hnsw_index(conn) -> bool:
-    return conn.execute("SELECT to_regclass('products_embedding_hnsw') IS NOT NULL").fetchone()[0]
+    """Both vector columns' HNSW indexes are there (else: neither is)."""
+    both, either = conn.execute(
+        "SELECT to_regclass('products_embedding_hnsw') IS NOT NULL AND to_regclass('products_embedding_coarse_hnsw') IS NOT NULL, "
+        "to_regclass('products_embedding_hnsw') IS NOT NULL OR to_regclass('products_embedding_coarse_hnsw') IS NOT NULL"
+    ).fetchone()
+    assert both == either
+    return both
 
 
 def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path) -> None:

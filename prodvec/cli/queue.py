@@ -1,4 +1,4 @@
-"""`prodvec worker`, `prodvec status`, `prodvec failures`, `prodvec retry`."""
+"""`prodvec worker`, `prodvec status`, `prodvec failures`, `prodvec retry`, `prodvec requeue`."""
 from __future__ import annotations
 
 import argparse
@@ -17,7 +17,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker = commands.add_parser("worker", help="embed pending products (keeps running unless --once)")
     worker.add_argument("--once", action="store_true", help="embed everything pending, then exit")
     worker.add_argument("--bulk", action="store_true",
-                        help="with --once, for big backfills: drop the HNSW index, embed, rebuild it once at the end "
+                        help="with --once, for big backfills: drop the HNSW indexes, embed, rebuild them once at the end "
                              "(searches stay correct meanwhile, but slower)")
     worker.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
     worker.add_argument("--decode-threads", type=int, default=None, help="threads loading and decoding images")
@@ -48,6 +48,11 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     which.add_argument("--sku", action="append", help="this product (repeatable)")
     which.add_argument("--all", action="store_true", help="every failed product")
     retry.set_defaults(handler=_retry)
+
+    requeue = commands.add_parser(
+        "requeue", help="queue every product with an image to be embedded again (after changing PRODVEC_CATALOG_VIEWS)"
+    )
+    requeue.set_defaults(handler=_requeue)
 
 
 def _worker(args: argparse.Namespace) -> int:
@@ -93,7 +98,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         server = serve(metrics, url, port=args.metrics_port, host=args.metrics_host)
         print(f"worker: metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr)
-    print(f"worker: encoder {encoder.spec} on {encoder.device}, "
+    print(f"worker: encoder {encoder.spec} on {encoder.device}, {settings.catalog_views}-view catalog, "
           f"{'JPEGs decoded on the GPU' if worker.decodes_on_gpu else 'images decoded with PIL'}", file=sys.stderr)
     try:
         with hnsw_index_dropped(url) if args.bulk else contextlib.nullcontext():
@@ -138,4 +143,11 @@ def _retry(args: argparse.Namespace) -> int:
     with connect() as conn:
         requeued = jobs.retry_failed(conn, None if args.all else args.sku)
     print(f"requeued {len(requeued)} product(s)")
+    return 0
+
+
+def _requeue(args: argparse.Namespace) -> int:
+    with connect() as conn:
+        queued = jobs.requeue_all(conn)
+    print(f"queued {queued} product(s): run `prodvec worker` to embed them again")
     return 0

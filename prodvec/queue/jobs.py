@@ -68,8 +68,10 @@ def write_back(
     vectors: np.ndarray,
     *,
     model: str,
+    coarse_vectors: np.ndarray | None = None,
 ) -> int:
-    """Store one vector per job in one transaction; returns how many were still wanted."""
+    """Store one vector per job (and its coarse view's, under PRODVEC_CATALOG_VIEWS=multi; else
+    embedding_coarse is cleared) in one transaction; returns how many were still wanted."""
     if not jobs:
         return 0
     product_ids = [job.product_id for job in jobs]
@@ -77,6 +79,7 @@ def write_back(
         "product_ids": product_ids,
         "images": [job.image for job in jobs],
         "embeddings": [HalfVector(vector) for vector in vectors],
+        "coarse_embeddings": None if coarse_vectors is None else [HalfVector(vector) for vector in coarse_vectors],
         "token": token,
         "model": model,
     }
@@ -115,6 +118,12 @@ def retry_later(
 def release(conn: psycopg.Connection, token: uuid.UUID) -> int:
     with conn.transaction():
         return conn.execute(_SQL["release"], {"token": token}).rowcount
+
+
+def requeue_all(conn: psycopg.Connection) -> int:
+    """Queue every product with an image to be embedded again; returns how many."""
+    with conn.transaction():
+        return conn.execute(_SQL["requeue_all"]).fetchone()[0] or 0
 
 
 def claimable(conn: psycopg.Connection) -> bool:

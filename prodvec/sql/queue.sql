@@ -32,9 +32,11 @@ SELECT id FROM products WHERE id = ANY(%(product_ids)s) ORDER BY id FOR UPDATE;
 -- changed meanwhile was reset by the trigger (new image, no lease): it is not deleted and
 -- its stale vector is not written; the new image gets embedded by a later claim.
 -- Vectors travel in binary (the b placeholder): formatting 512 of them as text costs ~50x the query.
+-- The coarse views are one NULL array under PRODVEC_CATALOG_VIEWS=single: unnest pads it with NULLs.
 WITH vectors AS (
-    SELECT * FROM unnest(%(product_ids)s::bigint[], %(images)s::text[], %(embeddings)b::halfvec[])
-        AS v(product_id, image, embedding)
+    SELECT * FROM unnest(%(product_ids)s::bigint[], %(images)s::text[], %(embeddings)b::halfvec[],
+                         %(coarse_embeddings)b::halfvec[])
+        AS v(product_id, image, embedding, embedding_coarse)
 ), done AS (
     DELETE FROM embedding_jobs AS j
     USING vectors AS v
@@ -43,6 +45,7 @@ WITH vectors AS (
 )
 UPDATE products AS p
 SET embedding = v.embedding,
+    embedding_coarse = v.embedding_coarse,
     embedding_model = %(model)s,
     embedded_image = v.image,
     embedded_at = now()
@@ -97,6 +100,11 @@ WHERE p.id = j.product_id
   AND j.state = 'failed'
   AND (%(skus)s::text[] IS NULL OR p.sku = ANY(%(skus)s::text[]))
 RETURNING p.sku;
+
+-- name: requeue_all
+-- `prodvec requeue`: every product with an image is embedded again (after a change of
+-- PRODVEC_CATALOG_VIEWS); its old vectors stay until the new ones are written.
+SELECT prodvec_enqueue(array_agg(id), array_agg(image)) FROM products WHERE image <> '';
 
 -- name: claimable
 -- `worker --once`: is anything left that a claim could take now?

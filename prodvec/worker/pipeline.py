@@ -1,5 +1,9 @@
 """The embedding worker: claim → load+decode (pool) → encode (batched) → write back.
 
+What it stores per product follows the view policy of PRODVEC_CATALOG_VIEWS: single, the
+photo (products.embedding); multi, the fitted photo and a coarse thumbnail (embedding and
+embedding_coarse, encoded in one batch of twice the products).
+
 Stages overlap: while the encoder works on one batch, the pool prepares the next ones and a
 writer thread commits the previous one, so the slowest stage sets the pace. Queues between
 stages are bounded, so memory stays flat and leases are not held for work that waits.
@@ -19,10 +23,12 @@ import psycopg
 import torch
 
 from prodvec import queue as jobs
+from prodvec.config import load_settings
 from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.worker.encode import Encoder
+from prodvec.worker.encode.robust import ViewPolicy, embedding_model
 from prodvec.worker.gpu_decode import GpuJpegDecoder
 from prodvec.worker.metrics import WorkerMetrics
 from prodvec.worker.prepare import Prepared, Preparer, PreparingBatch
@@ -72,13 +78,14 @@ class _Batch:
 class _Encoded:
     claim: jobs.Claim
     prepared: list[Prepared]
-    vectors: np.ndarray
+    vectors: np.ndarray  # N×C×D: one per catalog view of each prepared product
     claimed_at: float
     encode_seconds: float
 
 
 class Worker:
-    """One worker process. ``run(once=True)`` drains the queue and returns."""
+    """One worker process. ``run(once=True)`` drains the queue and returns.
+    ``policy``: the catalog views to store; None: PRODVEC_CATALOG_VIEWS's."""
 
     def __init__(
         self,
@@ -88,10 +95,14 @@ class Worker:
         *,
         on_progress: Callable[[int], None] | None = None,
         metrics: WorkerMetrics | None = None,
+        policy: ViewPolicy | None = None,
     ) -> None:
         self.url = url
         self.encoder = encoder
         self.options = options or WorkerOptions()
+        self.policy = policy if policy is not None else load_settings().catalog_policy
+        #: products.embedding_model for what this worker stores: search checks it.
+        self.embedding_model = embedding_model(encoder.spec, self.policy)
         self.stats = WorkerStats()
         self.metrics = metrics or WorkerMetrics()
         self.stopping = threading.Event()
@@ -99,8 +110,10 @@ class Worker:
 
     @property
     def decodes_on_gpu(self) -> bool:
-        """Plain JPEGs go through the batched GPU decoder (else PIL decodes every image)."""
-        return GpuJpegDecoder.for_encoder(self.encoder, self.options.gpu_decode) is not None
+        """Plain JPEGs go through the batched GPU decoder (else PIL decodes every image; it
+        alone makes views other than the encoder's own crop)."""
+        return self.policy.catalog_is_plain_photo and GpuJpegDecoder.for_encoder(
+            self.encoder, self.options.gpu_decode) is not None
 
     def stop(self) -> None:
         """Ask the worker to finish the batch it is encoding, hand back the rest and return."""
@@ -132,7 +145,8 @@ class Worker:
             self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
             writer = _Writer(write_conn, self)
-            preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode)
+            preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode,
+                                policy=self.policy)
             try:
                 self._loop(conn, preparer, writer, once=once)
             finally:
@@ -149,6 +163,8 @@ class Worker:
                 f"{self.encoder.dimensions}-d ones: run `prodvec migrate` with this PRODVEC_MODEL "
                 "(add --reset-embeddings to drop the old vectors)"
             )
+        if embedding_dimensions(conn, "embedding_coarse") is None:
+            raise SchemaMismatch("products has no embedding_coarse column: run `prodvec migrate`")
 
     def _loop(self, conn: psycopg.Connection, preparer: Preparer, writer: _Writer, *, once: bool) -> None:
         in_flight: deque[_Batch] = deque()
@@ -178,11 +194,12 @@ class Worker:
         prepared = batch.preparing.result()
         # GPU-decoded pixels are already on the device; PIL's join them there.
         pixels = [item.pixels.to(self.encoder.device) for item in prepared if item.pixels is not None]
+        views, dimensions = len(self.policy.catalog_view_names), self.encoder.dimensions
         started = time.perf_counter()
-        if pixels:
-            vectors = self.encoder.encode_images(torch.stack(pixels))
+        if pixels:  # every product's views in one batch, product-major
+            vectors = self.encoder.encode_images(torch.cat(pixels)).reshape(len(pixels), views, dimensions)
         else:
-            vectors = np.empty((0, self.encoder.dimensions), dtype=np.float32)
+            vectors = np.empty((0, views, dimensions), dtype=np.float32)
         return _Encoded(batch.claim, prepared, vectors, batch.claimed_at, time.perf_counter() - started)
 
     def _wait_for_jobs(self, conn: psycopg.Connection) -> None:
@@ -256,7 +273,10 @@ class _Writer:
         token = encoded.claim.token
         started = time.perf_counter()
         ok_jobs = [item.job for item in encoded.prepared if item.error is None]
-        written = jobs.write_back(self.conn, token, ok_jobs, encoded.vectors, model=self.worker.encoder.spec)
+        vectors = encoded.vectors
+        coarse = vectors[:, 1] if vectors.shape[1] > 1 else None
+        written = jobs.write_back(self.conn, token, ok_jobs, vectors[:, 0], model=self.worker.embedding_model,
+                                  coarse_vectors=coarse)
         failed: list[str] = []
         retried: list[str] = []
         for item in encoded.prepared:

@@ -1,10 +1,13 @@
-"""Stages 1+2 for claimed batches: load bytes, decode, apply the encoder's transform.
+"""Stages 1+2 for claimed batches: load bytes, decode, make the catalog views, apply the
+encoder's transform.
 
-Runs ahead of the encoder. Each job ends as model-ready pixels or the ImageError that ends it.
-On the CPU every image goes through PIL in a small thread pool (PIL decodes without the GIL).
-With GPU decoding the pool only loads bytes and reads headers; plain JPEGs are then decoded
-a batch at a time on the GPU (gpu_decode.py) by one thread, while the encoder works on the
-previous batch, and everything else still takes the PIL path.
+Runs ahead of the encoder. Each job ends as model-ready pixels, one image per catalog view of
+the view policy (PRODVEC_CATALOG_VIEWS), or the ImageError that ends it. On the CPU every
+image goes through PIL in a small thread pool (PIL decodes without the GIL). With GPU decoding
+the pool only loads bytes and reads headers; plain JPEGs are then decoded a batch at a time on
+the GPU (gpu_decode.py) by one thread, while the encoder works on the previous batch, and
+everything else still takes the PIL path. The GPU path makes the encoder's own crop only, so a
+catalog with other views (MULTI_VIEW: fitted photo, coarse thumbnail) is made with PIL.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from prodvec.errors import ImageError
 from prodvec.queue import Job
 from prodvec.worker.decode import decode
 from prodvec.worker.encode import Encoder
+from prodvec.worker.encode.robust import SINGLE_VIEW, ViewPolicy, crop_keep
 from prodvec.worker.gpu_decode import GpuJpegDecoder, batchable
 from prodvec.worker.load import load_bytes
 
@@ -27,7 +31,7 @@ log = logging.getLogger("prodvec.worker")
 @dataclass(frozen=True)
 class Prepared:
     job: Job
-    pixels: torch.Tensor | None
+    pixels: torch.Tensor | None  # C×3×S×S: the encoder's input for each catalog view
     error: ImageError | None
 
 
@@ -39,10 +43,10 @@ class _Jpeg:
     data: bytes
 
 
-def prepare(job: Job, encoder: Encoder) -> Prepared:
+def prepare(job: Job, encoder: Encoder, policy: ViewPolicy = SINGLE_VIEW) -> Prepared:
     """The whole PIL path for one job."""
     loaded = _load(job)
-    return loaded if isinstance(loaded, Prepared) else _decoded(job, loaded, encoder)
+    return loaded if isinstance(loaded, Prepared) else _decoded(job, loaded, encoder, policy)
 
 
 def _load(job: Job) -> bytes | Prepared:
@@ -54,9 +58,12 @@ def _load(job: Job) -> bytes | Prepared:
         return Prepared(job, None, ImageError(f"unexpected error loading image: {exc!r}", permanent=True))
 
 
-def _decoded(job: Job, data: bytes, encoder: Encoder) -> Prepared:
+def _decoded(job: Job, data: bytes, encoder: Encoder, policy: ViewPolicy) -> Prepared:
     try:
-        return Prepared(job, encoder.preprocess(decode(data, target_size=encoder.input_size)), None)
+        image = decode(data, target_size=encoder.input_size)
+        views = policy.catalog_views(image, crop_keep(encoder))
+        pixels = torch.stack([encoder.preprocess(view) for view in views])
+        return Prepared(job, pixels, None)
     except ImageError as exc:
         return Prepared(job, None, exc)
     except Exception as exc:  # noqa: BLE001 - one odd file must never take the batch down
@@ -82,21 +89,29 @@ class PreparingBatch:
 
 
 class Preparer:
-    """Prepares claimed batches ahead of the encoder. ``gpu_decode``: None = when the encoder
-    runs on CUDA; True also works on the CPU (torchvision's libjpeg path), for tests."""
+    """Prepares claimed batches ahead of the encoder, as ``policy``'s catalog views.
+    ``gpu_decode``: None = when the encoder runs on CUDA; True also works on the CPU
+    (torchvision's libjpeg path), for tests."""
 
-    def __init__(self, encoder: Encoder, *, threads: int, gpu_decode: bool | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, *, threads: int, gpu_decode: bool | None = None, policy: ViewPolicy = SINGLE_VIEW
+    ) -> None:
         self.encoder = encoder
+        self.policy = policy
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prodvec-decode")
         self._gpu = GpuJpegDecoder.for_encoder(encoder, gpu_decode)
-        if self._gpu is None and gpu_decode:
+        if self._gpu is not None and not policy.catalog_is_plain_photo:
+            log.warning("catalog views (%s) are made with PIL: decoding with PIL, not on the GPU",
+                        ", ".join(policy.catalog_view_names))
+            self._gpu = None
+        elif self._gpu is None and gpu_decode:
             log.warning("%s's preprocess has steps the GPU decoder cannot redo: decoding with PIL", encoder.spec)
         # One thread: batches decode on the GPU in claim order, overlapping the encoder.
         self._gpu_thread = ThreadPoolExecutor(1, thread_name_prefix="prodvec-gpu-decode") if self._gpu else None
 
     def submit(self, jobs: list[Job]) -> PreparingBatch:
         if self._gpu_thread is None:
-            return PreparingBatch([self._pool.submit(prepare, job, self.encoder) for job in jobs], None)
+            return PreparingBatch([self._pool.submit(prepare, job, self.encoder, self.policy) for job in jobs], None)
         per_job = [self._pool.submit(self._load_and_sort, job) for job in jobs]
         return PreparingBatch(per_job, self._gpu_thread.submit(self._finish_on_gpu, per_job))
 
@@ -109,7 +124,7 @@ class Preparer:
         loaded = _load(job)
         if isinstance(loaded, Prepared):
             return loaded
-        return _Jpeg(job, loaded) if batchable(loaded) else _decoded(job, loaded, self.encoder)
+        return _Jpeg(job, loaded) if batchable(loaded) else _decoded(job, loaded, self.encoder, self.policy)
 
     def _finish_on_gpu(self, per_job: list[Future[Prepared | _Jpeg]]) -> list[Prepared]:
         items = [future.result() for future in per_job]
@@ -124,6 +139,6 @@ class Preparer:
 
     def _finish(self, jpeg: _Jpeg, pixels: torch.Tensor | None) -> Prepared:
         if pixels is not None:
-            return Prepared(jpeg.job, pixels, None)
+            return Prepared(jpeg.job, pixels[None], None)  # the one catalog view: the photo as cropped
         # The GPU decoder rejected it: PIL decodes it, or says what is wrong with it.
-        return _decoded(jpeg.job, jpeg.data, self.encoder)
+        return _decoded(jpeg.job, jpeg.data, self.encoder, self.policy)
