@@ -117,6 +117,24 @@ def test_eval_end_to_end(conn, db_url: str, photo_dir: Path, test_encoder, capsy
     assert (mixed["n"], mixed["n_sku"], mixed["n_category"], mixed["recall@1"]) == (8, 4, 4, 1.0)
 
 
+def test_eval_end_to_end_multi_view(conn, db_url: str, photo_dir: Path, test_encoder, capsys,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """PRODVEC_CATALOG_VIEWS=multi: the worker stores both views, eval searches them; a catalog
+    photo still finds itself first. Evaluating it under single is refused."""
+    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
+    photos = _catalog(conn, db_url, photo_dir, test_encoder)
+    queries = photo_dir.parent / "queries.csv"
+    queries.write_text("image,sku\n" + "".join(f"photos/{p.name},{p.stem}\n" for p in photos))
+    for robust in ("--robust", "--no-robust"):
+        assert _eval(str(queries), robust, "--json") == 0
+        scores = json.loads(capsys.readouterr().out)
+        assert scores["model"] == f"{test_encoder.spec}+multi-view"
+        assert scores["recall@1"] == scores["mrr"] == 1.0
+    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")
+    with pytest.raises(QueryError, match=r"embedded with open_clip:ViT-B-32:none\+multi-view"):
+        _eval(str(queries))
+
+
 def test_eval_refuses_meaningless_runs(conn, db_url: str, photo_dir: Path, tmp_path: Path, test_encoder) -> None:
     _catalog(conn, db_url, photo_dir, test_encoder)
     queries = tmp_path / "queries.csv"

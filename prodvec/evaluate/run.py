@@ -25,7 +25,8 @@ from prodvec.evaluate import metrics
 from prodvec.models import Product
 from prodvec.search import similar_to_many
 from prodvec.worker.decode import decode
-from prodvec.worker.encode import Encoder, load_encoder
+from prodvec.worker.encode import load_encoder
+from prodvec.worker.encode.robust import embedding_model
 from prodvec.worker.load import load_bytes
 
 #: Recall is always reported at these depths (and at k), so runs with different k compare.
@@ -46,7 +47,7 @@ class LabelledQuery:
 
 @dataclass(frozen=True)
 class Evaluation:
-    model: str
+    model: str  # robust.embedding_model: the encoder spec, and the catalog views when not the default
     robust: bool
     k: int
     n: int
@@ -92,14 +93,15 @@ def evaluate(session: Session, queries: Sequence[LabelledQuery], *, k: int = 10,
         raise QueryError(f"k must be at least 1, not {k}")
     settings = load_settings()
     encoder = load_encoder(settings.model, settings.device)  # the one search embeds the photos with
-    _check_catalog(session, queries, encoder)
+    model = embedding_model(encoder.spec, settings.catalog_policy)
+    _check_catalog(session, queries, model)
     depth = max(k, *RECALL_AT)
     ranked: list[list[tuple[str, str]]] = []
     for images in _loaded(queries, encoder.input_size):
         for result in similar_to_many(session, images, k=depth, robust=robust):
             ranked.append([(hit.product.sku, hit.product.category) for hit in result])
         session.expunge_all()  # the hits' Product objects are not needed again: keep memory flat
-    return _score(queries, ranked, encoder=encoder, k=k, robust=robust)
+    return _score(queries, ranked, model=model, k=k, robust=robust)
 
 
 def _query(row: dict[str, str | None], line: int, base: Path, path: Path) -> LabelledQuery:
@@ -115,17 +117,17 @@ def _query(row: dict[str, str | None], line: int, base: Path, path: Path) -> Lab
     return LabelledQuery(line, image, sku, category)
 
 
-def _check_catalog(session: Session, queries: Sequence[LabelledQuery], encoder: Encoder) -> None:
+def _check_catalog(session: Session, queries: Sequence[LabelledQuery], model: str) -> None:
     """Refuse to produce numbers that would mean nothing: another model's vectors, unknown skus."""
     models = set(session.scalars(
         select(Product.embedding_model).where(Product.embedding.is_not(None)).distinct()
     ))
     if not models:
         raise QueryError("no product has an embedding yet: import a catalog and run `prodvec worker --once`")
-    if models != {encoder.spec}:
+    if models != {model}:
         raise QueryError(
-            f"the products were embedded with {', '.join(sorted(map(str, models)))} but PRODVEC_MODEL is "
-            f"{encoder.spec}: evaluate with the model that made the embeddings (or re-embed)"
+            f"the products were embedded with {', '.join(sorted(map(str, models)))} but PRODVEC_MODEL and "
+            f"PRODVEC_CATALOG_VIEWS give {model}: evaluate with the settings that made the embeddings (or re-embed)"
         )
     wanted = {q.sku for q in queries if q.sku is not None}
     found = set(session.scalars(select(Product.sku).where(Product.sku.in_(wanted), Product.embedding.is_not(None))))
@@ -151,7 +153,7 @@ def _load(query: LabelledQuery, size: int) -> Image.Image:
 
 def _score(
     queries: Sequence[LabelledQuery], ranked: Sequence[Sequence[tuple[str, str]]], *,
-    encoder: Encoder, k: int, robust: bool,
+    model: str, k: int, robust: bool,
 ) -> Evaluation:
     scores: dict[str, float] = {}
     ranks = [metrics.rank_of(q.sku, [sku for sku, _ in hits]) for q, hits in zip(queries, ranked) if q.sku]
@@ -163,6 +165,6 @@ def _score(
     if relevant:
         scores[f"precision@{k}"] = metrics.precision_at(relevant, k)
     return Evaluation(
-        model=encoder.spec, robust=robust, k=k, n=len(queries),
+        model=model, robust=robust, k=k, n=len(queries),
         n_sku=len(ranks), n_category=len(relevant), scores=scores,
     )

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from prodvec.errors import QueryError
 from prodvec.search import loading
 from prodvec.search.result import Hit
-from prodvec.search.statements import PRODUCT_COLUMNS, Filter, statement
+from prodvec.search.statements import PRODUCT_COLUMNS, VECTOR_COLUMNS, Filter, statement
 from prodvec.sql import queries
 
 #: Names the savepoint an index pass rolls back to (which undoes its SET LOCALs).
@@ -37,7 +37,7 @@ SAVEPOINT = "prodvec_index_pass"
 
 @dataclass(frozen=True)
 class Query:
-    """One search: the query vector, the filter and how many hits.
+    """One search: the query vector, the filter, how many hits and the vector column searched.
 
     No max_distance here: the k nearest within a distance are the k nearest cut at that
     distance, so similar.py applies it to the hits, and the plans stay the same.
@@ -47,6 +47,7 @@ class Query:
     filter: Filter
     k: int
     exclude_id: int | None
+    vector_column: str = VECTOR_COLUMNS[0]
 
     def params(self) -> dict[str, Any]:
         # Binary halfvec (pgvector's adapter): `<=>` compares halfvec with halfvec, so the index applies.
@@ -71,12 +72,13 @@ class IndexSettings:
 
 def exact(session: Session, query: Query) -> list[Hit]:
     """The exact top k: every product the filter keeps is compared."""
-    return _hits(session, fetch(session, statement("exact", query.filter, k=query.k), query.params()))
+    sql = statement("exact", query.filter, query.vector_column, k=query.k)
+    return _hits(session, fetch(session, sql, query.params()))
 
 
 def exact_capped(session: Session, query: Query, cap: int) -> list[Hit] | None:
     """The exact top k, or None when the filter keeps more than ``cap`` products."""
-    sql = statement("exact_capped", query.filter, k=query.k, cap_plus_one=cap + 1)
+    sql = statement("exact_capped", query.filter, query.vector_column, k=query.k, cap_plus_one=cap + 1)
     rows = fetch(session, sql, query.params())
     if rows and rows[0][-1] > cap:
         return None
@@ -85,7 +87,7 @@ def exact_capped(session: Session, query: Query, cap: int) -> list[Hit] | None:
 
 def index(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
     """The index's answer: up to k hits, fewer when the scan gave up (or fewer products match)."""
-    sql = statement("index", query.filter, k=query.k, inner_limit=settings.inner_limit)
+    sql = statement("index", query.filter, query.vector_column, k=query.k, inner_limit=settings.inner_limit)
     set_local = queries("search_passes.sql")["index_settings"]
     with _connection(session, sql) as conn:
         # In autocommit mode there is no transaction to hold a savepoint: make one.

@@ -1,5 +1,9 @@
 """Search queries → query vectors: images and texts through the encoder (batched), vectors as
-given, products and skus by their stored embedding ("more like this", itself excluded)."""
+given, products and skus by their stored embedding ("more like this", itself excluded).
+
+Image queries are encoded under the view policy of PRODVEC_CATALOG_VIEWS, the one the worker
+stored the catalog under, and carry it: search then knows which vector columns to search and
+how to fuse the lists."""
 from __future__ import annotations
 
 import os
@@ -17,6 +21,7 @@ from prodvec.models import Product
 
 if TYPE_CHECKING:  # torch and the model code load only when a query needs the encoder
     from prodvec.worker.encode import Encoder
+    from prodvec.worker.encode.robust import ViewPolicy
 
 #: Images per encoder call: bounds memory when many query images come at once.
 ENCODE_BATCH = 64
@@ -47,9 +52,13 @@ class QueryVector:
     #: Robust image queries: the turned and coarse views (prodvec.worker.encode.robust),
     #: each searched too, the results fused.
     extra_views: tuple[np.ndarray, ...] = ()
-    #: The encoder spec that made the vector (image and text queries); the products it is
-    #: compared with must come from the same model.
+    #: What made the vector (image and text queries): robust.embedding_model of the encoder
+    #: spec and the catalog's view policy; the products it is compared with must match it.
     model: str | None = None
+    #: Image queries: the view policy they were encoded under. Each view is searched against
+    #: each of its catalog views' columns, the lists fused with its penalties. None: the
+    #: query is searched against products.embedding only.
+    policy: ViewPolicy | None = None
 
 
 def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool) -> list[QueryVector]:
@@ -119,15 +128,24 @@ def _as_image(query: Any) -> Image.Image:
     )
 
 
-def _encode_images(images: list[Image.Image], *, robust: bool) -> list[QueryVector]:
-    from prodvec.worker.encode.robust import encode_queries
+def _catalog_policy() -> ViewPolicy:
+    from prodvec.config import load_settings
 
-    encoder = _encoder()
-    per_image = encode_queries(encoder, images, robust=robust, batch_size=ENCODE_BATCH)  # N×V×D
-    return [QueryVector(views[0], extra_views=tuple(views[1:]), model=encoder.spec) for views in per_image]
+    return load_settings().catalog_policy
+
+
+def _encode_images(images: list[Image.Image], *, robust: bool) -> list[QueryVector]:
+    from prodvec.worker.encode.robust import embedding_model, encode_queries
+
+    encoder, policy = _encoder(), _catalog_policy()
+    per_image = encode_queries(encoder, images, robust=robust, policy=policy, batch_size=ENCODE_BATCH)  # N×V×D
+    model = embedding_model(encoder.spec, policy)
+    return [QueryVector(views[0], extra_views=tuple(views[1:]), model=model, policy=policy) for views in per_image]
 
 
 def _encode_texts(texts: list[str]) -> list[QueryVector]:
+    from prodvec.worker.encode.robust import embedding_model
+
     encoder = _encoder()
     if not encoder.supports_text:
         raise QueryError(
@@ -136,7 +154,9 @@ def _encode_texts(texts: list[str]) -> list[QueryVector]:
         )
     if any(not text.strip() for text in texts):
         raise QueryError("a text query must not be empty")
-    return [QueryVector(vector, model=encoder.spec) for vector in encoder.encode_text(texts)]
+    # Searched against products.embedding only: the photo, fitted or not, that text describes.
+    model = embedding_model(encoder.spec, _catalog_policy())
+    return [QueryVector(vector, model=model) for vector in encoder.encode_text(texts)]
 
 
 def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[QueryVector]:

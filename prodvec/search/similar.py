@@ -11,9 +11,14 @@ pass compares all matches; an index pass that found k matches walked past the di
 The index settings are SET LOCAL inside a savepoint of the session's transaction that is
 rolled back after the query, which puts the caller's own settings back (execute.py).
 
-Image and text queries are encoded by the configured model (PRODVEC_MODEL); a hit whose
-vector another model made (products.embedding_model) would be at a meaningless distance, so
-such a result raises QueryError instead.
+Image queries are searched as each of their views (robust queries: turned, coarse) against
+each vector column the catalog's view policy stores (PRODVEC_CATALOG_VIEWS=multi: embedding
+and embedding_coarse), every pair completely, and fused exactly (robust.merge_views).
+
+Image and text queries are encoded by the configured model (PRODVEC_MODEL) for a catalog of
+the configured views; a hit whose vector another model, or the other catalog views, made
+(products.embedding_model) would be at a meaningless distance, so such a result raises
+QueryError instead.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from prodvec.errors import QueryError
 from prodvec.search import execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
-from prodvec.search.statements import Filter, compile_filter
+from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
 
 
 def similar_to(
@@ -98,16 +103,21 @@ def _search(
     where: Filter,
     max_distance: float | None,
 ) -> SearchResult:
-    from prodvec.worker.encode.robust import merge_views  # extra views exist only once torch is loaded
-
     search = functools.partial(_search_vector, session, exclude_id=vector.exclude_id, facts=facts, k=k, where=where)
-    if not vector.extra_views:
-        return search(vector.vector, max_distance=max_distance)
-    # Each view's complete top k, fused: a product in the fused top k is in the top k of the
-    # view that gives its best distance, so the fused answer is complete too.
-    results = [search(view, max_distance=None) for view in (vector.vector, *vector.extra_views)]
+    policy = vector.policy  # None: vector, text and stored queries, searched against embedding only
+    views = (vector.vector, *vector.extra_views)
+    columns = VECTOR_COLUMNS[: len(policy.catalog_view_names)] if policy else VECTOR_COLUMNS[:1]
+    if policy is None or len(views) * len(columns) == 1:
+        return search(vector.vector, columns[0], max_distance=max_distance)
+    from prodvec.worker.encode.robust import merge_views  # a policy exists only once torch is loaded
+
+    # Each (query view, catalog view) pair's complete top k, query-view-major, fused: a product in
+    # the fused top k is in the top k of the pair that gives its best distance, so the fused
+    # answer is complete too.
+    results = [search(view, column, max_distance=None) for view in views for column in columns]
+    penalties = policy.penalties(len(views), len(columns)).ravel()
     products = {hit.product.id: hit.product for result in results for hit in result}
-    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k)
+    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k, penalties)
     hits = tuple(Hit(products[key], distance) for key, distance in fused
                  if max_distance is None or distance <= max_distance)
     return SearchResult(hits, all(r.complete for r in results), results[0].strategy, results[0].candidates)
@@ -116,6 +126,7 @@ def _search(
 def _search_vector(
     session: Session,
     vector: np.ndarray,
+    vector_column: str,
     *,
     exclude_id: int | None,
     facts: plan.TableFacts,
@@ -128,7 +139,7 @@ def _search_vector(
             f"the query vector has {len(vector)} dimensions but products.embedding has "
             f"{facts.dimensions}: query with the model that made the embeddings"
         )
-    query = execute.Query(vector, where, k, exclude_id)
+    query = execute.Query(vector, where, k, exclude_id, vector_column)
     chosen = plan.choose(session, query, facts)
     if chosen.exact_cap is not None:
         hits = execute.exact_capped(session, query, chosen.exact_cap)
@@ -152,9 +163,10 @@ def _check_model(vector: QueryVector, result: SearchResult) -> None:
     others = {hit.product.embedding_model for hit in result} - {vector.model, None}
     if vector.model is not None and others:
         raise QueryError(
-            f"the query was encoded with {vector.model} (PRODVEC_MODEL) but products it found were "
-            f"embedded with {', '.join(sorted(others))}: their distances mean nothing. Search with "
-            "PRODVEC_MODEL set to the model that made the embeddings, or re-embed the products"
+            f"the query was encoded with {vector.model} (PRODVEC_MODEL, PRODVEC_CATALOG_VIEWS) but products "
+            f"it found were embedded with {', '.join(sorted(others))}: their distances mean nothing. Search "
+            "with PRODVEC_MODEL and PRODVEC_CATALOG_VIEWS set as when the embeddings were made, or re-embed "
+            "the products (`prodvec requeue`, then `prodvec worker`)"
         )
 
 

@@ -18,6 +18,10 @@ OWN_PARAMETERS = frozenset({"query", "exclude_id", "ef_search", "max_scan_tuples
 
 NO_FILTER = "TRUE"
 
+#: The products' vector column of each catalog view, in ViewPolicy.catalog_view_names order:
+#: the photo, and under PRODVEC_CATALOG_VIEWS=multi the coarse thumbnail.
+VECTOR_COLUMNS = ("embedding", "embedding_coarse")
+
 #: The product attributes a hit loads and their columns: the non-deferred ones (not the embedding).
 PRODUCT_COLUMNS: dict[str, str] = {
     attr.key: attr.columns[0].name for attr in inspect(Product).column_attrs if not attr.deferred
@@ -52,9 +56,13 @@ def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Fi
     return Filter(compiled.string, params)
 
 
-def statement(name: str, filter: Filter, **limits: int) -> str:
-    """A statement of search_passes.sql with the filter, the product columns and LIMITs in place."""
+def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0], **limits: int) -> str:
+    """A statement of search_passes.sql with the filter, the product columns, the vector column
+    searched and LIMITs in place."""
+    if vector_column not in VECTOR_COLUMNS:  # SQL text, never a caller's string
+        raise ValueError(f"not a vector column: {vector_column!r}")
     columns = ", ".join(f"p.{column}" for column in PRODUCT_COLUMNS.values())
     return queries("search_passes.sql")[name].format(
-        filters=filter.sql, columns=columns, **{key: int(value) for key, value in limits.items()}
+        filters=filter.sql, columns=columns, vector_column=vector_column,
+        **{key: int(value) for key, value in limits.items()},
     )

@@ -2,11 +2,15 @@
 -- Placeholders are psycopg's: %(query)s is the query vector (halfvec), %(exclude_id)s the
 -- query product's id or NULL. Slots in braces are filled in by prodvec: {filters} the
 -- caller's WHERE clauses compiled by SQLAlchemy (with their own %(...)s parameters),
--- {columns} the product columns to load, and LIMITs as literals: a generic plan (psycopg
--- prepares statements it sees often) with an unknown LIMIT may not use the HNSW index at all.
+-- {columns} the product columns to load, {vector_column} the vector column searched (embedding, or
+-- embedding_coarse: a multi-view catalog's coarse view, with its own HNSW index), and LIMITs
+-- as literals: a generic plan (psycopg prepares statements it sees often) with an unknown
+-- LIMIT may not use the HNSW index at all.
 
 -- name: estimate
 -- How many products the planner expects the filter to keep (EXPLAIN: nothing runs).
+-- It counts products with an embedding, whichever column is searched: under multi, the worker
+-- writes both vectors of a product at once.
 EXPLAIN (FORMAT JSON)
 SELECT 1 FROM products
 WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
@@ -17,10 +21,10 @@ WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters
 -- ef_search candidates.
 SELECT {columns}, ranked.distance
 FROM (
-    SELECT id, embedding <=> %(query)s AS distance
+    SELECT id, {vector_column} <=> %(query)s AS distance
     FROM products
-    WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
-    ORDER BY (embedding <=> %(query)s) + 0, id
+    WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+    ORDER BY ({vector_column} <=> %(query)s) + 0, id
     LIMIT {k}
 ) ranked
 JOIN products p ON p.id = ranked.id
@@ -33,9 +37,9 @@ SELECT {columns}, ranked.distance, ranked.kept
 FROM (
     SELECT id, distance, count(*) OVER () AS kept
     FROM (
-        SELECT id, embedding <=> %(query)s AS distance
+        SELECT id, {vector_column} <=> %(query)s AS distance
         FROM products
-        WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+        WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
         LIMIT {cap_plus_one}
     ) matching
     ORDER BY distance + 0, id
@@ -56,10 +60,10 @@ SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
 -- scan), re-sorted exactly. The materialized CTE keeps the re-sort out of the index scan; "+ 0" makes the
 -- outer sort real (PostgreSQL 17+ would trust the CTE's ORDER BY, pgvector#862).
 WITH nearest AS MATERIALIZED (
-    SELECT id, embedding <=> %(query)s AS distance
+    SELECT id, {vector_column} <=> %(query)s AS distance
     FROM products
-    WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
-    ORDER BY embedding <=> %(query)s
+    WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+    ORDER BY {vector_column} <=> %(query)s
     LIMIT {inner_limit}
 )
 SELECT {columns}, nearest.distance
