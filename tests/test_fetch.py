@@ -43,6 +43,9 @@ class _Handler(BaseHTTPRequestHandler):
         elif route == "slow":
             time.sleep(1.0)
             self._send(200, PHOTO_BYTES, "image/png")
+        elif route == "sleep":  # /sleep/SECONDS: the photo, that late
+            time.sleep(float(parts[1]))
+            self._send(200, PHOTO_BYTES, "image/png")
         elif route == "drip":  # headers at once, then a byte every 0.1 s: only a total deadline stops it
             self._headers(200, {"Content-Length": "100"})
             for _ in range(20):
@@ -196,3 +199,19 @@ def test_worker_retries_transient_fetch_errors_then_gives_up(conn, db_url, test_
     assert failures["ALWAYS_500"].attempts == 5 and "HTTP 500" in failures["ALWAYS_500"].reason
     assert failures["GONE"].attempts == 1 and "HTTP 404" in failures["GONE"].reason
     assert failures["HTML"].attempts == 1 and "HTML page" in failures["HTML"].reason
+
+
+def test_a_live_worker_keeps_its_claims_past_the_lease(conn, db_url, test_encoder, server: str) -> None:
+    # The photo takes 3 s to fetch, the lease is 1 s: renewals must keep others off meanwhile.
+    conn.execute("INSERT INTO products (sku, image) VALUES ('SLOW', %s)", (f"{server}/sleep/3",))
+    worker = Worker(db_url, test_encoder, WorkerOptions(batch_size=1, lease_seconds=1.0))
+    done = threading.Thread(target=worker.run, kwargs={"once": True})
+    done.start()
+    try:
+        time.sleep(0.5)  # claimed by now
+        for _ in range(4):
+            time.sleep(0.5)
+            assert not jobs.claimable(conn), "a live worker's claim became claimable"
+    finally:
+        done.join()
+    assert (worker.stats.embedded, worker.stats.failed, jobs.status(conn).pending) == (1, 0, 0)

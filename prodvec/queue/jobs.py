@@ -120,6 +120,14 @@ def release(conn: psycopg.Connection, token: uuid.UUID) -> int:
         return conn.execute(_SQL["release"], {"token": token}).rowcount
 
 
+def renew(conn: psycopg.Connection, tokens: Sequence[uuid.UUID], *, lease_seconds: float) -> int:
+    """Extend the leases of these claims to ``lease_seconds`` from now; returns jobs renewed."""
+    if not tokens:
+        return 0
+    with conn.transaction():
+        return conn.execute(_SQL["renew"], {"tokens": list(tokens), "lease_seconds": lease_seconds}).rowcount
+
+
 def requeue_all(conn: psycopg.Connection) -> int:
     """Queue every product with an image to be embedded again; returns how many."""
     with conn.transaction():

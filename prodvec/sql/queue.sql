@@ -106,6 +106,13 @@ RETURNING p.sku;
 -- PRODVEC_CATALOG_VIEWS); its old vectors stay until the new ones are written.
 SELECT prodvec_enqueue(array_agg(id), array_agg(image)) FROM products WHERE image <> '';
 
+-- name: renew
+-- A live worker keeps what it holds: its leases run on from now. One that died stops
+-- renewing, and its jobs go back to others when the last renewal runs out.
+UPDATE embedding_jobs
+SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
+WHERE lease_token = ANY(%(tokens)s);
+
 -- name: claimable
 -- `worker --once`: is anything left that a claim could take now?
 SELECT EXISTS (

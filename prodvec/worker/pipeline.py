@@ -30,6 +30,7 @@ from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.worker.encode import Encoder
 from prodvec.worker.encode.robust import ViewPolicy, embedding_model
 from prodvec.worker.gpu_decode import GpuJpegDecoder
+from prodvec.worker.lease import LeaseKeeper
 from prodvec.worker.metrics import WorkerMetrics
 from prodvec.worker.prepare import Prepared, Preparer, PreparingBatch
 
@@ -144,14 +145,16 @@ class Worker:
             self._check_dimensions(conn)
             self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
-            writer = _Writer(write_conn, self)
+            leases = LeaseKeeper(self.url, self.options.lease_seconds)
+            writer = _Writer(write_conn, self, leases)
             preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode,
                                 policy=self.policy)
             try:
-                self._loop(conn, preparer, writer, once=once)
+                self._loop(conn, preparer, writer, leases, once=once)
             finally:
                 preparer.close()
                 writer.close()
+                leases.close()
 
     def _check_dimensions(self, conn: psycopg.Connection) -> None:
         column = embedding_dimensions(conn)
@@ -166,7 +169,9 @@ class Worker:
         if embedding_dimensions(conn, "embedding_coarse") is None:
             raise SchemaMismatch("products has no embedding_coarse column: run `prodvec migrate`")
 
-    def _loop(self, conn: psycopg.Connection, preparer: Preparer, writer: _Writer, *, once: bool) -> None:
+    def _loop(
+        self, conn: psycopg.Connection, preparer: Preparer, writer: _Writer, leases: LeaseKeeper, *, once: bool
+    ) -> None:
         in_flight: deque[_Batch] = deque()
         try:
             while not self.stopping.is_set():
@@ -174,6 +179,7 @@ class Worker:
                     claim = jobs.claim(conn, limit=self.options.batch_size, lease_seconds=self.options.lease_seconds)
                     if not claim.jobs:
                         break
+                    leases.hold(claim.token)
                     in_flight.append(_Batch(claim, preparer.submit(claim.jobs)))
                 if in_flight:
                     writer.put(self._encode(in_flight.popleft()))
@@ -189,6 +195,7 @@ class Worker:
             for batch in in_flight:
                 # On a lost connection this raises; those claims then go back when their lease ends.
                 jobs.release(conn, batch.claim.token)
+                leases.drop(batch.claim.token)
 
     def _encode(self, batch: _Batch) -> _Encoded:
         prepared = batch.preparing.result()
@@ -232,9 +239,10 @@ class Worker:
 class _Writer:
     """Stage 4 on its own thread and connection: commits batches while the next one encodes."""
 
-    def __init__(self, conn: psycopg.Connection, worker: Worker) -> None:
+    def __init__(self, conn: psycopg.Connection, worker: Worker, leases: LeaseKeeper) -> None:
         self.conn = conn
         self.worker = worker
+        self.leases = leases
         self.batches: queue.Queue[_Encoded | None] = queue.Queue(maxsize=2)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="prodvec-writer", daemon=True)
@@ -292,6 +300,7 @@ class _Writer:
                 )
                 retried.append(item.error.reason)
             log.info("product %s: %s", item.job.product_id, item.error.reason)
+        self.leases.drop(token)  # every job of the claim is settled
         finished = time.perf_counter()
         metrics = self.worker.metrics
         metrics.record_results(written, failed, retried)
