@@ -46,6 +46,14 @@ class LeaseKeeper:
         self._stopping.set()
         self._thread.join()
 
+    def __enter__(self) -> LeaseKeeper:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        # Always, also when the worker's connection broke: a claim it abandons must not be
+        # renewed on, or it would never go back to the queue.
+        self.close()
+
     def _run(self) -> None:
         conn: psycopg.Connection | None = None
         try:

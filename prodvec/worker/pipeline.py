@@ -141,11 +141,14 @@ class Worker:
         return self.stats
 
     def _run_connected(self, *, once: bool) -> None:
-        with connect(self.url, autocommit=True) as conn, connect(self.url, autocommit=True) as write_conn:
+        with (
+            connect(self.url, autocommit=True) as conn,
+            connect(self.url, autocommit=True) as write_conn,
+            LeaseKeeper(self.url, self.options.lease_seconds) as leases,
+        ):
             self._check_dimensions(conn)
             self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
-            leases = LeaseKeeper(self.url, self.options.lease_seconds)
             writer = _Writer(write_conn, self, leases)
             preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode,
                                 policy=self.policy)
@@ -154,7 +157,6 @@ class Worker:
             finally:
                 preparer.close()
                 writer.close()
-                leases.close()
 
     def _check_dimensions(self, conn: psycopg.Connection) -> None:
         column = embedding_dimensions(conn)
