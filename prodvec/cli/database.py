@@ -1,9 +1,9 @@
-"""`prodvec db start|stop|status|url` and `prodvec migrate`."""
+"""`prodvec db start|stop|status|url`, `prodvec migrate` and `prodvec category-indexes`."""
 from __future__ import annotations
 
 import argparse
 
-from prodvec.cli.output import print_report
+from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.connection import database_url
 from prodvec.errors import ConfigError
@@ -26,6 +26,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         help="when the model's dimensions differ from the column's: drop all vectors and re-embed",
     )
     migrate.set_defaults(handler=_migrate)
+
+    categories = commands.add_parser(
+        "category-indexes",
+        help="give each category with enough products its own HNSW index (fast, complete searches filtered "
+             "to one category, near or far from the query); drops those of categories that fell below",
+    )
+    categories.add_argument("--min-products", type=int, default=1000,
+                            help="embedded products a category needs for its own index [1000]")
+    categories.add_argument("--json", action="store_true")
+    categories.set_defaults(handler=_category_indexes)
 
 
 def _require_embedded() -> None:
@@ -75,4 +85,23 @@ def _migrate(args: argparse.Namespace) -> int:
     changed = upgrade(database_url(settings), dimensions, reset_embeddings=args.reset_embeddings)
     note = f" (embedding column resized to {dimensions}; all products queued)" if changed else ""
     print(f"schema up to date; embeddings are {dimensions}-d for {settings.model}{note}")
+    return 0
+
+
+def _category_indexes(args: argparse.Namespace) -> int:
+    from prodvec.db.connection import connect
+    from prodvec.sql import queries
+
+    if args.min_products < 1:
+        raise ConfigError("--min-products must be at least 1")
+    with connect(database_url()) as conn:
+        cursor = conn.execute(queries("index.sql")["index_categories"], {"min_products": args.min_products})
+        rows = [dict(zip([column.name for column in cursor.description], row)) for row in cursor]
+        conn.commit()
+    if args.json:
+        print_json(rows)
+    elif rows:
+        print_table(rows, ["category", "products", "index_name", "action"])
+    else:
+        print(f"no category has {args.min_products} embedded products: no per-category indexes")
     return 0

@@ -1,0 +1,105 @@
+"""Per-category HNSW indexes (migrations/0003): made and dropped by prodvec_index_categories(),
+chosen by PostgreSQL for searches filtered to one category, exact near and far from it."""
+from __future__ import annotations
+
+import json
+import time
+
+import psycopg
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+from test_search import CLUSTERS, Catalog, assert_exact, catalog, db  # noqa: F401 - fixtures
+
+from prodvec.cli.main import main
+from prodvec.models import Product
+from prodvec.search import plan, similar_to_many
+
+INDEX_PREFIX = "products_embedding_hnsw_c_"
+
+
+def _category_indexes(conn: psycopg.Connection) -> dict[str, str]:
+    """index name → its predicate's category, as PostgreSQL has it."""
+    rows = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'products' AND starts_with(indexname, %s)",
+        (INDEX_PREFIX,),
+    )
+    return {name: definition.rsplit("category = '", 1)[1].split("'")[0] for name, definition in rows}
+
+
+def test_categories_with_enough_products_get_an_index_and_lose_it(conn: psycopg.Connection, catalog: Catalog) -> None:
+    # Every cluster holds ~100 products, "rare" 6.
+    actions = conn.execute("SELECT category, action FROM prodvec_index_categories(50)").fetchall()
+    assert sorted(actions) == [(category, "created") for category in sorted(CLUSTERS)]
+    assert sorted(_category_indexes(conn).values()) == sorted(CLUSTERS)
+    again = conn.execute("SELECT action FROM prodvec_index_categories(50)").fetchall()
+    assert {action for (action,) in again} == {"kept"}
+    conn.execute("UPDATE products SET category = 'rare' WHERE category = 'hats'")
+    after = conn.execute("SELECT category, action FROM prodvec_index_categories(50)").fetchall()
+    assert (None, "dropped") in after and ("rare", "created") in after
+    assert sorted(_category_indexes(conn).values()) == sorted({*CLUSTERS, "rare"} - {"hats"})
+
+
+@pytest.mark.parametrize("near", ["bags", "shoes"], ids=["near", "far"])
+def test_a_category_filter_searches_that_categorys_index_exactly(
+    conn: psycopg.Connection, catalog: Catalog, db: Session, monkeypatch: pytest.MonkeyPatch, near: str
+) -> None:
+    conn.execute("SELECT prodvec_index_categories(50)")
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)  # at this size every filter would go exact
+    monkeypatch.setattr(plan, "_facts_cache", {})
+    # At 400 rows PostgreSQL would rather sort them all than use any index; at scale it need not be told.
+    db.execute(text("SET LOCAL enable_seqscan = off"))
+    db.execute(text("SET LOCAL enable_bitmapscan = off"))
+    scans_before = _index_scans(conn, "bags")
+    mask = (catalog.category == "bags") & (catalog.price <= 150)
+    # Over psycopg's prepare threshold: a generic plan could not use the index any more.
+    for seed in range(8):
+        query = catalog.query_near(near, seed)
+        (result,) = similar_to_many(db, [query], k=10, where=[Product.category == "bags", Product.price <= 150])
+        assert result.strategy == "hnsw"
+        assert_exact(result, catalog, query, mask)
+    db.execute(text("SELECT pg_stat_force_next_flush()"))  # the counts reach pg_stat once idle
+    db.commit()
+    deadline = time.monotonic() + 5
+    while _index_scans(conn, "bags") < scans_before + 8 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _index_scans(conn, "bags") >= scans_before + 8
+
+
+def test_the_plan_sizes_the_scan_to_the_category(conn: psycopg.Connection, catalog: Catalog, db: Session) -> None:
+    conn.execute("SELECT prodvec_index_categories(50)")
+    plan._facts_cache.clear()
+    facts = plan.table_facts(db)
+    in_bags = int((catalog.category == "bags").sum())
+    assert facts.category_index_rows("bags") == in_bags
+    assert facts.category_index_rows("rare") is None and facts.category_index_rows(None) is None
+    settings = plan.category_index_settings(10, in_bags / 4, in_bags)
+    assert settings.max_scan_tuples > in_bags  # the whole category's graph: short only when < k match
+    assert settings.ef_search == 80  # 2k candidates at a quarter of the category
+
+
+def test_cli_makes_the_indexes(db_url: str, catalog: Catalog, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["category-indexes", "--min-products", "50", "--json"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert sorted(row["category"] for row in made) == sorted(CLUSTERS)
+    assert {row["action"] for row in made} == {"created"}
+    assert all(row["index_name"].startswith(INDEX_PREFIX) for row in made)
+
+
+def _index_scans(conn: psycopg.Connection, category: str) -> int:
+    (name,) = conn.execute("SELECT prodvec_category_index_name(%s)", (category,)).fetchone()
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    (scans,) = conn.execute(
+        "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE indexrelname = %s", (name,)
+    ).fetchone()
+    return int(scans)
+
+
+def test_only_one_pinned_category_counts(db: Session) -> None:
+    from prodvec.search.statements import compile_filter
+
+    dialect = db.get_bind().dialect
+    assert compile_filter([Product.category == "bags", Product.price < 5], dialect).category == "bags"
+    assert compile_filter([Product.category.in_(["bags"])], dialect).category == "bags"
+    assert compile_filter([Product.category.in_(["bags", "shoes"])], dialect).category is None
+    assert compile_filter([text("category = 'bags'")], dialect).category is None  # opaque SQL: not read
