@@ -2,12 +2,15 @@
 
 Few → exact distances over just those rows (the B-trees find them). More → the HNSW index
 first: up to a few exact passes' worth, one quick look (its first search, no iterative scan);
-beyond, an iterative scan sized for k and the filter's selectivity. The estimate is
+beyond, an iterative scan sized for k and the filter's selectivity. A filter pinned to one
+category that has its own index (migrations/0003) gets an iterative scan of that category's
+graph, near or far from the query. The estimate is
 the planner's; where it is wrong every way stays correct: an exact pass is capped (over the
 cap, the index takes over) and an index pass that comes back short hands over to exact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from prodvec.models import Product
 from prodvec.search import execute
 from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.statements import statement
+from prodvec.sql import queries
 
 #: Exact for up to this many matching products. Measured on 100k × 512-d halfvec with the
 #: matches scattered over the heap: ~1.5 µs a row, so ≤ 3 ms; a quick index look costs
@@ -47,6 +51,8 @@ INNER_LIMIT_FACTOR = 2
 SCAN_BUDGET_PER_MATCH = 0.5
 #: ... but never less than a few passes' worth, so queries near their matches finish.
 SCAN_BUDGET_MIN = 2_000
+#: Names of the per-category indexes (migrations/0003_category_indexes.sql).
+CATEGORY_INDEX_PREFIX = "products_embedding_hnsw_c_"
 #: Seconds table facts are reused per database: dimensions change only with a migration and
 #: the row count is only used for sizing, so a slightly stale one costs nothing.
 FACTS_TTL_SECONDS = 60.0
@@ -56,6 +62,15 @@ FACTS_TTL_SECONDS = 60.0
 class TableFacts:
     indexed_rows: float | None  # planner's estimate of products with an embedding; None before ANALYZE
     dimensions: int | None  # the embedding column's, None if untyped
+    category_indexes: dict[str, float]  # per-category index name → products it holds
+
+    def category_index_rows(self, category: str | None) -> float | None:
+        """Products in the category's own index, None when it has none."""
+        if category is None:
+            return None
+        # As prodvec_category_index_name() names it (md5 of the UTF-8 text).
+        name = CATEGORY_INDEX_PREFIX + hashlib.md5(category.encode()).hexdigest()[:16]
+        return self.category_indexes.get(name)
 
 
 @dataclass(frozen=True)
@@ -85,7 +100,11 @@ def table_facts(session: Session) -> TableFacts:
     ).one()
     # reltuples is -1 until the table is first vacuumed or analysed.
     indexed = float(row.indexed_rows) if row.indexed_rows is not None and row.indexed_rows >= 0 else None
-    facts = TableFacts(indexed, row.dimensions if row.dimensions > 0 else None)
+    category_indexes = {
+        name: float(products) for name, products in execute.fetch(session, queries("search_passes.sql")[
+            "category_indexes"], {})
+    }
+    facts = TableFacts(indexed, row.dimensions if row.dimensions > 0 else None, category_indexes)
     _facts_cache[key] = (time.monotonic(), facts)
     return facts
 
@@ -101,7 +120,19 @@ def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
         cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
         # Should the cap be hit, at least cap products match: size the index pass for that.
         return Plan(estimate, cap, index_settings(query.k, cap + 1, total))
+    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
+    if in_category:
+        return Plan(estimate, None, category_index_settings(query.k, estimate, in_category))
     return Plan(estimate, None, index_settings(query.k, estimate, total))
+
+
+def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:
+    """An iterative scan of one category's graph, sized for the share of it the filter keeps;
+    its budget is the whole graph, so it comes back short only when fewer than k match."""
+    inner_limit = INNER_LIMIT_FACTOR * k
+    share = min(1.0, max(matches, 1.0) / max(in_category, 1.0))
+    ef_search = int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, inner_limit / share)))
+    return IndexSettings(ef_search=ef_search, max_scan_tuples=int(in_category) + 1, inner_limit=inner_limit)
 
 
 def index_settings(k: int, matches: float, total: float) -> IndexSettings:

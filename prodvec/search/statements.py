@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, inspect
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import BinaryExpression, BindParameter, BooleanClauseList
 from sqlalchemy.engine import Dialect
 
 from prodvec.errors import QueryError
@@ -34,10 +36,33 @@ class Filter:
 
     sql: str
     params: dict[str, Any]
+    #: The one category every match must be in (`category == x`, or `in_` of one value),
+    #: when the filter says so: a per-category index may serve it (migrations/0003).
+    category: str | None = None
 
     @property
     def empty(self) -> bool:
         return self.sql == NO_FILTER
+
+
+def one_category(where: Sequence[ColumnElement[bool]]) -> str | None:
+    """The category a filter pins, read from its top-level AND terms; None if it pins none."""
+    terms = [term for clause in where for term in _and_terms(clause)]
+    for term in terms:
+        if not isinstance(term, BinaryExpression) or not term.left.compare(Product.__table__.c.category):
+            continue
+        value = term.right.effective_value if isinstance(term.right, BindParameter) else None
+        if term.operator is operators.eq and isinstance(value, str):
+            return value
+        if term.operator is operators.in_op and isinstance(value, (list, tuple)) and len(value) == 1:
+            return value[0] if isinstance(value[0], str) else None
+    return None
+
+
+def _and_terms(clause: ColumnElement[bool]) -> list[ColumnElement[bool]]:
+    if isinstance(clause, BooleanClauseList) and clause.operator is operators.and_:
+        return [term for inner in clause.clauses for term in _and_terms(inner)]
+    return [clause]
 
 
 def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Filter:
@@ -53,7 +78,7 @@ def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Fi
     clash = OWN_PARAMETERS & params.keys()
     if clash:
         raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
-    return Filter(compiled.string, params)
+    return Filter(compiled.string, params, one_category(where))
 
 
 def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0], **limits: int) -> str:

@@ -50,10 +50,19 @@ ORDER BY ranked.distance, p.id
 
 -- name: index_settings
 -- Before an index pass, inside a savepoint that is rolled back after it: the iterative
--- scan (or none), its candidate list and its budget.
+-- scan (or none), its candidate list and its budget. Custom plans always: a generic plan
+-- (psycopg prepares statements it runs often) cannot use a per-category index, whose
+-- predicate only matches a category value known at planning.
 SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
        set_config('hnsw.ef_search', %(ef_search)s, true),
-       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true)
+       set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true),
+       set_config('plan_cache_mode', 'force_custom_plan', true)
+
+-- name: category_indexes
+-- The per-category indexes (migrations/0003) and how many products each holds.
+SELECT c.relname AS index_name, c.reltuples AS products
+FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+WHERE i.indrelid = 'products'::regclass AND starts_with(c.relname, 'products_embedding_hnsw_c_')
 
 -- name: index
 -- Through the HNSW index: {inner_limit} rows in the index's order (relaxed, for an iterative
