@@ -103,3 +103,22 @@ def test_only_one_pinned_category_counts(db: Session) -> None:
     assert compile_filter([Product.category.in_(["bags"])], dialect).category == "bags"
     assert compile_filter([Product.category.in_(["bags", "shoes"])], dialect).category is None
     assert compile_filter([text("category = 'bags'")], dialect).category is None  # opaque SQL: not read
+
+
+def test_a_category_alone_needs_no_planner_estimate(
+    conn: psycopg.Connection, catalog: Catalog, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn.execute("SELECT prodvec_index_categories(50)")
+    monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)
+    monkeypatch.setattr(plan, "_facts_cache", {})
+
+    def no_estimate(*args: object) -> int:
+        raise AssertionError("the index holds the category's products: the planner need not be asked")
+
+    monkeypatch.setattr(plan, "_planner_estimate", no_estimate)
+    query = catalog.query_near("shoes", 3)
+    (result,) = similar_to_many(db, [query], k=10, where=[Product.category == "bags"])
+    assert result.candidates == int((catalog.category == "bags").sum())
+    assert_exact(result, catalog, query, catalog.category == "bags")
+    with pytest.raises(AssertionError, match="need not be asked"):  # another term: it must be asked
+        similar_to_many(db, [query], k=10, where=[Product.category == "bags", Product.stock > 0])

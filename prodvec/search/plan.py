@@ -111,16 +111,19 @@ def table_facts(session: Session) -> TableFacts:
 
 def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     total = max(facts.indexed_rows or 0.0, 1.0)
-    # Without a filter the table's row count is the estimate: no need to ask the planner.
+    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
+    # Without a filter the table's row count is the estimate, and a filter that is one indexed
+    # category keeps what its index holds: no need to ask the planner.
     if query.filter.empty and facts.indexed_rows is not None:
         estimate = int(total)
+    elif query.filter.category_only and in_category is not None:
+        estimate = int(in_category)
     else:
         estimate = _planner_estimate(session, query)
     if estimate <= EXACT_MAX_ROWS:
         cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
         # Should the cap be hit, at least cap products match: size the index pass for that.
         return Plan(estimate, cap, index_settings(query.k, cap + 1, total))
-    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
     if in_category:
         return Plan(estimate, None, category_index_settings(query.k, estimate, in_category))
     return Plan(estimate, None, index_settings(query.k, estimate, total))

@@ -39,6 +39,8 @@ class Filter:
     #: The one category every match must be in (`category == x`, or `in_` of one value),
     #: when the filter says so: a per-category index may serve it (migrations/0003).
     category: str | None = None
+    #: The filter is that category alone: its matches are exactly the category's products.
+    category_only: bool = False
 
     @property
     def empty(self) -> bool:
@@ -78,7 +80,9 @@ def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Fi
     clash = OWN_PARAMETERS & params.keys()
     if clash:
         raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
-    return Filter(compiled.string, params, one_category(where))
+    category = one_category(where)
+    terms = [term for clause in where for term in _and_terms(clause)]
+    return Filter(compiled.string, params, category, category_only=category is not None and len(terms) == 1)
 
 
 def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0], **limits: int) -> str:
