@@ -233,9 +233,10 @@ def render(
         "",
         "## Plain vs robust",
         "",
-        "Robust today: query views only, the catalog as stored now (one vector per product). "
-        "Multi-view: the catalog also stores a second vector per product (prodvec/worker/encode/robust.py, "
-        "`MULTI_VIEW`).",
+        "Robust today: query views only, one vector per product (`PRODVEC_CATALOG_VIEWS=single`, the default). "
+        "Multi-view: the catalog also stores a second vector per product (`PRODVEC_CATALOG_VIEWS=multi`; "
+        "prodvec/worker/encode/robust.py, `MULTI_VIEW`). `benchmarks/quality_db.py` checks that the database "
+        "path (worker, halfvec, search) gives the same figures.",
         "",
         "| fault | plain | robust today | multi-view | change (multi-view vs plain) |",
         "|---|---:|---:|---:|---:|",
