@@ -61,10 +61,14 @@ class IndexSettings:
     #: index returns its first ef_search candidates only.
     max_scan_tuples: int | None
     inner_limit: int  # rows taken from the index (≥ k) and re-sorted by exact distance
+    #: Iterative scan in strict distance order: what it returns are the nearest matches it saw,
+    #: whichever index PostgreSQL picks (relaxed order may return far ones first).
+    strict_order: bool = False
 
     def as_params(self) -> dict[str, str]:
+        scan = "strict_order" if self.strict_order else "relaxed_order"
         return {
-            "iterative_scan": "off" if self.max_scan_tuples is None else "relaxed_order",
+            "iterative_scan": "off" if self.max_scan_tuples is None else scan,
             "ef_search": str(self.ef_search),
             "max_scan_tuples": str(self.max_scan_tuples or 1),  # unused with the scan off
         }
