@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import psycopg
 import pytest
 from sqlalchemy import text
@@ -73,9 +74,10 @@ def test_the_plan_sizes_the_scan_to_the_category(conn: psycopg.Connection, catal
     in_bags = int((catalog.category == "bags").sum())
     assert facts.category_index_rows("bags") == in_bags
     assert facts.category_index_rows("rare") is None and facts.category_index_rows(None) is None
-    settings = plan.category_index_settings(10, in_bags / 4, in_bags)
+    settings = plan.category_index_settings(10, in_bags / 8, in_bags)
     assert settings.max_scan_tuples > in_bags  # the whole category's graph: short only when < k match
-    assert settings.ef_search == 80  # 2k candidates at a quarter of the category
+    assert settings.ef_search == 160  # 2k candidates at an eighth of the category
+    assert plan.category_index_settings(10, in_bags, in_bags).ef_search == plan.CATEGORY_EF_SEARCH_MIN
 
 
 def test_cli_makes_the_indexes(db_url: str, catalog: Catalog, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,6 +104,7 @@ def test_only_one_pinned_category_counts(db: Session) -> None:
     assert compile_filter([Product.category == "bags", Product.price < 5], dialect).category == "bags"
     assert compile_filter([Product.category.in_(["bags"])], dialect).category == "bags"
     assert compile_filter([Product.category.in_(["bags", "shoes"])], dialect).category is None
+    assert compile_filter([Product.category.in_(["bags", "shoes"])], dialect).categories == ("bags", "shoes")
     assert compile_filter([text("category = 'bags'")], dialect).category is None  # opaque SQL: not read
 
 
@@ -120,5 +123,10 @@ def test_a_category_alone_needs_no_planner_estimate(
     (result,) = similar_to_many(db, [query], k=10, where=[Product.category == "bags"])
     assert result.candidates == int((catalog.category == "bags").sum())
     assert_exact(result, catalog, query, catalog.category == "bags")
+    (both,) = similar_to_many(db, [query], k=10, where=[Product.category.in_(["bags", "shoes"])])
+    assert both.candidates == int(np.isin(catalog.category, ["bags", "shoes"]).sum())
+    assert_exact(both, catalog, query, np.isin(catalog.category, ["bags", "shoes"]))
     with pytest.raises(AssertionError, match="need not be asked"):  # another term: it must be asked
         similar_to_many(db, [query], k=10, where=[Product.category == "bags", Product.stock > 0])
+    with pytest.raises(AssertionError, match="need not be asked"):  # "rare" has no index
+        similar_to_many(db, [query], k=10, where=[Product.category.in_(["bags", "rare"])])

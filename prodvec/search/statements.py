@@ -36,29 +36,35 @@ class Filter:
 
     sql: str
     params: dict[str, Any]
-    #: The one category every match must be in (`category == x`, or `in_` of one value),
-    #: when the filter says so: a per-category index may serve it (migrations/0003).
-    category: str | None = None
-    #: The filter is that category alone: its matches are exactly the category's products.
-    category_only: bool = False
+    #: The categories every match must be in (`category == x`, or `category.in_([...])`), when
+    #: the filter says so: per-category indexes may serve or size it (migrations/0003).
+    categories: tuple[str, ...] = ()
+    #: The filter is that category membership alone: its matches are exactly those categories' products.
+    categories_only: bool = False
 
     @property
     def empty(self) -> bool:
         return self.sql == NO_FILTER
 
+    @property
+    def category(self) -> str | None:
+        """The one category every match is in, when the filter pins exactly one."""
+        return self.categories[0] if len(self.categories) == 1 else None
 
-def one_category(where: Sequence[ColumnElement[bool]]) -> str | None:
-    """The category a filter pins, read from its top-level AND terms; None if it pins none."""
-    terms = [term for clause in where for term in _and_terms(clause)]
-    for term in terms:
+
+def pinned_categories(where: Sequence[ColumnElement[bool]]) -> tuple[str, ...]:
+    """The categories a filter restricts matches to, read from its top-level AND terms
+    (`category == x`, or `category.in_([...])` of plain strings); () if it says none."""
+    for term in [term for clause in where for term in _and_terms(clause)]:
         if not isinstance(term, BinaryExpression) or not term.left.compare(Product.__table__.c.category):
             continue
         value = term.right.effective_value if isinstance(term.right, BindParameter) else None
         if term.operator is operators.eq and isinstance(value, str):
-            return value
-        if term.operator is operators.in_op and isinstance(value, (list, tuple)) and len(value) == 1:
-            return value[0] if isinstance(value[0], str) else None
-    return None
+            return (value,)
+        if term.operator is operators.in_op and isinstance(value, (list, tuple)) and value:
+            if all(isinstance(item, str) for item in value):
+                return tuple(dict.fromkeys(value))
+    return ()
 
 
 def _and_terms(clause: ColumnElement[bool]) -> list[ColumnElement[bool]]:
@@ -80,9 +86,9 @@ def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Fi
     clash = OWN_PARAMETERS & params.keys()
     if clash:
         raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
-    category = one_category(where)
+    categories = pinned_categories(where)
     terms = [term for clause in where for term in _and_terms(clause)]
-    return Filter(compiled.string, params, category, category_only=category is not None and len(terms) == 1)
+    return Filter(compiled.string, params, categories, categories_only=bool(categories) and len(terms) == 1)
 
 
 def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0], **limits: int) -> str:
