@@ -105,10 +105,13 @@ class GpuJpegDecoder:
         self.device = device
 
     @classmethod
-    def for_encoder(cls, encoder: Encoder, wanted: bool | None = None) -> GpuJpegDecoder | None:
+    def for_encoder(
+        cls, encoder: Encoder, wanted: bool | None = None, *, encoder_crop_only: bool = True
+    ) -> GpuJpegDecoder | None:
         """The decoder for the encoder's device and transform; None where PIL decodes everything:
-        not wanted (None = wanted on CUDA) or a preprocess step tensors cannot redo."""
-        if not (wanted if wanted is not None else encoder.device.type == "cuda"):
+        not wanted (None = wanted on CUDA), a preprocess step tensors cannot redo, or pixels
+        other than the encoder's own crop wanted (``encoder_crop_only`` False: catalog views)."""
+        if not encoder_crop_only or not (wanted if wanted is not None else encoder.device.type == "cuda"):
             return None
         transform = TensorTransform.of(encoder)
         return cls(transform, encoder.device) if transform is not None else None

@@ -113,8 +113,9 @@ class Worker:
     def decodes_on_gpu(self) -> bool:
         """Plain JPEGs go through the batched GPU decoder (else PIL decodes every image; it
         alone makes views other than the encoder's own crop)."""
-        return self.policy.catalog_is_plain_photo and GpuJpegDecoder.for_encoder(
-            self.encoder, self.options.gpu_decode) is not None
+        return GpuJpegDecoder.for_encoder(
+            self.encoder, self.options.gpu_decode, encoder_crop_only=self.policy.catalog_is_plain_photo
+        ) is not None
 
     def stop(self) -> None:
         """Ask the worker to finish the batch it is encoding, hand back the rest and return."""

@@ -99,11 +99,10 @@ class Preparer:
         self.encoder = encoder
         self.policy = policy
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="prodvec-decode")
-        self._gpu = GpuJpegDecoder.for_encoder(encoder, gpu_decode)
-        if self._gpu is not None and not policy.catalog_is_plain_photo:
+        self._gpu = GpuJpegDecoder.for_encoder(encoder, gpu_decode, encoder_crop_only=policy.catalog_is_plain_photo)
+        if self._gpu is None and GpuJpegDecoder.for_encoder(encoder, gpu_decode) is not None:
             log.warning("catalog views (%s) are made with PIL: decoding with PIL, not on the GPU",
                         ", ".join(policy.catalog_view_names))
-            self._gpu = None
         elif self._gpu is None and gpu_decode:
             log.warning("%s's preprocess has steps the GPU decoder cannot redo: decoding with PIL", encoder.spec)
         # One thread: batches decode on the GPU in claim order, overlapping the encoder.
