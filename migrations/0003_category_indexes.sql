@@ -56,6 +56,8 @@ BEGIN
                 'CREATE INDEX %I ON products USING hnsw (embedding halfvec_cosine_ops) '
                 'WITH (m = 16, ef_construction = 128) WHERE category = %L',
                 index_name, category);
+            -- The category, as the index's comment: what searches look indexes up by.
+            EXECUTE format('COMMENT ON INDEX %I IS %L', index_name, category);
             action := 'created';
         ELSE
             action := 'kept';

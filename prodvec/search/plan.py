@@ -10,15 +10,12 @@ cap, the index takes over) and an index pass that comes back short hands over to
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from prodvec.models import Product
 from prodvec.search import execute
 from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.statements import statement
@@ -61,8 +58,6 @@ CATEGORY_INDEX_MIN_SHARE = 0.1
 #: category land far from all of its products, where a short list can settle on the wrong ones
 #: (measured at 100k rows: a far 5% query at recall 0 with 40, none below 1.0 with 100).
 CATEGORY_EF_SEARCH_MIN = 100
-#: Names of the per-category indexes (migrations/0003_category_indexes.sql).
-CATEGORY_INDEX_PREFIX = "products_embedding_hnsw_c_"
 #: Seconds table facts are reused per database: dimensions change only with a migration and
 #: the row count is only used for sizing, so a slightly stale one costs nothing.
 FACTS_TTL_SECONDS = 60.0
@@ -72,15 +67,11 @@ FACTS_TTL_SECONDS = 60.0
 class TableFacts:
     indexed_rows: float | None  # planner's estimate of products with an embedding; None before ANALYZE
     dimensions: int | None  # the embedding column's, None if untyped
-    category_indexes: dict[str, float]  # per-category index name → products it holds
+    category_indexes: dict[str, float]  # category with its own index → products the index holds
 
     def category_index_rows(self, category: str | None) -> float | None:
         """Products in the category's own index, None when it has none."""
-        if category is None:
-            return None
-        # As prodvec_category_index_name() names it (md5 of the UTF-8 text).
-        name = CATEGORY_INDEX_PREFIX + hashlib.md5(category.encode()).hexdigest()[:16]
-        return self.category_indexes.get(name)
+        return self.category_indexes.get(category) if category is not None else None
 
 
 @dataclass(frozen=True)
@@ -98,33 +89,25 @@ def table_facts(session: Session) -> TableFacts:
     cached = _facts_cache.get(key)
     if cached is not None and time.monotonic() - cached[0] < FACTS_TTL_SECONDS:
         return cached[1]
-    row = session.execute(
-        text(
-            "SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows, a.atttypmod AS dimensions "
-            "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding' "
-            "LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text "
-            "AND s.tablename = c.relname AND s.attname = 'embedding' "
-            "WHERE c.oid = CAST(:table AS regclass)"
-        ),
-        {"table": Product.__tablename__},
-    ).one()
-    # reltuples is -1 until the table is first vacuumed or analysed.
-    indexed = float(row.indexed_rows) if row.indexed_rows is not None and row.indexed_rows >= 0 else None
-    category_indexes = {
-        name: float(products) for name, products in execute.fetch(session, queries("search_passes.sql")[
-            "category_indexes"], {})
-    }
-    facts = TableFacts(indexed, row.dimensions if row.dimensions > 0 else None, category_indexes)
+    ((indexed_rows, dimensions, category_indexes),) = execute.fetch(
+        session, queries("search_passes.sql")["table_facts"], {}
+    )
+    facts = TableFacts(
+        float(indexed_rows) if indexed_rows is not None and indexed_rows >= 0 else None,
+        dimensions if dimensions > 0 else None,
+        {category: float(products) for category, products in category_indexes.items()},
+    )
     _facts_cache[key] = (time.monotonic(), facts)
     return facts
 
 
 def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     total = max(facts.indexed_rows or 0.0, 1.0)
-    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
     # Without a filter the table's row count is the estimate, and a filter that is only indexed
     # categories keeps what their indexes hold: no need to ask the planner.
     in_categories = [facts.category_index_rows(category) for category in query.filter.categories]
+    # One category's own index serves searches of the column it indexes (embedding) only.
+    in_category = in_categories[0] if len(in_categories) == 1 and query.vector_column == "embedding" else None
     if query.filter.empty and facts.indexed_rows is not None:
         estimate = int(total)
     elif query.filter.categories_only and in_categories and None not in in_categories:

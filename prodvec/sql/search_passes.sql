@@ -58,11 +58,22 @@ SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
        set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true),
        set_config('plan_cache_mode', 'force_custom_plan', true)
 
--- name: category_indexes
--- The per-category indexes (migrations/0003) and how many products each holds.
-SELECT c.relname AS index_name, c.reltuples AS products
-FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-WHERE i.indrelid = 'products'::regclass AND starts_with(c.relname, 'products_embedding_hnsw_c_')
+-- name: table_facts
+-- What plans are sized by (prodvec/search/plan.py, cached): products with an embedding as the
+-- planner estimates them (reltuples is -1 before the first VACUUM or ANALYZE), the vector
+-- column's dimensions, and the per-category indexes (migrations/0003): category (the index's
+-- comment) → products it holds.
+SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
+       a.atttypmod AS dimensions,
+       (SELECT coalesce(json_object_agg(obj_description(x.indexrelid, 'pg_class'), ic.reltuples), '{}')
+        FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
+        WHERE x.indrelid = c.oid AND starts_with(ic.relname, 'products_embedding_hnsw_c_')
+          AND obj_description(x.indexrelid, 'pg_class') IS NOT NULL) AS category_indexes
+FROM pg_class c
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
+LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
+                    AND s.tablename = c.relname AND s.attname = 'embedding'
+WHERE c.oid = 'products'::regclass
 
 -- name: index
 -- Through the HNSW index: {inner_limit} rows in the index's order (relaxed, for an iterative
