@@ -89,15 +89,11 @@ def _migrate(args: argparse.Namespace) -> int:
 
 
 def _category_indexes(args: argparse.Namespace) -> int:
-    from prodvec.db.connection import connect
-    from prodvec.sql import queries
+    from prodvec.worker.bulk import index_categories
 
     if args.min_products < 1:
         raise ConfigError("--min-products must be at least 1")
-    with connect(database_url()) as conn:
-        cursor = conn.execute(queries("index.sql")["index_categories"], {"min_products": args.min_products})
-        rows = [dict(zip([column.name for column in cursor.description], row)) for row in cursor]
-        conn.commit()
+    rows = index_categories(database_url(), min_products=args.min_products)
     if args.json:
         print_json(rows)
     elif rows:

@@ -1,11 +1,12 @@
-"""Bulk backfills: embed many products without paying the HNSW inserts for every row.
+"""Building HNSW indexes: around bulk backfills, and per category.
 
 Every vector written into an indexed column (embedding; embedding_coarse too under
 PRODVEC_CATALOG_VIEWS=multi) is also inserted into its HNSW graph, which
-costs more than the write itself (benchmarks/worker_throughput.py: ~3.7x at 3k rows, ~50x
-for COPY into a large index per ENVIRONMENT.md). Building the index once, afterwards, with
+costs more than the write itself (benchmarks/worker_throughput.py: ~16x at 3k rows on 2 cores,
+~50x for COPY into a large index per ENVIRONMENT.md). Building the index once, afterwards, with
 parallel maintenance workers is much cheaper. While the index is gone, searches stay correct
 (prodvec falls back to exact search) but slower, so this is for backfills, not steady state.
+Per-category indexes (migrations/0003) are built with the same settings.
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
 
 from prodvec.db.connection import connect
 from prodvec.sql import queries
@@ -40,8 +45,22 @@ def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
     started = time.perf_counter()
     # A fresh connection: the one the backfill used may be the reason it stopped.
     with connect(url, autocommit=True) as conn:
-        conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-        workers = max(1, (os.cpu_count() or 2) - 1)
-        conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
+        _for_index_builds(conn, maintenance_work_mem)
         conn.execute(_SQL["create_hnsw"])
     return time.perf_counter() - started
+
+
+def index_categories(url: str, *, min_products: int, maintenance_work_mem: str = "1GB") -> list[dict[str, Any]]:
+    """`prodvec category-indexes`: an HNSW index per category with ``min_products`` embedded
+    products, stale ones dropped; one row per index (category, products, index_name, action)."""
+    with connect(url, autocommit=True) as conn:
+        _for_index_builds(conn, maintenance_work_mem)
+        cursor = conn.cursor(row_factory=dict_row)
+        return cursor.execute(_SQL["index_categories"], {"min_products": min_products}).fetchall()
+
+
+def _for_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) -> None:
+    # HNSW builds are far faster with the graph in memory and with parallel workers.
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
