@@ -47,7 +47,7 @@ def test_a_category_filter_searches_that_categorys_index_exactly(
 ) -> None:
     conn.execute("SELECT prodvec_index_categories(50)")
     monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)  # at this size every filter would go exact
-    monkeypatch.setattr(plan, "_facts_cache", {})
+    plan.forget()
     # At 400 rows PostgreSQL would rather sort them all than use any index; at scale it need not be told.
     db.execute(text("SET LOCAL enable_seqscan = off"))
     db.execute(text("SET LOCAL enable_bitmapscan = off"))
@@ -69,7 +69,7 @@ def test_a_category_filter_searches_that_categorys_index_exactly(
 
 def test_the_plan_sizes_the_scan_to_the_category(conn: psycopg.Connection, catalog: Catalog, db: Session) -> None:
     conn.execute("SELECT prodvec_index_categories(50)")
-    plan._facts_cache.clear()
+    plan.forget()
     facts = plan.table_facts(db)
     in_bags = int((catalog.category == "bags").sum())
     assert facts.category_index_rows("bags") == in_bags
@@ -113,7 +113,7 @@ def test_a_category_alone_needs_no_planner_estimate(
 ) -> None:
     conn.execute("SELECT prodvec_index_categories(50)")
     monkeypatch.setattr(plan, "EXACT_MAX_ROWS", 0)
-    monkeypatch.setattr(plan, "_facts_cache", {})
+    plan.forget()
 
     def no_estimate(*args: object) -> int:
         raise AssertionError("the index holds the category's products: the planner need not be asked")

@@ -450,3 +450,24 @@ def test_failed_index_pass_on_an_autocommit_session_leaves_no_transaction(
             assert session.execute(text("SELECT 1")).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_a_repeated_filter_reuses_its_estimate(db: Session, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    explained: list[str] = []
+    fetch = plan.execute.fetch
+
+    def counting_fetch(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        if "EXPLAIN (FORMAT JSON)" in sql:
+            explained.append(sql)
+        return fetch(session, sql, params)
+
+    monkeypatch.setattr(plan.execute, "fetch", counting_fetch)
+    for seed, max_price in ((1, 120), (2, 120), (3, 80)):
+        query = catalog.query_near("shoes", seed)
+        mask = (catalog.price < max_price) & (catalog.stock > 0)
+        assert_exact(Product.similar_to(query, session=db, where=[Product.price < max_price, Product.stock > 0]),
+                     catalog, query, mask)
+    assert len(explained) == 2  # the second query asked the same filter: no planner round trip
+    plan.forget()
+    Product.similar_to(catalog.query_near("shoes", 4), session=db, where=[Product.price < 80])
+    assert len(explained) == 3

@@ -96,7 +96,7 @@ def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0],
     searched and LIMITs in place."""
     if vector_column not in VECTOR_COLUMNS:  # SQL text, never a caller's string
         raise ValueError(f"not a vector column: {vector_column!r}")
-    columns = ", ".join(f"p.{column}" for column in PRODUCT_COLUMNS.values())
+    columns = ", ".join(PRODUCT_COLUMNS.values())
     return queries("search_passes.sql")[name].format(
         filters=filter.sql, columns=columns, vector_column=vector_column,
         **{key: int(value) for key, value in limits.items()},

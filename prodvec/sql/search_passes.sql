@@ -19,34 +19,27 @@ WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters
 -- Exact: the distance to every product the filter keeps (the B-trees find them), top k.
 -- "+ 0": the planner cannot hand this order to the HNSW index, which stops after
 -- ef_search candidates.
-SELECT {columns}, ranked.distance
-FROM (
-    SELECT id, {vector_column} <=> %(query)s AS distance
-    FROM products
-    WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
-    ORDER BY ({vector_column} <=> %(query)s) + 0, id
-    LIMIT {k}
-) ranked
-JOIN products p ON p.id = ranked.id
-ORDER BY ranked.distance, p.id
+SELECT {columns}, {vector_column} <=> %(query)s AS distance
+FROM products
+WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+ORDER BY ({vector_column} <=> %(query)s) + 0, id
+LIMIT {k}
 
 -- name: exact_capped
 -- Exact as above, but the scan stops after {cap_plus_one} matching products; "kept" (the
 -- same on every row) says how many it saw, so more than the cap means it did not see all.
-SELECT {columns}, ranked.distance, ranked.kept
+SELECT *
 FROM (
-    SELECT id, distance, count(*) OVER () AS kept
+    SELECT {columns}, distance, count(*) OVER () AS kept
     FROM (
-        SELECT id, {vector_column} <=> %(query)s AS distance
+        SELECT {columns}, {vector_column} <=> %(query)s AS distance
         FROM products
         WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
         LIMIT {cap_plus_one}
     ) matching
-    ORDER BY distance + 0, id
-    LIMIT {k}
-) ranked
-JOIN products p ON p.id = ranked.id
-ORDER BY ranked.distance, p.id
+) counted
+ORDER BY distance + 0, id
+LIMIT {k}
 
 -- name: index_settings
 -- Before an index pass, inside a savepoint that is rolled back after it: the iterative
@@ -76,18 +69,18 @@ LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
 WHERE c.oid = 'products'::regclass
 
 -- name: index
--- Through the HNSW index: {inner_limit} rows in the index's order (relaxed, for an iterative
--- scan), re-sorted exactly. The materialized CTE keeps the re-sort out of the index scan; "+ 0" makes the
--- outer sort real (PostgreSQL 17+ would trust the CTE's ORDER BY, pgvector#862).
+-- Through the HNSW index: {inner_limit} rows in the index's order, re-sorted exactly (a
+-- relaxed iterative scan returns them only roughly in order; otherwise inner_limit is k). The
+-- materialized CTE keeps the re-sort out of the index scan; "+ 0" makes the outer sort real
+-- (PostgreSQL 17+ would trust the CTE's ORDER BY, pgvector#862).
 WITH nearest AS MATERIALIZED (
-    SELECT id, {vector_column} <=> %(query)s AS distance
+    SELECT {columns}, {vector_column} <=> %(query)s AS distance
     FROM products
     WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
     ORDER BY {vector_column} <=> %(query)s
     LIMIT {inner_limit}
 )
-SELECT {columns}, nearest.distance
+SELECT *
 FROM nearest
-JOIN products p ON p.id = nearest.id
-ORDER BY nearest.distance + 0, p.id
+ORDER BY distance + 0, id
 LIMIT {k}
