@@ -106,3 +106,45 @@ def test_dimensions_follow_the_model_and_mismatch_is_a_clear_error(conn: psycopg
     assert embedding_dimensions(conn) == embedding_dimensions(conn, "embedding_coarse") == 512
     indexes = conn.execute("SELECT indexname FROM pg_indexes WHERE indexname LIKE '%hnsw' ORDER BY 1").fetchall()
     assert indexes == [("products_embedding_coarse_hnsw",), ("products_embedding_hnsw",)]
+
+
+def test_denser_graphs_migration_rebuilds_every_index_and_goes_back(pg_server: str) -> None:
+    """0004 rebuilds the vector indexes, per-category ones included, with prodvec_hnsw_options();
+    its downgrade rebuilds them as 0003 made them and gives back exactly 0003's schema."""
+    from alembic import command
+
+    ensure_database(pg_server, "schema_graphs")
+    url = with_dbname(pg_server, "schema_graphs")
+    config = alembic_config(url)
+    command.upgrade(config, "0003")
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT prodvec_set_embedding_dimensions(3)")
+        conn.execute(
+            "INSERT INTO products (sku, category, embedding) "
+            "SELECT 'sku-' || i, 'bags', '[1,2,3]' FROM generate_series(1, 3) AS i"
+        )
+        conn.execute("SELECT prodvec_index_categories(2)")
+        bags = conn.execute("SELECT prodvec_category_index_name('bags')").fetchone()[0]
+        indexes = ("products_embedding_hnsw", "products_embedding_coarse_hnsw", bags)
+
+        def options() -> set[str]:
+            rows = conn.execute(
+                "SELECT DISTINCT array_to_string(reloptions, ',') FROM pg_class WHERE relname = ANY(%s)",
+                (list(indexes),),
+            ).fetchall()
+            return {row[0] for row in rows}
+
+        assert options() == {"m=16,ef_construction=128"}
+        command.upgrade(config, "head")
+        assert options() == {"m=32,ef_construction=200"}
+        assert conn.execute("SELECT obj_description(%s::regclass, 'pg_class')", (bags,)).fetchone()[0] == "bags"
+        # What the functions make from now on has the same options.
+        conn.execute("SELECT prodvec_set_embedding_dimensions(4, drop_embeddings => true)")
+        assert options() - {None} == {"m=32,ef_construction=200"}
+
+        command.downgrade(config, "0003")
+        assert options() - {None} == {"m=16,ef_construction=128"}
+        conn.execute("SELECT prodvec_set_embedding_dimensions(512, drop_embeddings => true)")
+        conn.execute("DELETE FROM products")
+        conn.execute("SELECT prodvec_index_categories(1)")  # no products: the bags index goes
+        assert _schema_dump(url) == _psql_schema(pg_server, "schema_0003", up_to="0003")
