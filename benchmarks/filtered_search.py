@@ -13,14 +13,22 @@ iterative scan), pgvector's iterative scan alone (relaxed_order, its defaults, r
 prodvec's similar_to (Product.similar_to's call), hits loaded as Product objects, and
 prodvec again once `prodvec category-indexes` has given each category with 1,000 products
 its own HNSW index ("prodvec+cat"; the 50% filter spans ten categories, so it is unchanged
-there). p50 is
-also given for near and far queries apart: with half of each, the overall p50 lies between
-the slowest of the one kind and the fastest of the other. Truth: brute force in numpy over the stored
-halfvec values. Runs on a private embedded server (shared_buffers 512MB: the 100k table and
-its index fit), loads with binary COPY, then builds the migration's HNSW index
-(m=16, ef_construction=128) as `prodvec worker --once --bulk` does. About 2 minutes on 2 cores with the
-defaults. 1M rows (--rows 1000000) was not run: on 2 cores the index build alone would take
-many minutes (10x the rows, and the graph outgrows maintenance_work_mem = 1GB).
+there). p50 is also given for near and far queries apart: with half of each, the overall p50
+lies between the slowest of the one kind and the fastest of the other.
+
+Latency is compared with the unfiltered query run three ways: raw SQL over psycopg ('unf'),
+a SQLAlchemy ORM query loading Products as a pgvector-python user writes it ('orm'), and
+prodvec's API without a filter ('api'). All of them run for every query, in a random order
+each time: on a shared 2-core machine the first query after another connection's is slower,
+and a baseline timed in a loop of its own would look faster than it is. Truth: brute force in
+numpy over the stored halfvec values, computed before any timing. prodvec reuses a filter's
+planner estimate for 60 s; the run prints how many distinct filters each selectivity has.
+
+Runs on a private embedded server (shared_buffers 512MB: the 100k table and its index fit),
+loads with binary COPY, then builds the migrations' HNSW index (prodvec_hnsw_options(): m=32,
+ef_construction=200) as `prodvec worker --once --bulk` does. About 3 minutes on 2 cores with
+the defaults. 1M rows (--rows 1000000) was not run: on 2 cores the index build alone would
+take many minutes (10x the rows, and the graph outgrows maintenance_work_mem = 1GB).
 """
 from __future__ import annotations
 
@@ -45,7 +53,7 @@ import psycopg
 import psycopg.sql
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.orm import Session
 
 from prodvec.db.connection import ensure_database, sqlalchemy_url, with_dbname
@@ -66,7 +74,7 @@ SELECTIVITIES = ("50%", "5%", "1%", "0.2%")
 #: prodvec category-indexes' default: categories with this many products get their own index.
 CATEGORY_INDEX_MIN = 1000
 #: Part of the database name, so a --pgdata kept from a run with other data is not reused.
-DATA_VERSION = 2
+DATA_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,8 @@ ITERATIVE = (
     "WHERE {where} ORDER BY distance LIMIT {k}) SELECT id FROM nearest ORDER BY distance"
 )
 UNFILTERED = "SELECT id FROM products ORDER BY embedding <=> %(q)s::halfvec LIMIT {k}"
+#: The unfiltered query as raw SQL, as a SQLAlchemy ORM query and through prodvec's API.
+BASELINES = ("raw", "orm", "api")
 
 
 @dataclass
@@ -239,6 +249,17 @@ def run_sql(conn: psycopg.Connection, sql: str, case: Case, setup: str = "") -> 
             conn.execute(setup)
         ids = [row[0] for row in conn.execute(sql.format(where=where, k=K), params)]
     return Measured(ids, time.perf_counter() - started)
+
+
+def run_orm(session: Session, vector: np.ndarray) -> Measured:
+    """The unfiltered query as a SQLAlchemy user writes it with pgvector-python."""
+    started = time.perf_counter()
+    query = select(Product).order_by(Product.embedding.cosine_distance(HalfVector(vector))).limit(K)
+    ids = [product.id for product in session.scalars(query)]
+    session.rollback()
+    elapsed = time.perf_counter() - started
+    session.expunge_all()
+    return Measured(ids, elapsed)
 
 
 def run_prodvec(session: Session, vector: np.ndarray, where: list) -> Measured:
@@ -290,62 +311,89 @@ def p(values: list[float], q: float) -> float:
 def evaluate(url: str, catalog: Catalog, cases: list[Case], label: str) -> dict[str, dict[str, Cell]]:
     stored = catalog.vectors.astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    # Every answer first: the brute force reads the whole catalog, which would leave the CPU
+    # caches cold for whichever query ran right after it.
+    truths = [truth(stored, case, catalog) for case in cases]
+    del stored
     engine = create_engine(sqlalchemy_url(url))
     event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
     methods = ("naive", "iterative", "prodvec", "prodvec+cat")
     cells: dict[str, dict[str, Cell]] = {m: {} for m in methods}
+    baselines: dict[str, list[float]] = {name: [] for name in BASELINES}
     strategies: dict[str, Counter[str]] = {}
     with psycopg.connect(url, autocommit=True) as conn, Session(engine) as session:
         register_vector(conn)
+
+        def run_in_random_order(case: Case, methods: dict[str, Callable[[], Measured]]) -> dict[str, Measured]:
+            # With the unfiltered query three ways beside each filtered one, in a random order:
+            # the first query after another connection's runs slower, whichever it is.
+            runs = {
+                "raw": lambda: run_sql(conn, UNFILTERED, case),
+                "orm": lambda: run_orm(session, case.vector),
+                "api": lambda: run_prodvec(session, case.vector, []),
+                **methods,
+            }
+            names = list(runs)
+            order.shuffle(names)
+            measured = {name: runs[name]() for name in names}
+            for name in BASELINES:
+                baselines[name].append(measured.pop(name).seconds)
+            return measured
+
+        order = np.random.default_rng(0)
         for case in cases[:20]:  # warm caches and connections
             run_sql(conn, NAIVE, case)
             run_prodvec(session, case.vector, case.filter.clauses())
-        baseline = [run_sql(conn, UNFILTERED, c).seconds for c in cases]
-        baseline_api = [run_prodvec(session, c.vector, []).seconds for c in cases[:200]]
-        for case in cases:
-            right, need = truth(stored, case, catalog)
-            key = case.selectivity
-            runs = {
-                "naive": run_sql(conn, NAIVE, case),
-                "iterative": run_sql(conn, ITERATIVE, case, "SET LOCAL hnsw.iterative_scan = relaxed_order"),
-                "prodvec": run_prodvec(session, case.vector, case.filter.clauses()),
-            }
+        for case, (right, need) in zip(cases, truths, strict=True):
+            runs = run_in_random_order(case, {
+                "naive": lambda: run_sql(conn, NAIVE, case),
+                "iterative": lambda: run_sql(conn, ITERATIVE, case, "SET LOCAL hnsw.iterative_scan = relaxed_order"),
+                "prodvec": lambda: run_prodvec(session, case.vector, case.filter.clauses()),
+            })
             for method, measured in runs.items():
-                cells[method].setdefault(key, Cell([], [], [], [])).add(measured, right, need, case.placement)
-            strategies.setdefault(key, Counter())[runs["prodvec"].strategy] += 1
+                cells[method].setdefault(case.selectivity, Cell([], [], [], [])).add(
+                    measured, right, need, case.placement)
+            strategies.setdefault(case.selectivity, Counter())[runs["prodvec"].strategy] += 1
         # The same queries again once categories have their own indexes (`prodvec category-indexes`).
         started = time.perf_counter()
         made = conn.execute("SELECT count(*) FROM prodvec_index_categories(%s)", (CATEGORY_INDEX_MIN,)).fetchone()[0]
         print(f"  {made} per-category indexes (categories with >= {CATEGORY_INDEX_MIN} products) built in "
               f"{time.perf_counter() - started:.1f} s")
-        plan._facts_cache.clear()
+        plan.forget()
         for case in cases:  # warm again, every query once: the index builds took the caches
             run_prodvec(session, case.vector, case.filter.clauses())
-        for case in cases:
-            right, need = truth(stored, case, catalog)
-            measured = run_prodvec(session, case.vector, case.filter.clauses())
+        plan.forget()  # but no estimates from the warm-up: each filter's first query asks the planner
+        for case, (right, need) in zip(cases, truths, strict=True):
+            (measured,) = run_in_random_order(
+                case, {"prodvec+cat": lambda: run_prodvec(session, case.vector, case.filter.clauses())}).values()
             cells["prodvec+cat"].setdefault(case.selectivity, Cell([], [], [], [])).add(
                 measured, right, need, case.placement)
         conn.execute("SELECT count(*) FROM prodvec_index_categories(2147483647)")  # dropped again: --pgdata reuse
-        plan._facts_cache.clear()
+        plan.forget()
     engine.dispose()
-    print(f"\n{label}: unfiltered HNSW p50 {p(baseline, .5):.2f} ms, p95 {p(baseline, .95):.2f} ms (raw SQL, "
-          f"'unf'); through prodvec's API p50 {p(baseline_api, .5):.2f} ms ('api'). Load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, shared_buffers {show(url, 'shared_buffers')}.")
+    raw, orm, api = (p(baselines[name], .5) for name in BASELINES)
+    print(f"\n{label}: the unfiltered query, run beside every filtered one: p50 {raw:.2f} ms as raw SQL "
+          f"('unf'), {orm:.2f} ms as a SQLAlchemy ORM query loading Products ('orm'), {api:.2f} ms through "
+          f"prodvec's API ('api'). Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
+          f"shared_buffers {show(url, 'shared_buffers')}.")
+    distinct = {key: len({c.filter for c in cases if c.selectivity == key}) for key in SELECTIVITIES}
+    print("Distinct filters (prodvec reuses a filter's planner estimate for 60 s): "
+          + ", ".join(f"{key} {n} of {sum(c.selectivity == key for c in cases)} queries" for key, n in distinct.items()))
     print(f"{'filter':>7} {'method':>10} {'complete':>9} {'recall@10':>10} {'min rec':>8} {'p50 ms':>8} "
-          f"{'p95 ms':>8} {'p50/unf':>8} {'p50/api':>8} {'near p50':>9} {'far p50':>8}  prodvec strategies")
+          f"{'p95 ms':>8} {'p50/unf':>8} {'p50/orm':>8} {'p50/api':>8} {'near p50':>9} {'far p50':>8}  "
+          "prodvec strategies")
     for key in SELECTIVITIES:
         for method in methods:
             cell = cells[method][key]
             note = ", ".join(f"{s} {n}" for s, n in sorted(strategies[key].items())) if method == "prodvec" else ""
             if method == "prodvec+cat":
                 note = "category index" if made and key != "50%" else "no category index: as prodvec"
+            p50 = p(cell.seconds, .5)
             print(f"{key:>7} {method:>10} {100 * np.mean(cell.complete):8.0f}% {np.mean(cell.recall):10.3f} "
-                  f"{min(cell.recall):8.2f} {p(cell.seconds, .5):8.2f} {p(cell.seconds, .95):8.2f} "
-                  f"{p(cell.seconds, .5) / p(baseline, .5):7.1f}x "
-                  f"{p(cell.seconds, .5) / p(baseline_api, .5):7.1f}x {p(cell.seconds_of('near'), .5):9.2f} "
+                  f"{min(cell.recall):8.2f} {p50:8.2f} {p(cell.seconds, .95):8.2f} {p50 / raw:7.1f}x "
+                  f"{p50 / orm:7.1f}x {p50 / api:7.1f}x {p(cell.seconds_of('near'), .5):9.2f} "
                   f"{p(cell.seconds_of('far'), .5):8.2f}  {note}")
-    cells["unfiltered"] = {"all": Cell([], [], baseline, [])}
+    cells["unfiltered"] = {"all": Cell([], [], baselines["raw"], [])}
     return cells
 
 
