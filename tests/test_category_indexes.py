@@ -128,5 +128,24 @@ def test_a_category_alone_needs_no_planner_estimate(
     assert_exact(both, catalog, query, np.isin(catalog.category, ["bags", "shoes"]))
     with pytest.raises(AssertionError, match="need not be asked"):  # another term: it must be asked
         similar_to_many(db, [query], k=10, where=[Product.category == "bags", Product.stock > 0])
-    with pytest.raises(AssertionError, match="need not be asked"):  # "rare" has no index
-        similar_to_many(db, [query], k=10, where=[Product.category.in_(["bags", "rare"])])
+    with pytest.raises(AssertionError, match="need not be asked"):  # no index, no statistics for "gloves"
+        similar_to_many(db, [query], k=10, where=[Product.category.in_(["bags", "gloves"])])
+
+
+def test_the_statistics_size_a_category_filter_without_asking_the_planner(
+    conn: psycopg.Connection, catalog: Catalog, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No category indexes: ANALYZE's most common categories give what a category filter keeps."""
+    plan.forget()
+
+    def no_estimate(*args: object) -> int:
+        raise AssertionError("the statistics know the category: the planner need not be asked")
+
+    monkeypatch.setattr(plan, "_planner_estimate", no_estimate)
+    query = catalog.query_near("hats", 5)
+    where = [Product.category.in_(["rare", "hats"])]
+    (result,) = similar_to_many(db, [query], k=10, where=where)
+    mask = np.isin(catalog.category, ["rare", "hats"])
+    # ANALYZE read every row of this small table: its shares are the true ones (of all products).
+    assert result.candidates == pytest.approx(mask.sum(), rel=0.05)
+    assert_exact(result, catalog, query, mask)

@@ -4,9 +4,10 @@ Few → exact distances over just those rows (the B-trees find them). More → t
 first: up to a few exact passes' worth, one quick look (its first search, no iterative scan);
 beyond, an iterative scan sized for k and the filter's selectivity. A filter pinned to one
 category that has its own index (migrations/0003) gets an iterative scan of that category's
-graph, near or far from the query. The estimate is
-the planner's; where it is wrong every way stays correct: an exact pass is capped (over the
-cap, the index takes over) and an index pass that comes back short hands over to exact.
+graph, near or far from the query. The estimate is the planner's (EXPLAIN, kept a while per
+filter), or for a filter on categories alone what their indexes hold or the statistics the
+planner would read; where it is wrong every way stays correct: an exact pass is capped (over
+the cap, the index takes over) and an index pass that comes back short hands over to exact.
 """
 from __future__ import annotations
 
@@ -75,10 +76,21 @@ class TableFacts:
     indexed_rows: float | None  # planner's estimate of products with an embedding; None before ANALYZE
     dimensions: int | None  # the embedding column's, None if untyped
     category_indexes: dict[str, float]  # category with its own index → products the index holds
+    #: Category → its share of the products, for the categories ANALYZE found most common
+    #: (pg_stats.most_common_vals: the planner's own figures for `category = …`).
+    category_shares: dict[str, float]
 
     def category_index_rows(self, category: str | None) -> float | None:
         """Products in the category's own index, None when it has none."""
         return self.category_indexes.get(category) if category is not None else None
+
+    def category_rows(self, category: str) -> float | None:
+        """Embedded products in the category: its index's count, or the planner's estimate
+        from the statistics; None when neither knows the category."""
+        if category in self.category_indexes:
+            return self.category_indexes[category]
+        share = self.category_shares.get(category)
+        return None if share is None or self.indexed_rows is None else share * self.indexed_rows
 
 
 @dataclass(frozen=True)
@@ -135,13 +147,14 @@ def table_facts(session: Session) -> TableFacts:
     facts = _facts.get(key)
     if facts is not None:
         return facts
-    ((indexed_rows, dimensions, category_indexes),) = execute.fetch(
+    ((indexed_rows, dimensions, category_indexes, category_shares),) = execute.fetch(
         session, queries("search_passes.sql")["table_facts"], {}
     )
     facts = TableFacts(
         float(indexed_rows) if indexed_rows is not None and indexed_rows >= 0 else None,
         dimensions if dimensions > 0 else None,
         {category: float(products) for category, products in category_indexes.items()},
+        {category: float(share) for category, share in category_shares.items()},
     )
     _facts.put(key, facts)
     return facts
@@ -149,16 +162,16 @@ def table_facts(session: Session) -> TableFacts:
 
 def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     total = max(facts.indexed_rows or 0.0, 1.0)
-    # Without a filter the table's row count is the estimate, and a filter that is only indexed
-    # categories keeps what their indexes hold: no need to ask the planner.
-    in_categories = [facts.category_index_rows(category) for category in query.filter.categories]
     # One category's own index serves searches of the column it indexes (embedding) only.
-    in_category = in_categories[0] if len(in_categories) == 1 and query.vector_column == "embedding" else None
+    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
     if query.filter.empty:
         # No filter: the index's first search holds the k nearest (but the query product).
         ef_search = min(EF_SEARCH_LIMIT, max(EF_SEARCH_MIN, query.k + 1))
         return Plan(int(total), None, IndexSettings(ef_search=ef_search, max_scan_tuples=None, inner_limit=query.k))
-    if query.filter.categories_only and in_categories and None not in in_categories:
+    # A filter that is only categories keeps what their indexes hold, or what the statistics
+    # say they hold (as the planner would reckon): no need to ask it.
+    in_categories = [facts.category_rows(category) for category in query.filter.categories]
+    if query.filter.categories_only and None not in in_categories:
         estimate = int(sum(in_categories))  # type: ignore[arg-type]  # None ruled out just above
     else:
         estimate = _planner_estimate(session, query)

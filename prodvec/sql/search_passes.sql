@@ -54,18 +54,23 @@ SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
 -- name: table_facts
 -- What plans are sized by (prodvec/search/plan.py, cached): products with an embedding as the
 -- planner estimates them (reltuples is -1 before the first VACUUM or ANALYZE), the vector
--- column's dimensions, and the per-category indexes (migrations/0003): category (the index's
--- comment) → products it holds.
+-- column's dimensions, the per-category indexes (migrations/0003): category (the index's
+-- comment) → products it holds, and the most common categories' shares of the products.
 SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
        a.atttypmod AS dimensions,
        (SELECT coalesce(json_object_agg(obj_description(x.indexrelid, 'pg_class'), ic.reltuples), '{}')
         FROM pg_index x JOIN pg_class ic ON ic.oid = x.indexrelid
         WHERE x.indrelid = c.oid AND starts_with(ic.relname, 'products_embedding_hnsw_c_')
-          AND obj_description(x.indexrelid, 'pg_class') IS NOT NULL) AS category_indexes
+          AND obj_description(x.indexrelid, 'pg_class') IS NOT NULL) AS category_indexes,
+       (SELECT coalesce(json_object_agg(common.category, common.share), '{}')
+        FROM unnest(cs.most_common_vals::text::text[], cs.most_common_freqs) AS common (category, share)
+       ) AS category_shares
 FROM pg_class c
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
 LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
                     AND s.tablename = c.relname AND s.attname = 'embedding'
+LEFT JOIN pg_stats cs ON cs.schemaname = c.relnamespace::regnamespace::text
+                     AND cs.tablename = c.relname AND cs.attname = 'category'
 WHERE c.oid = 'products'::regclass
 
 -- name: index
