@@ -58,17 +58,15 @@ class Query:
 class IndexSettings:
     ef_search: int  # candidate list per index pass
     #: Index tuples visited before the iterative scan gives up; None: no iterative scan, the
-    #: index returns its first ef_search candidates only.
+    #: index returns its first ef_search candidates only. The iterative scan runs in strict
+    #: distance order: its first k matches are the nearest it saw, whichever index PostgreSQL
+    #: picks (relaxed order would need more rows re-sorted, and costs more: measured at 50%
+    #: selectivity on 100k rows, p50 1.5/1.9 ms near/far strict vs 2.0/3.0 relaxed re-sorting 2k).
     max_scan_tuples: int | None
-    inner_limit: int  # rows taken from the index (≥ k) and re-sorted by exact distance
-    #: Iterative scan in strict distance order: what it returns are the nearest matches it saw,
-    #: whichever index PostgreSQL picks (relaxed order may return far ones first).
-    strict_order: bool = False
 
     def as_params(self) -> dict[str, str]:
-        scan = "strict_order" if self.strict_order else "relaxed_order"
         return {
-            "iterative_scan": "off" if self.max_scan_tuples is None else scan,
+            "iterative_scan": "off" if self.max_scan_tuples is None else "strict_order",
             "ef_search": str(self.ef_search),
             "max_scan_tuples": str(self.max_scan_tuples or 1),  # unused with the scan off
         }
@@ -91,7 +89,7 @@ def exact_capped(session: Session, query: Query, cap: int) -> list[Hit] | None:
 
 def index(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
     """The index's answer: up to k hits, fewer when the scan gave up (or fewer products match)."""
-    sql = statement("index", query.filter, query.vector_column, k=query.k, inner_limit=settings.inner_limit)
+    sql = statement("index", query.filter, query.vector_column, k=query.k)
     set_local = queries("search_passes.sql")["index_settings"]
     with _connection(session, sql) as conn:
         # In autocommit mode there is no transaction to hold a savepoint: make one.

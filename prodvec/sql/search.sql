@@ -10,26 +10,19 @@ ORDER BY embedding <=> %(query)s::halfvec
 LIMIT 10
 
 -- name: filtered_settings
--- Before a filtered index query, in the same transaction: keep scanning the index until
--- LIMIT rows pass the filter (or max_scan_tuples index tuples were visited).
-SET LOCAL hnsw.iterative_scan = relaxed_order;
+-- Before a filtered index query, in the same transaction: keep scanning the index, in exact
+-- distance order, until LIMIT rows pass the filter (or max_scan_tuples index tuples were visited).
+SET LOCAL hnsw.iterative_scan = strict_order;
 SET LOCAL hnsw.ef_search = 100;
 SET LOCAL hnsw.max_scan_tuples = 20000
 
 -- name: filtered_nearest
--- Filtered, through the index: take 2k rows in the index's relaxed order, re-sort them
--- exactly. "+ 0" makes the outer sort real: PostgreSQL 17+ would otherwise trust the CTE's
--- ORDER BY and skip it. Fewer than k rows back means the scan gave up: run filtered_exact.
-WITH nearest AS MATERIALIZED (
-    SELECT id, embedding <=> %(query)s::halfvec AS distance
-    FROM products
-    WHERE category = %(category)s AND price <= %(max_price)s
-    ORDER BY embedding <=> %(query)s::halfvec
-    LIMIT 20
-)
-SELECT p.id, p.sku, p.title, n.distance
-FROM nearest n JOIN products p ON p.id = n.id
-ORDER BY n.distance + 0, p.id
+-- Filtered, through the index: the scan returns matches nearest first. Fewer than k rows back
+-- means the scan gave up: run filtered_exact.
+SELECT id, sku, title, embedding <=> %(query)s::halfvec AS distance
+FROM products
+WHERE category = %(category)s AND price <= %(max_price)s
+ORDER BY embedding <=> %(query)s::halfvec
 LIMIT 10
 
 -- name: filtered_exact

@@ -74,18 +74,17 @@ LEFT JOIN pg_stats cs ON cs.schemaname = c.relnamespace::regnamespace::text
 WHERE c.oid = 'products'::regclass
 
 -- name: index
--- Through the HNSW index: {inner_limit} rows in the index's order, re-sorted exactly (a
--- relaxed iterative scan returns them only roughly in order; otherwise inner_limit is k). The
--- materialized CTE keeps the re-sort out of the index scan; "+ 0" makes the outer sort real
--- (PostgreSQL 17+ would trust the CTE's ORDER BY, pgvector#862).
+-- Through the HNSW index: its first k matches, in distance order (the first search alone, or
+-- the iterative scan in strict order). The materialized CTE keeps the final sort (ties by id)
+-- out of the index scan; "+ 0" makes that sort real (PostgreSQL 17+ would trust the CTE's
+-- ORDER BY, pgvector#862).
 WITH nearest AS MATERIALIZED (
     SELECT {columns}, {vector_column} <=> %(query)s AS distance
     FROM products
     WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
     ORDER BY {vector_column} <=> %(query)s
-    LIMIT {inner_limit}
+    LIMIT {k}
 )
 SELECT *
 FROM nearest
 ORDER BY distance + 0, id
-LIMIT {k}
