@@ -27,8 +27,9 @@ planner estimate for 60 s; the run prints how many distinct filters each selecti
 Runs on a private embedded server (shared_buffers 512MB: the 100k table and its index fit),
 loads with binary COPY, then builds the migrations' HNSW index (prodvec_hnsw_options(): m=32,
 ef_construction=200) as `prodvec worker --once --bulk` does. About 3 minutes on 2 cores with
-the defaults. 1M rows (--rows 1000000) was not run: on 2 cores the index build alone would
-take many minutes (10x the rows, and the graph outgrows maintenance_work_mem = 1GB).
+the defaults. At 1M rows (--rows 1000000 --small-rows 100000 --maintenance-work-mem 4GB) a run
+took 28 minutes on 2 cores: COPY 20 s, HNSW build 828 s, the 20 category indexes ~15 minutes;
+the table and its indexes then outgrow shared_buffers, and pages come from the OS cache.
 """
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.models import Product
 from prodvec.search import plan, similar_to
-from prodvec.worker.bulk import rebuild_hnsw_index
+from prodvec.worker.bulk import index_categories, rebuild_hnsw_index
 
 DIMENSIONS = 512
 CATEGORIES = 20
@@ -192,7 +193,7 @@ def _filter_for(selectivity: str, catalog: Catalog, rng: np.random.Generator) ->
 
 # ---- database ---------------------------------------------------------------------------------
 
-def load(server_url: str, catalog: Catalog, name: str) -> str:
+def load(server_url: str, catalog: Catalog, name: str, maintenance_work_mem: str) -> str:
     """A database holding the catalog with its HNSW index; reused when already there."""
     url = with_dbname(server_url, name)
     ensure_database(server_url, name)
@@ -215,7 +216,7 @@ def load(server_url: str, catalog: Catalog, name: str) -> str:
                     Decimal(f"{catalog.price[i]:.2f}"), 10 if catalog.in_stock[i] else 0, HalfVector(vector),
                 ))
         copied = time.perf_counter() - started
-        built = rebuild_hnsw_index(url)
+        built = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
         conn.execute("VACUUM ANALYZE products")
     print(f"  {name}: COPY {len(catalog.vectors):,} rows {copied:.1f} s, HNSW build {built:.1f} s")
     return url
@@ -308,7 +309,9 @@ def p(values: list[float], q: float) -> float:
     return float(np.quantile(values, q)) * 1000
 
 
-def evaluate(url: str, catalog: Catalog, cases: list[Case], label: str) -> dict[str, dict[str, Cell]]:
+def evaluate(
+    url: str, catalog: Catalog, cases: list[Case], label: str, maintenance_work_mem: str
+) -> dict[str, dict[str, Cell]]:
     stored = catalog.vectors.astype(np.float32)
     stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     # Every answer first: the brute force reads the whole catalog, which would leave the CPU
@@ -356,7 +359,7 @@ def evaluate(url: str, catalog: Catalog, cases: list[Case], label: str) -> dict[
             strategies.setdefault(case.selectivity, Counter())[runs["prodvec"].strategy] += 1
         # The same queries again once categories have their own indexes (`prodvec category-indexes`).
         started = time.perf_counter()
-        made = conn.execute("SELECT count(*) FROM prodvec_index_categories(%s)", (CATEGORY_INDEX_MIN,)).fetchone()[0]
+        made = len(index_categories(url, min_products=CATEGORY_INDEX_MIN, maintenance_work_mem=maintenance_work_mem))
         print(f"  {made} per-category indexes (categories with >= {CATEGORY_INDEX_MIN} products) built in "
               f"{time.perf_counter() - started:.1f} s")
         plan.forget()
@@ -377,8 +380,9 @@ def evaluate(url: str, catalog: Catalog, cases: list[Case], label: str) -> dict[
           f"prodvec's API ('api'). Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs, "
           f"shared_buffers {show(url, 'shared_buffers')}.")
     distinct = {key: len({c.filter for c in cases if c.selectivity == key}) for key in SELECTIVITIES}
+    queries = {key: sum(c.selectivity == key for c in cases) for key in SELECTIVITIES}
     print("Distinct filters (prodvec reuses a filter's planner estimate for 60 s): "
-          + ", ".join(f"{key} {n} of {sum(c.selectivity == key for c in cases)} queries" for key, n in distinct.items()))
+          + ", ".join(f"{key} {n} of {queries[key]} queries" for key, n in distinct.items()))
     print(f"{'filter':>7} {'method':>10} {'complete':>9} {'recall@10':>10} {'min rec':>8} {'p50 ms':>8} "
           f"{'p95 ms':>8} {'p50/unf':>8} {'p50/orm':>8} {'p50/api':>8} {'near p50':>9} {'far p50':>8}  "
           "prodvec strategies")
@@ -425,6 +429,11 @@ def main() -> None:
         help="the server's shared_buffers (default 512MB: 100k rows and their index take ~250 MB; "
         "PostgreSQL's own default, 128MB, makes every method read pages from the OS cache)",
     )
+    parser.add_argument(
+        "--maintenance-work-mem", default="1GB",
+        help="for the index builds (default 1GB; a graph that outgrows it builds far slower: at 1M "
+        "rows give it 4GB)",
+    )
     args = parser.parse_args()
 
     pgdata = args.pgdata or Path(tempfile.mkdtemp(prefix="prodvec-bench-")) / "pgdata"
@@ -435,9 +444,10 @@ def main() -> None:
         for rows in [r for r in (args.small_rows, args.rows) if r]:
             catalog = make_catalog(rows, args.seed)
             name = f"bench_v{DATA_VERSION}_{rows}_{args.seed}"
-            url = load(server, catalog, name)
+            url = load(server, catalog, name, args.maintenance_work_mem)
             cases = make_cases(catalog, args.queries, args.seed)
-            results[rows] = evaluate(url, catalog, cases, f"{rows:,} rows, {len(cases)} queries, k={K}")
+            results[rows] = evaluate(url, catalog, cases, f"{rows:,} rows, {len(cases)} queries, k={K}",
+                                     args.maintenance_work_mem)
     finally:
         if args.pgdata is None:
             stop_server(pgdata)

@@ -202,7 +202,8 @@ def index_settings(k: int, matches: float, total: float) -> IndexSettings:
     ef_search = int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, CANDIDATES_PER_HIT * k / selectivity)))
     if matches <= QUICK_LOOK_MAX_ROWS and selectivity <= QUICK_LOOK_MAX_SHARE:
         return IndexSettings(ef_search=ef_search, max_scan_tuples=None)
-    return IndexSettings(ef_search=ef_search, max_scan_tuples=int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches)))
+    budget = int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches))
+    return IndexSettings(ef_search=ef_search, max_scan_tuples=budget)
 
 
 def _planner_estimate(session: Session, query: Query) -> int:
