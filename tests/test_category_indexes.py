@@ -149,3 +149,29 @@ def test_the_statistics_size_a_category_filter_without_asking_the_planner(
     # ANALYZE read every row of this small table: its shares are the true ones (of all products).
     assert result.candidates == pytest.approx(mask.sum(), rel=0.05)
     assert_exact(result, catalog, query, mask)
+
+
+def test_index_check_searches_products_with_their_own_vectors_through_the_index(
+    conn: psycopg.Connection, db_url: str, catalog: Catalog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def main_index_scans() -> int:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        (scans,) = conn.execute(
+            "SELECT coalesce(idx_scan, 0) FROM pg_stat_user_indexes WHERE indexrelname = 'products_embedding_hnsw'"
+        ).fetchone()
+        return scans
+
+    before = main_index_scans()
+    assert main(["index-check", "--sample", "50", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["searched"] == 50 and report["ef_search"] == 40
+    # A 400-product graph: every product within reach (found counts it back first, at distance 0).
+    assert report["found"] == 50 and report["share"] == 1.0
+    deadline = time.monotonic() + 5
+    while main_index_scans() < before + 50 and time.monotonic() < deadline:  # stats arrive once idle
+        time.sleep(0.1)
+    assert main_index_scans() >= before + 50  # through the index, not a sort of the table
+
+    conn.execute("DROP INDEX products_embedding_hnsw")
+    assert main(["index-check"]) == 2
+    assert "no HNSW index" in capsys.readouterr().err

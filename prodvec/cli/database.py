@@ -1,4 +1,5 @@
-"""`prodvec db start|stop|status|url`, `prodvec migrate` and `prodvec category-indexes`."""
+"""`prodvec db start|stop|status|url`, `prodvec migrate`, `prodvec category-indexes` and
+`prodvec index-check`."""
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                             help="embedded products a category needs for its own index [1000]")
     categories.add_argument("--json", action="store_true")
     categories.set_defaults(handler=_category_indexes)
+
+    check = commands.add_parser(
+        "index-check",
+        help="search sampled products with their own vectors through the HNSW index: how many does it reach?",
+    )
+    check.add_argument("--sample", type=int, default=1000, help="products to search [1000]")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(handler=_index_check)
 
 
 def _require_embedded() -> None:
@@ -100,4 +109,24 @@ def _category_indexes(args: argparse.Namespace) -> int:
         print_table(rows, ["category", "products", "index_name", "action"])
     else:
         print(f"no category has {args.min_products} embedded products: no per-category indexes")
+    return 0
+
+
+#: Below this share of sampled products found, index-check says what to do about it.
+REACH_WARNING_SHARE = 0.99
+
+
+def _index_check(args: argparse.Namespace) -> int:
+    from prodvec.worker.bulk import index_reachability
+
+    if args.sample < 1:
+        raise ConfigError("--sample must be at least 1")
+    report = index_reachability(database_url(), sample=args.sample)
+    print_report(report, as_json=args.json)
+    if not args.json and report["share"] is not None and report["share"] < REACH_WARNING_SHARE:
+        print(
+            f"{1 - report['share']:.1%} of the sampled products are out of the index's reach: plain SQL "
+            "searches miss them (Product.similar_to's exact passes do not). A rebuild gives a new graph "
+            "(REINDEX INDEX products_embedding_hnsw); denser ones reach more (prodvec_hnsw_options())."
+        )
     return 0

@@ -12,3 +12,21 @@ SELECT prodvec_create_vector_indexes();
 -- `prodvec category-indexes`: an index per category with enough products, stale ones dropped
 -- (prodvec_index_categories() in migrations/0003_category_indexes.sql).
 SELECT category, products, index_name, action FROM prodvec_index_categories(%(min_products)s);
+
+-- name: reachability
+-- `prodvec index-check`: sampled products searched through the HNSW index (at the session's
+-- hnsw.ef_search) with their own vectors. One that does not come back first, at distance 0,
+-- lies where no search reaches it: a graph can leave products so on clustered vectors
+-- (migrations/0004). Run with enable_seqscan off, so that a small table is searched through
+-- the index too rather than sorted.
+SELECT count(*) AS searched,
+       count(*) FILTER (WHERE nearest.distance <= 1e-5) AS found
+FROM (
+    SELECT embedding FROM products WHERE embedding IS NOT NULL ORDER BY random() LIMIT %(sample)s
+) sampled
+CROSS JOIN LATERAL (
+    SELECT p.embedding <=> sampled.embedding AS distance
+    FROM products p
+    ORDER BY p.embedding <=> sampled.embedding
+    LIMIT 1
+) nearest;

@@ -1,4 +1,4 @@
-"""Building HNSW indexes: around bulk backfills, and per category.
+"""Building HNSW indexes (around bulk backfills, and per category), and checking their reach.
 
 Every vector written into an indexed column (embedding; embedding_coarse too under
 PRODVEC_CATALOG_VIEWS=multi) is also inserted into its HNSW graph, which
@@ -21,6 +21,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from prodvec.db.connection import connect
+from prodvec.errors import DatabaseError
 from prodvec.sql import queries
 
 log = logging.getLogger("prodvec.worker")
@@ -57,6 +58,24 @@ def index_categories(url: str, *, min_products: int, maintenance_work_mem: str =
         _for_index_builds(conn, maintenance_work_mem)
         cursor = conn.cursor(row_factory=dict_row)
         return cursor.execute(_SQL["index_categories"], {"min_products": min_products}).fetchall()
+
+
+def index_reachability(url: str, *, sample: int) -> dict[str, Any]:
+    """`prodvec index-check`: of ``sample`` random embedded products, searched through the
+    products.embedding index with their own vectors, how many come back first (searched, found,
+    share, ef_search). Products it misses are found by exact passes only."""
+    with connect(url) as conn:
+        if conn.execute("SELECT to_regclass('products_embedding_hnsw')").fetchone()[0] is None:
+            raise DatabaseError(
+                "products.embedding has no HNSW index (a bulk backfill stopped before rebuilding it?): "
+                "run `prodvec worker --once --bulk`, or SELECT prodvec_create_vector_indexes()"
+            )
+        conn.execute("SET LOCAL enable_seqscan = off")
+        cursor = conn.cursor(row_factory=dict_row)
+        report = cursor.execute(_SQL["reachability"], {"sample": sample}).fetchone()
+        report["share"] = report["found"] / report["searched"] if report["searched"] else None
+        report["ef_search"] = int(conn.execute("SHOW hnsw.ef_search").fetchone()[0])
+        return report
 
 
 def _for_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) -> None:
