@@ -3,12 +3,12 @@
 --
 -- Why: on clustered vectors (product photos are: shoes near shoes) an m = 16 graph leaves
 -- products that no search reaches. Measured on 100k clustered 512-d vectors
--- (benchmarks/filtered_search.py's catalog): searched with its own vector, 1.5–2% of a random
--- sample of products did not come back first, and in one build half of one cluster
--- (278 of 534) could not be found at any ef_search; unfiltered recall@10 was 0.978 with 8 of
--- 400 queries below 0.5. At m = 32, ef_construction = 200: 0.1–0.4% unreached, recall@10
--- 0.9997, none below 0.5. The cost: builds take ~2.2x as long (21 → 47 s at 100k on 2 cores),
--- an unfiltered search ~15% longer, inserts into the index more.
+-- (benchmarks/filtered_search.py's catalog): searched with its own vector, 0.9–1.8% of a
+-- random 1,000 products did not come back first (three builds), and in one build half of one
+-- cluster (278 of 534) was not found at ef_search 40 nor 200; unfiltered recall@10 was
+-- 0.978–0.989 with 4–8 of 400 queries below 0.5. At m = 32, ef_construction = 200: 0.4–0.5%
+-- unreached, recall@10 0.9997, none below 0.5. The cost: builds take ~2.2x as long (21 → 46 s
+-- at 100k on 2 cores), an unfiltered search up to ~15% longer, inserts into the index ~2x.
 --
 -- Every HNSW index prodvec makes takes its options from prodvec_hnsw_options() from now on.
 -- This migration rebuilds the existing indexes: on a large catalog that takes a while
