@@ -28,6 +28,7 @@ VECTOR_COLUMNS = ("embedding", "embedding_coarse")
 PRODUCT_COLUMNS: dict[str, str] = {
     attr.key: attr.columns[0].name for attr in inspect(Product).column_attrs if not attr.deferred
 }
+_COLUMNS_SQL = ", ".join(PRODUCT_COLUMNS.values())
 
 
 @dataclass(frozen=True)
@@ -52,10 +53,10 @@ class Filter:
         return self.categories[0] if len(self.categories) == 1 else None
 
 
-def pinned_categories(where: Sequence[ColumnElement[bool]]) -> tuple[str, ...]:
+def _pinned_categories(terms: Sequence[ColumnElement[bool]]) -> tuple[str, ...]:
     """The categories a filter restricts matches to, read from its top-level AND terms
     (`category == x`, or `category.in_([...])` of plain strings); () if it says none."""
-    for term in [term for clause in where for term in _and_terms(clause)]:
+    for term in terms:
         if not isinstance(term, BinaryExpression) or not term.left.compare(Product.__table__.c.category):
             continue
         value = term.right.effective_value if isinstance(term.right, BindParameter) else None
@@ -86,8 +87,8 @@ def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Fi
     clash = OWN_PARAMETERS & params.keys()
     if clash:
         raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
-    categories = pinned_categories(where)
     terms = [term for clause in where for term in _and_terms(clause)]
+    categories = _pinned_categories(terms)
     return Filter(compiled.string, params, categories, categories_only=bool(categories) and len(terms) == 1)
 
 
@@ -96,8 +97,7 @@ def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0],
     searched and LIMITs in place."""
     if vector_column not in VECTOR_COLUMNS:  # SQL text, never a caller's string
         raise ValueError(f"not a vector column: {vector_column!r}")
-    columns = ", ".join(PRODUCT_COLUMNS.values())
     return queries("search_passes.sql")[name].format(
-        filters=filter.sql, columns=columns, vector_column=vector_column,
+        filters=filter.sql, columns=_COLUMNS_SQL, vector_column=vector_column,
         **{key: int(value) for key, value in limits.items()},
     )

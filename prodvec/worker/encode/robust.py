@@ -82,13 +82,13 @@ class ViewPolicy:
         angles = (self.turn_degrees, -self.turn_degrees) if self.turn_degrees else ()
         turned = [turned_view(photo, angle) for angle in angles]
         coarse = [coarse_view(photo, self.query_coarse)] if self.query_coarse else []
-        return [self.photo_view(photo, keep), *turned, *coarse]
+        return [self._photo(photo, keep), *turned, *coarse]
 
     def catalog_views(self, image: Image.Image, keep: float = 1.0) -> list[Image.Image]:
         """The views of one product photo the catalog stores, in ``catalog_view_names`` order."""
         photo = image.convert("RGB")
         coarse = [coarse_view(photo, self.catalog_coarse)] if self.catalog_coarse else []
-        return [self.photo_view(photo, keep), *coarse]
+        return [self._photo(photo, keep), *coarse]
 
     def penalties(self, query_views: int, catalog_views: int = 1) -> np.ndarray:
         """V×C distance added to each (query view, catalog view) pair's matches: none for photo × photo."""
@@ -98,7 +98,10 @@ class ViewPolicy:
 
     def photo_view(self, image: Image.Image, keep: float = 1.0) -> Image.Image:
         """The first view of queries and products alike: the photo, fitted or as the encoder crops it."""
-        photo = image.convert("RGB")
+        return self._photo(image.convert("RGB"), keep)
+
+    def _photo(self, photo: Image.Image, keep: float) -> Image.Image:
+        # ``photo`` is RGB already (the views convert once).
         return fitted_view(photo, keep) if self.fit else photo
 
 
