@@ -17,29 +17,38 @@ WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters
 
 -- name: exact
 -- Exact: the distance to every product the filter keeps (the B-trees find them), top k.
+-- Ranked on (id, distance) alone, the k winners joined back for their columns: projecting
+-- every column of every match cost a third more at ~1,000 matches (of 100k rows).
 -- "+ 0": the planner cannot hand this order to the HNSW index, which stops after
 -- ef_search candidates.
-SELECT {columns}, {vector_column} <=> %(query)s AS distance
-FROM products
-WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
-ORDER BY ({vector_column} <=> %(query)s) + 0, id
-LIMIT {k}
+SELECT {columns}, distance
+FROM (
+    SELECT id, {vector_column} <=> %(query)s AS distance
+    FROM products
+    WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+    ORDER BY ({vector_column} <=> %(query)s) + 0, id
+    LIMIT {k}
+) nearest
+JOIN products USING (id)
+ORDER BY distance, id
 
 -- name: exact_capped
 -- Exact as above, but the scan stops after {cap_plus_one} matching products; "kept" (the
 -- same on every row) says how many it saw, so more than the cap means it did not see all.
-SELECT *
+SELECT {columns}, distance, kept
 FROM (
-    SELECT {columns}, distance, count(*) OVER () AS kept
+    SELECT id, distance, count(*) OVER () AS kept
     FROM (
-        SELECT {columns}, {vector_column} <=> %(query)s AS distance
+        SELECT id, {vector_column} <=> %(query)s AS distance
         FROM products
         WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
         LIMIT {cap_plus_one}
     ) matching
-) counted
-ORDER BY distance + 0, id
-LIMIT {k}
+    ORDER BY distance + 0, id
+    LIMIT {k}
+) nearest
+JOIN products USING (id)
+ORDER BY distance, id
 
 -- name: index_settings
 -- Before an index pass, inside a savepoint that is rolled back after it: the iterative
