@@ -19,6 +19,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from prodvec.search import execute
@@ -220,5 +221,5 @@ def _planner_estimate(session: Session, query: Query) -> int:
     return estimate
 
 
-def _database(session: Session) -> str:
-    return str(session.get_bind().engine.url)
+def _database(session: Session) -> URL:
+    return session.get_bind().engine.url  # hashable; rendering it as a string cost ~2% of a search

@@ -61,9 +61,9 @@ class QueryVector:
     policy: ViewPolicy | None = None
 
 
-def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool) -> list[QueryVector]:
+def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | None) -> list[QueryVector]:
     """One vector per query, in order. Images go through the encoder together (with their
-    robust views when ``robust``), texts too."""
+    robust views when ``robust``; None: PRODVEC_ROBUST_QUERIES), texts too."""
     resolved: dict[int, QueryVector] = {}
     images: dict[int, Image.Image] = {}
     texts: dict[int, str] = {}
@@ -134,9 +134,12 @@ def _catalog_policy() -> ViewPolicy:
     return load_settings().catalog_policy
 
 
-def _encode_images(images: list[Image.Image], *, robust: bool) -> list[QueryVector]:
+def _encode_images(images: list[Image.Image], *, robust: bool | None) -> list[QueryVector]:
+    from prodvec.config import load_settings
     from prodvec.worker.encode.robust import embedding_model, encode_queries
 
+    if robust is None:  # read here: vector, product and text queries need no settings
+        robust = load_settings().robust_queries
     encoder, policy = _encoder(), _catalog_policy()
     per_image = encode_queries(encoder, images, robust=robust, policy=policy, batch_size=ENCODE_BATCH)  # N×V×D
     model = embedding_model(encoder.spec, policy)

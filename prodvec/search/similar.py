@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
-from prodvec.config import load_settings
 from prodvec.errors import QueryError
 from prodvec.search import execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
@@ -81,8 +80,6 @@ def similar_to_many(
 ) -> list[SearchResult]:
     """One result per query, in order; query images (and texts) go through the encoder as one batch."""
     _check_options(k, max_distance)
-    if robust is None:
-        robust = load_settings().robust_queries
     vectors = resolve(session, queries, robust=robust)
     facts = plan.table_facts(session)
     compiled = compile_filter(where, session.get_bind().dialect)
