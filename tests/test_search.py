@@ -17,7 +17,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector import HalfVector
-from sqlalchemy import literal_column, text
+from sqlalchemy import bindparam, literal_column, text
 from sqlalchemy.orm import Session
 
 from prodvec import session as open_session
@@ -240,6 +240,9 @@ def test_bad_queries(db: Session, catalog: Catalog, tmp_path: Path) -> None:
         Product.similar_to(np.ones(DIMENSIONS), session=db, k=0)
     with pytest.raises(QueryError, match="max_distance"):
         Product.similar_to(np.ones(DIMENSIONS), session=db, max_distance=-0.1)
+    # A filter's bind parameter named like the statement's own would be sent as the query vector.
+    with pytest.raises(QueryError, match=r"parameter name\(s\) \['query'\]: rename the bindparam"):
+        Product.similar_to(np.ones(DIMENSIONS), session=db, where=[Product.sku == bindparam("query", "x")])
 
 
 def test_index_settings_stay_local_and_are_restored(db: Session, catalog: Catalog, force_index: None) -> None:

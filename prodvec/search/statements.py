@@ -15,8 +15,8 @@ from prodvec.errors import QueryError
 from prodvec.models import Product
 from prodvec.sql import queries
 
-#: Parameter names of the statements themselves; a filter's own parameters must differ.
-OWN_PARAMETERS = frozenset({"query", "exclude_id", "ef_search", "max_scan_tuples"})
+#: Parameter names of the statements the filter is slotted into; its own parameters must differ.
+OWN_PARAMETERS = frozenset({"query", "exclude_id"})
 
 NO_FILTER = "TRUE"
 
