@@ -323,9 +323,13 @@ def evaluate(
     methods = ("naive", "iterative", "prodvec", "prodvec+cat")
     cells: dict[str, dict[str, Cell]] = {m: {} for m in methods}
     baselines: dict[str, list[float]] = {name: [] for name in BASELINES}
-    strategies: dict[str, Counter[str]] = {}
+    strategies: dict[tuple[str, str], Counter[str]] = {}  # (method, selectivity) → prodvec's strategies
     with psycopg.connect(url, autocommit=True) as conn, Session(engine) as session:
         register_vector(conn)
+        # The first phase runs without category indexes: a reused --pgdata may hold some (an
+        # interrupted run, or `prodvec category-indexes` run on it by hand).
+        drop_category_indexes = "SELECT count(*) FROM prodvec_index_categories(2147483647)"
+        conn.execute(drop_category_indexes)
 
         def run_in_random_order(case: Case, methods: dict[str, Callable[[], Measured]]) -> dict[str, Measured]:
             # With the unfiltered query three ways beside each filtered one, in a random order:
@@ -356,7 +360,7 @@ def evaluate(
             for method, measured in runs.items():
                 cells[method].setdefault(case.selectivity, Cell([], [], [], [])).add(
                     measured, right, need, case.placement)
-            strategies.setdefault(case.selectivity, Counter())[runs["prodvec"].strategy] += 1
+            strategies.setdefault(("prodvec", case.selectivity), Counter())[runs["prodvec"].strategy] += 1
         # The same queries again once categories have their own indexes (`prodvec category-indexes`).
         started = time.perf_counter()
         made = len(index_categories(url, min_products=CATEGORY_INDEX_MIN, maintenance_work_mem=maintenance_work_mem))
@@ -371,7 +375,8 @@ def evaluate(
                 case, {"prodvec+cat": lambda: run_prodvec(session, case.vector, case.filter.clauses())}).values()
             cells["prodvec+cat"].setdefault(case.selectivity, Cell([], [], [], [])).add(
                 measured, right, need, case.placement)
-        conn.execute("SELECT count(*) FROM prodvec_index_categories(2147483647)")  # dropped again: --pgdata reuse
+            strategies.setdefault(("prodvec+cat", case.selectivity), Counter())[measured.strategy] += 1
+        conn.execute(drop_category_indexes)  # dropped again: --pgdata reuse
         plan.forget()
     engine.dispose()
     raw, orm, api = (p(baselines[name], .5) for name in BASELINES)
@@ -389,9 +394,9 @@ def evaluate(
     for key in SELECTIVITIES:
         for method in methods:
             cell = cells[method][key]
-            note = ", ".join(f"{s} {n}" for s, n in sorted(strategies[key].items())) if method == "prodvec" else ""
-            if method == "prodvec+cat":
-                note = "category index" if made and key != "50%" else "no category index: as prodvec"
+            note = ", ".join(f"{s} {n}" for s, n in sorted(strategies.get((method, key), Counter()).items()))
+            if method == "prodvec+cat" and (not made or key == "50%"):
+                note += " (no category index applies: as prodvec)"
             p50 = p(cell.seconds, .5)
             print(f"{key:>7} {method:>10} {100 * np.mean(cell.complete):8.0f}% {np.mean(cell.recall):10.3f} "
                   f"{min(cell.recall):8.2f} {p50:8.2f} {p(cell.seconds, .95):8.2f} {p50 / raw:7.1f}x "
