@@ -58,15 +58,17 @@ class Query:
 class IndexSettings:
     ef_search: int  # candidate list per index pass
     #: Index tuples visited before the iterative scan gives up; None: no iterative scan, the
-    #: index returns its first ef_search candidates only. The iterative scan runs in strict
-    #: distance order: its first k matches are the nearest it saw, whichever index PostgreSQL
-    #: picks (relaxed order would need more rows re-sorted, and costs more: measured at 50%
-    #: selectivity on 100k rows, p50 1.5/1.9 ms near/far strict vs 2.0/3.0 relaxed re-sorting 2k).
+    #: index returns its first ef_search candidates only. The iterative scan runs in relaxed
+    #: order, its first k matches re-sorted: strict order drops a closer match it meets after a
+    #: farther one went out, so a search that starts in the wrong region of the graph keeps
+    #: its wrong answers. Measured on 1M rows: 50% filter, near queries, recall@10 0.996 (lowest
+    #: query 0.8) relaxed against 0.980 (lowest 0.0) strict; 1% far 0.934 against 0.916. Same
+    #: recall and latency at 100k, with or without category indexes.
     max_scan_tuples: int | None
 
     def as_params(self) -> dict[str, str]:
         return {
-            "iterative_scan": "off" if self.max_scan_tuples is None else "strict_order",
+            "iterative_scan": "off" if self.max_scan_tuples is None else "relaxed_order",
             "ef_search": str(self.ef_search),
             "max_scan_tuples": str(self.max_scan_tuples or 1),  # unused with the scan off
         }

@@ -189,8 +189,8 @@ def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
 def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:
     """An iterative scan of one category's graph, sized for the share of it the filter keeps;
     its budget is the whole graph, so it comes back short only when fewer than k match.
-    Should PostgreSQL still pick the main index (its cost model decides), the strict order
-    makes the scan return the nearest matches it reached, or come back short for exact."""
+    Should PostgreSQL still pick the main index (its cost model decides), the scan returns
+    the nearest matches it reached, or comes back short for exact."""
     share = min(1.0, max(matches, 1.0) / max(in_category, 1.0))
     ef_search = int(min(EF_SEARCH_MAX, max(CATEGORY_EF_SEARCH_MIN, CANDIDATES_PER_HIT * k / share)))
     return IndexSettings(ef_search=ef_search, max_scan_tuples=int(in_category) + 1)

@@ -10,20 +10,25 @@ ORDER BY embedding <=> %(query)s::halfvec
 LIMIT 10
 
 -- name: filtered_settings
--- Before a filtered index query, in the same transaction: keep scanning the index, in exact
--- distance order, until LIMIT rows pass the filter (or max_scan_tuples index tuples were visited).
-SET LOCAL hnsw.iterative_scan = strict_order;
+-- Before a filtered index query, in the same transaction: keep scanning the index until LIMIT
+-- rows pass the filter (or max_scan_tuples index tuples were visited). Relaxed order returns
+-- rows roughly by distance, so filtered_nearest sorts them; strict order drops a closer row
+-- found after a farther one went out, and loses recall when the search starts off course.
+SET LOCAL hnsw.iterative_scan = relaxed_order;
 SET LOCAL hnsw.ef_search = 100;
 SET LOCAL hnsw.max_scan_tuples = 20000
 
 -- name: filtered_nearest
--- Filtered, through the index: the scan returns matches nearest first. Fewer than k rows back
--- means the scan gave up: run filtered_exact.
-SELECT id, sku, title, embedding <=> %(query)s::halfvec AS distance
-FROM products
-WHERE category = %(category)s AND price <= %(max_price)s
-ORDER BY embedding <=> %(query)s::halfvec
-LIMIT 10
+-- Filtered, through the index: the scan's first k matches, sorted (MATERIALIZED keeps the
+-- sort above the scan). Fewer than k rows back means the scan gave up: run filtered_exact.
+WITH nearest AS MATERIALIZED (
+    SELECT id, sku, title, embedding <=> %(query)s::halfvec AS distance
+    FROM products
+    WHERE category = %(category)s AND price <= %(max_price)s
+    ORDER BY embedding <=> %(query)s::halfvec
+    LIMIT 10
+)
+SELECT * FROM nearest ORDER BY distance + 0
 
 -- name: filtered_exact
 -- Filtered, exact and complete: every matching product is compared (the B-trees find them).

@@ -83,10 +83,10 @@ LEFT JOIN pg_stats cs ON cs.schemaname = c.relnamespace::regnamespace::text
 WHERE c.oid = 'products'::regclass
 
 -- name: index
--- Through the HNSW index: its first k matches, in distance order (the first search alone, or
--- the iterative scan in strict order). The materialized CTE keeps the final sort (ties by id)
--- out of the index scan; "+ 0" makes that sort real (PostgreSQL 17+ would trust the CTE's
--- ORDER BY, pgvector#862).
+-- Through the HNSW index: its first k matches (the first search alone, or the iterative scan,
+-- whose relaxed order returns them only roughly by distance). The materialized CTE keeps the
+-- final sort (ties by id) out of the index scan; "+ 0" makes that sort real (PostgreSQL 17+
+-- would trust the CTE's ORDER BY, pgvector#862).
 WITH nearest AS MATERIALIZED (
     SELECT {columns}, {vector_column} <=> %(query)s AS distance
     FROM products
