@@ -18,7 +18,7 @@ WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters
 -- name: exact
 -- Exact: the distance to every product the filter keeps (the B-trees find them), top k.
 -- Ranked on (id, distance) alone, the k winners joined back for their columns: projecting
--- every column of every match cost a third more at ~1,000 matches (of 100k rows).
+-- every column of every match cost a quarter more at ~1,000 matches (of 100k rows).
 -- "+ 0": the planner cannot hand this order to the HNSW index, which stops after
 -- ef_search candidates.
 SELECT {columns}, distance
