@@ -347,6 +347,11 @@ def evaluate(
                 baselines[name].append(measured.pop(name).seconds)
             return measured
 
+        def record(method: str, case: Case, measured: Measured, right: set[int], need: int) -> None:
+            cells[method].setdefault(case.selectivity, Cell([], [], [], [])).add(measured, right, need, case.placement)
+            if measured.strategy:  # prodvec's methods say how they searched
+                strategies.setdefault((method, case.selectivity), Counter())[measured.strategy] += 1
+
         order = np.random.default_rng(0)
         for case in cases[:20]:  # warm caches and connections
             run_sql(conn, NAIVE, case)
@@ -358,9 +363,7 @@ def evaluate(
                 "prodvec": lambda: run_prodvec(session, case.vector, case.filter.clauses()),
             })
             for method, measured in runs.items():
-                cells[method].setdefault(case.selectivity, Cell([], [], [], [])).add(
-                    measured, right, need, case.placement)
-            strategies.setdefault(("prodvec", case.selectivity), Counter())[runs["prodvec"].strategy] += 1
+                record(method, case, measured, right, need)
         # The same queries again once categories have their own indexes (`prodvec category-indexes`).
         started = time.perf_counter()
         made = len(index_categories(url, min_products=CATEGORY_INDEX_MIN, maintenance_work_mem=maintenance_work_mem))
@@ -373,9 +376,7 @@ def evaluate(
         for case, (right, need) in zip(cases, truths, strict=True):
             (measured,) = run_in_random_order(
                 case, {"prodvec+cat": lambda: run_prodvec(session, case.vector, case.filter.clauses())}).values()
-            cells["prodvec+cat"].setdefault(case.selectivity, Cell([], [], [], [])).add(
-                measured, right, need, case.placement)
-            strategies.setdefault(("prodvec+cat", case.selectivity), Counter())[measured.strategy] += 1
+            record("prodvec+cat", case, measured, right, need)
         conn.execute(drop_category_indexes)  # dropped again: --pgdata reuse
         plan.forget()
     engine.dispose()
