@@ -274,6 +274,7 @@ def test_valid_values(record, expected):
         ({"sku": "S\x00", "price": "1"}, "NUL"),
         ({"sku": "S\udcff", "price": "1"}, "UTF-8"),
         ({"sku": "S" * 501, "price": "1"}, "longer than 500"),
+        ({"sku": "S", "price": "1", "category": "é" * 251}, "category is longer than 250"),
         ({"sku": "S", "price": "1", "image": "https:/nohost.jpg"}, "no host"),
         ({"sku": "S", "price": "1", "image": "data:image/png;base64,AAAA"}, "'data'"),
     ],

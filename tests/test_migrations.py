@@ -148,3 +148,46 @@ def test_denser_graphs_migration_rebuilds_every_index_and_goes_back(pg_server: s
         conn.execute("DELETE FROM products")
         conn.execute("SELECT prodvec_index_categories(1)")  # no products: the bags index goes
         assert _schema_dump(url) == _psql_schema(pg_server, "schema_0003", up_to="0003")
+
+
+def _category_price_index(conn: psycopg.Connection) -> str:
+    return conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'products_category_price'").fetchone()[0]
+
+
+def test_category_price_index_carries_vectors_that_fit_it(conn: psycopg.Connection, db_url: str) -> None:
+    """0005: the exact pass over a category and price filter reads the vectors from the index
+    (no table page), for vectors of up to 768 dimensions; wider ones are not carried, and
+    categories are capped so that an index entry always fits."""
+    from sqlalchemy import create_engine
+
+    from prodvec.models import Product
+    from prodvec.search.statements import compile_filter, statement
+
+    assert _category_price_index(conn).endswith("(category, price) INCLUDE (id, stock, embedding)")
+    conn.execute(
+        "INSERT INTO products (sku, category, price, stock, embedding) "
+        "SELECT 'sku-' || i, 'c' || i % 10, i % 100, i % 2, array_fill((i % 7)::real, ARRAY[512])::halfvec "
+        "FROM generate_series(1, 2000) AS i"
+    )
+    conn.execute("VACUUM ANALYZE products")
+    where = [Product.category == "c3", Product.price <= 50, Product.stock > 0]
+    compiled = compile_filter(where, create_engine("postgresql+psycopg://").dialect)
+    params = {**compiled.params, "query": conn.execute("SELECT array_fill(1, ARRAY[512])::halfvec").fetchone()[0],
+              "exclude_id": None}
+    with conn.transaction():
+        plan = "\n".join(row[0] for row in conn.execute(
+            "EXPLAIN (ANALYZE, COSTS OFF) " + statement("exact", compiled, k=10), params))
+    assert "Index Only Scan using products_category_price" in plan and "Heap Fetches: 0" in plan, plan
+
+    long_category = "é" * 500  # 1,000 bytes: the most a category may take
+    assert upgrade(db_url, 1280, reset_embeddings=True) is True
+    assert _category_price_index(conn).endswith("(category, price)")
+    conn.execute(
+        "INSERT INTO products (sku, category, embedding) VALUES ('wide', %s, array_fill(0.5, ARRAY[1280])::halfvec)",
+        (long_category,),
+    )
+    with pytest.raises(psycopg.errors.CheckViolation, match="products_category_length"):
+        conn.execute("INSERT INTO products (sku, category) VALUES ('longer', %s)", (long_category + "x",))
+    assert upgrade(db_url, 768, reset_embeddings=True) is True
+    assert "INCLUDE (id, stock, embedding)" in _category_price_index(conn)
+    conn.execute("UPDATE products SET embedding = array_fill(0.5, ARRAY[768])::halfvec WHERE sku = 'wide'")

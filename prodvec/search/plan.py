@@ -27,9 +27,11 @@ from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.statements import statement
 from prodvec.sql import queries
 
-#: Exact for up to this many matching products. Measured on 100k × 512-d halfvec with the
-#: matches scattered over the heap: ~1.5 µs a row, so ≤ 3 ms; a quick index look costs
-#: ~1 ms, and a query far from its matches pays that look and the exact pass after it.
+#: Exact for up to this many matching products. Measured on 100k × 512-d halfvec: ~0.45 µs a
+#: row when the (category, price) index carries the vectors (migrations/0005), ~1.5 µs when
+#: the pass reads the table (a filter on other columns, wider vectors), so ≤ 1–3 ms; a quick
+#: index look costs ~1 ms, and a query far from its matches pays that look and the exact
+#: pass after it.
 EXACT_MAX_ROWS = 2_000
 #: An exact pass planned from an estimate stops (and the index takes over) past this × the
 #: switch-over: the planner underestimates correlated filters (category and price).
