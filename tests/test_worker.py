@@ -173,6 +173,11 @@ def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path
         Worker(db_url, encoder).run(once=True)
     assert _has_hnsw_index(conn)
     assert jobs.status(conn).embedded == 8
+    # Vacuumed afterwards: the rewritten pages are all-visible (exact passes read the index).
+    visible, pages = conn.execute(
+        "SELECT relallvisible, relpages FROM pg_class WHERE oid = 'products'::regclass"
+    ).fetchone()
+    assert pages > 0 and visible == pages
     with pytest.raises(RuntimeError), hnsw_index_dropped(db_url):
         raise RuntimeError("backfill interrupted")
     assert _has_hnsw_index(conn)  # rebuilt even when the backfill fails

@@ -8,6 +8,12 @@ DROP INDEX IF EXISTS products_embedding_coarse_hnsw;
 -- name: create_hnsw
 SELECT prodvec_create_vector_indexes();
 
+-- name: vacuum
+-- After a bulk backfill, which rewrote every row it embedded: until a vacuum marks those
+-- pages all-visible, an exact pass reads each match's table page, not just the index that
+-- carries its vector (migrations/0005); ANALYZE gives the plans fresh counts.
+VACUUM (ANALYZE) products;
+
 -- name: index_categories
 -- `prodvec category-indexes`: an index per category with enough products, stale ones dropped
 -- (prodvec_index_categories() in migrations/0003_category_indexes.sql).

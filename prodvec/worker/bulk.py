@@ -31,7 +31,8 @@ _SQL = queries("index.sql")
 
 @contextmanager
 def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterator[None]:
-    """Drop the HNSW indexes for the block, and rebuild them afterwards even if the block fails."""
+    """Drop the HNSW indexes for the block, and rebuild them afterwards even if the block fails;
+    then vacuum and analyze products, which the block rewrote."""
     with connect(url, autocommit=True) as conn:
         conn.execute(_SQL["drop_hnsw"])
     try:
@@ -39,6 +40,10 @@ def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterat
     finally:
         seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
         log.warning("HNSW indexes rebuilt in %.1f s", seconds)
+        started = time.perf_counter()
+        with connect(url, autocommit=True) as conn:
+            conn.execute(_SQL["vacuum"])
+        log.warning("products vacuumed and analyzed in %.1f s", time.perf_counter() - started)
 
 
 def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
