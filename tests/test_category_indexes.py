@@ -2,6 +2,7 @@
 chosen by PostgreSQL for searches filtered to one category, exact near and far from it."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -14,7 +15,8 @@ from test_search import CLUSTERS, Catalog, assert_exact, catalog, db  # noqa: F4
 
 from prodvec.cli.main import main
 from prodvec.models import Product
-from prodvec.search import plan, similar_to_many
+from prodvec.search import execute, plan, similar_to_many
+from prodvec.search.statements import compile_filter
 
 INDEX_PREFIX = "products_embedding_hnsw_c_"
 
@@ -78,6 +80,24 @@ def test_the_plan_sizes_the_scan_to_the_category(conn: psycopg.Connection, catal
     assert settings.max_scan_tuples > in_bags  # the whole category's graph: short only when < k match
     assert settings.ef_search == 160  # 2k candidates at an eighth of the category
     assert plan.category_index_settings(10, in_bags, in_bags).ef_search == plan.CATEGORY_EF_SEARCH_MIN
+
+
+def test_exact_passes_keep_more_of_a_category_when_they_read_the_index(
+    conn: psycopg.Connection, catalog: Catalog, db: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fifth of a category: exact when the (category, price) index carries the vectors
+    (the test's narrow vectors are carried), its category index when exact reads the table."""
+    conn.execute("SELECT prodvec_index_categories(50)")
+    plan.forget()
+    facts = plan.table_facts(db)
+    assert facts.vectors_in_filter_index
+    in_bags = facts.category_index_rows("bags")
+    monkeypatch.setattr(plan, "_planner_estimate", lambda session, query: int(0.2 * in_bags))
+    where = compile_filter([Product.category == "bags", Product.price <= 150], db.get_bind().dialect)
+    query = execute.Query(catalog.query_near("bags", 0), where, k=10, exclude_id=None)
+    assert plan.choose(db, query, facts).exact_cap is not None
+    from_table = plan.choose(db, query, dataclasses.replace(facts, vectors_in_filter_index=False))
+    assert from_table.exact_cap is None and from_table.index.max_scan_tuples > in_bags
 
 
 def test_cli_makes_the_indexes(db_url: str, catalog: Catalog, capsys: pytest.CaptureFixture[str]) -> None:

@@ -62,10 +62,14 @@ SCAN_BUDGET_PER_MATCH = 0.5
 SCAN_BUDGET_MIN = 2_000
 #: A filter pinned to a category with its own index scans that index when the planner expects
 #: at least this share of the category to match, however few that is of the catalog: an exact
-#: pass would still read the category's rows (its B-tree narrows to the category, not to a
-#: price range). Sparser matches make the scan long (measured at 100k rows: 20% of a category
-#: scanned faster than exact, 4% slower), so up to EXACT_MAX_ROWS those go exact.
-CATEGORY_INDEX_MIN_SHARE = 0.1
+#: pass would still read the category's matches one by one. Sparser matches make the scan
+#: long, so up to EXACT_MAX_ROWS those go exact. Side by side at 100k rows (categories of
+#: ~5,000, 320 filters near and far), the two cost the same at ~1,800 matches when the
+#: (category, price) index carries the vectors (exact: 1.4 ms at 1,000–1,500 matches against
+#: 1.6 through the category's index; 1.9 against 1.7 at 2,000–3,000), and at ~500–600 when
+#: the exact pass reads the table (wider vectors, migrations/0005).
+CATEGORY_INDEX_MIN_SHARE = 0.35
+CATEGORY_INDEX_MIN_SHARE_FROM_TABLE = 0.1
 #: A category's own graph is searched with at least this candidate list: queries from another
 #: category land far from all of its products, where a short list can settle on the wrong ones
 #: (measured at 100k rows: a far 5% query at recall 0 with 40, none below 1.0 with 100).
@@ -83,6 +87,9 @@ class TableFacts:
     #: Category → its share of the products, for the categories ANALYZE found most common
     #: (pg_stats.most_common_vals: the planner's own figures for `category = …`).
     category_shares: dict[str, float]
+    #: The (category, price) index carries the vectors (migrations/0005): exact passes over
+    #: category and price filters read it alone, ~3x faster than from the table.
+    vectors_in_filter_index: bool
 
     def category_index_rows(self, category: str | None) -> float | None:
         """Products in the category's own index, None when it has none."""
@@ -151,7 +158,7 @@ def table_facts(session: Session) -> TableFacts:
     facts = _facts.get(key)
     if facts is not None:
         return facts
-    ((indexed_rows, dimensions, category_indexes, category_shares),) = execute.fetch(
+    ((indexed_rows, dimensions, category_indexes, category_shares, vectors_in_filter_index),) = execute.fetch(
         session, queries("search_passes.sql")["table_facts"], {}
     )
     facts = TableFacts(
@@ -159,6 +166,7 @@ def table_facts(session: Session) -> TableFacts:
         dimensions if dimensions > 0 else None,
         {category: float(products) for category, products in category_indexes.items()},
         {category: float(share) for category, share in category_shares.items()},
+        bool(vectors_in_filter_index),
     )
     _facts.put(key, facts)
     return facts
@@ -179,7 +187,8 @@ def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
         estimate = int(sum(in_categories))  # type: ignore[arg-type]  # None ruled out just above
     else:
         estimate = _planner_estimate(session, query)
-    if in_category and (estimate > EXACT_MAX_ROWS or estimate >= CATEGORY_INDEX_MIN_SHARE * in_category):
+    min_share = CATEGORY_INDEX_MIN_SHARE if facts.vectors_in_filter_index else CATEGORY_INDEX_MIN_SHARE_FROM_TABLE
+    if in_category and (estimate > EXACT_MAX_ROWS or estimate >= min_share * in_category):
         return Plan(estimate, None, category_index_settings(query.k, estimate, in_category))
     if estimate <= EXACT_MAX_ROWS:
         cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS

@@ -64,7 +64,8 @@ SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
 -- What plans are sized by (prodvec/search/plan.py, cached): products with an embedding as the
 -- planner estimates them (reltuples is -1 before the first VACUUM or ANALYZE), the vector
 -- column's dimensions, the per-category indexes (migrations/0003): category (the index's
--- comment) → products it holds, and the most common categories' shares of the products.
+-- comment) → products it holds, the most common categories' shares of the products, and
+-- whether the (category, price) index carries the vectors (migrations/0005).
 SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
        a.atttypmod AS dimensions,
        (SELECT coalesce(json_object_agg(obj_description(x.indexrelid, 'pg_class'), ic.reltuples), '{}')
@@ -73,7 +74,11 @@ SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
           AND obj_description(x.indexrelid, 'pg_class') IS NOT NULL) AS category_indexes,
        (SELECT coalesce(json_object_agg(common.category, common.share), '{}')
         FROM unnest(cs.most_common_vals::text::text[], cs.most_common_freqs) AS common (category, share)
-       ) AS category_shares
+       ) AS category_shares,
+       (SELECT coalesce(bool_or(fa.attname = 'embedding'), false)
+        FROM pg_index fx
+        JOIN pg_attribute fa ON fa.attrelid = fx.indrelid AND fa.attnum = ANY (fx.indkey)
+        WHERE fx.indexrelid = to_regclass('products_category_price')) AS vectors_in_filter_index
 FROM pg_class c
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
 LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
