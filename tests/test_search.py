@@ -164,7 +164,7 @@ def test_far_category_exact(db: Session, catalog: Catalog) -> None:
 def test_far_category_index_gives_up_then_exact(db: Session, catalog: Catalog, force_index: None,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     # A budget of one pass of 10 candidates: from the shoes, no hat is within reach.
-    monkeypatch.setattr(plan, "index_settings", lambda k, matches, total: IndexSettings(10, 1))
+    monkeypatch.setattr(plan, "index_settings", lambda k, matches, total, **_: IndexSettings(10, 1))
     query = catalog.query_near("shoes", seed=5)
     result = Product.similar_to(query, session=db, where=[unindexed(Product.category) == "hats"])
     assert result.strategy == "hnsw+exact"
@@ -358,8 +358,13 @@ def test_quick_look_answers_near_queries_and_hands_far_ones_to_exact(
     # Selective filters up to a few exact passes' worth get the quick look, broad ones the scan.
     assert plan.index_settings(10, 5_000, 100_000).max_scan_tuples is None
     assert plan.index_settings(10, 50_000, 100_000).max_scan_tuples is not None
+    # Its candidates are sized for the matches' density near a query: a filter pinned to
+    # categories matches there as densely as it keeps them, whatever their share of the catalog.
+    assert plan.index_settings(10, 5_000, 100_000).ef_search == plan.EF_SEARCH_MAX
+    assert plan.index_settings(10, 5_000, 100_000, in_categories=5_000).ef_search == plan.EF_SEARCH_MIN
+    assert plan.index_settings(10, 2_500, 100_000, in_categories=5_000).ef_search == 80
     # Here: the 40 products nearest to the query (of 400, in clusters of 100).
-    monkeypatch.setattr(plan, "index_settings", lambda k, matches, total: IndexSettings(40, None))
+    monkeypatch.setattr(plan, "index_settings", lambda k, matches, total, **_: IndexSettings(40, None))
     hats = [unindexed(Product.category) == "hats"]
     near = catalog.query_near("hats", seed=20)
     result = Product.similar_to(near, session=db, where=hats)

@@ -55,6 +55,11 @@ EF_SEARCH_LIMIT = 1000
 #: A pass's candidate list is sized to hold this many times k matches at the filter's
 #: selectivity (within EF_SEARCH_MIN..EF_SEARCH_MAX).
 CANDIDATES_PER_HIT = 2
+#: A quick look's candidate list holds this many times k matches at the density it expects:
+#: more than a pass's, as that density rests on the planner's estimate, which is often off
+#: by 2x for correlated filters, and a short quick look costs an exact pass; 40 candidates
+#: more cost ~0.15 ms (measured at 100k rows).
+QUICK_LOOK_CANDIDATES_PER_HIT = 4
 #: Iterative scan budget in tuples, per matching product, for broad filters (no exact pass
 #: could follow cheaply): a query far from every matching product walks much of the graph.
 SCAN_BUDGET_PER_MATCH = 0.5
@@ -183,8 +188,9 @@ def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     # A filter that is only categories keeps what their indexes hold, or what the statistics
     # say they hold (as the planner would reckon): no need to ask it.
     in_categories = [facts.category_rows(category) for category in query.filter.categories]
-    if query.filter.categories_only and None not in in_categories:
-        estimate = int(sum(in_categories))  # type: ignore[arg-type]  # None ruled out just above
+    pinned_rows = sum(in_categories) if in_categories and None not in in_categories else None  # type: ignore[arg-type]
+    if query.filter.categories_only and pinned_rows is not None:
+        estimate = int(pinned_rows)
     else:
         estimate = _planner_estimate(session, query)
     min_share = CATEGORY_INDEX_MIN_SHARE if facts.vectors_in_filter_index else CATEGORY_INDEX_MIN_SHARE_FROM_TABLE
@@ -193,8 +199,8 @@ def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
     if estimate <= EXACT_MAX_ROWS:
         cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
         # Should the cap be hit, at least cap products match: size the index pass for that.
-        return Plan(estimate, cap, index_settings(query.k, cap + 1, total))
-    return Plan(estimate, None, index_settings(query.k, estimate, total))
+        return Plan(estimate, cap, index_settings(query.k, cap + 1, total, in_categories=pinned_rows))
+    return Plan(estimate, None, index_settings(query.k, estimate, total, in_categories=pinned_rows))
 
 
 def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:
@@ -207,15 +213,27 @@ def category_index_settings(k: int, matches: float, in_category: float) -> Index
     return IndexSettings(ef_search=ef_search, max_scan_tuples=int(in_category) + 1)
 
 
-def index_settings(k: int, matches: float, total: float) -> IndexSettings:
+def index_settings(k: int, matches: float, total: float, *, in_categories: float | None = None) -> IndexSettings:
     """Index settings: candidates per pass to hold the wanted matches at this selectivity; a
-    quick look only, or for broad filters an iterative scan with a budget sized to the matches."""
+    quick look only, or for broad filters an iterative scan with a budget sized to the matches.
+
+    A quick look pays off for queries near their matches, so its candidates are sized for how
+    densely the filter matches there: for a filter pinned to categories (``in_categories``:
+    their products), the share of those it keeps, not of the catalog. Measured at 100k rows,
+    near queries: one category (5% of the catalog) came back with k at ef_search 40 every time
+    (recall 1.0) in 0.74 ms against 1.89 at 200; a fifth of one category (1%) 52% of the time
+    at 40, 94% at 80, always at 120. Far queries come back short at any ef_search, sooner."""
     selectivity = min(1.0, max(matches, 1.0) / max(total, 1.0))
-    ef_search = int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, CANDIDATES_PER_HIT * k / selectivity)))
     if matches <= QUICK_LOOK_MAX_ROWS and selectivity <= QUICK_LOOK_MAX_SHARE:
-        return IndexSettings(ef_search=ef_search, max_scan_tuples=None)
+        density = selectivity if not in_categories else min(1.0, max(matches, 1.0) / in_categories)
+        return IndexSettings(ef_search=_ef_search(QUICK_LOOK_CANDIDATES_PER_HIT * k, density), max_scan_tuples=None)
     budget = int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches))
-    return IndexSettings(ef_search=ef_search, max_scan_tuples=budget)
+    return IndexSettings(ef_search=_ef_search(CANDIDATES_PER_HIT * k, selectivity), max_scan_tuples=budget)
+
+
+def _ef_search(matches: float, density: float) -> int:
+    """Candidates to hold this many matches where this share of products match."""
+    return int(min(EF_SEARCH_MAX, max(EF_SEARCH_MIN, matches / density)))
 
 
 def _planner_estimate(session: Session, query: Query) -> int:
