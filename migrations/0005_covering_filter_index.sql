@@ -14,6 +14,9 @@
 -- (1,544 bytes as halfvec), which leaves room for a category of up to 1,000 bytes (the new
 -- CHECK; `prodvec import` takes categories of up to 250 characters). Wider vectors are not
 -- carried, and their exact passes read the table as before.
+--
+-- This migration rebuilds the index with the vectors in it: on a large catalog that takes a
+-- while (seconds per 100k products), and writes to products wait for it.
 
 DO $$
 BEGIN
