@@ -1,4 +1,5 @@
--- Undo 0005_covering_filter_index.sql: 0004's prodvec_create_vector_indexes(), the plain
+-- Undo 0005_covering_filter_index.sql: 0004's prodvec_create_vector_indexes() (and no
+-- prodvec_filter_index_carries_vectors()), the plain
 -- (category, price) index and no category length check.
 
 CREATE OR REPLACE FUNCTION prodvec_create_vector_indexes() RETURNS void
@@ -11,6 +12,7 @@ BEGIN
 END;
 $$;
 
+DROP FUNCTION prodvec_filter_index_carries_vectors();
 DROP INDEX products_category_price;
 CREATE INDEX products_category_price ON products (category, price);
 ALTER TABLE products DROP CONSTRAINT products_category_length;

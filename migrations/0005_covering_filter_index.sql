@@ -29,6 +29,16 @@ $$;
 
 ALTER TABLE products ADD CONSTRAINT products_category_length CHECK (octet_length(category) <= 1000);
 
+-- Whether the (category, price) index carries the vectors; NULL when the index is missing.
+-- Search plans ask it too (prodvec/sql/search_passes.sql): exact passes read such an index alone.
+CREATE FUNCTION prodvec_filter_index_carries_vectors() RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT bool_or(a.attname = 'embedding')
+    FROM pg_index x
+    JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
+    WHERE x.indexrelid = to_regclass('products_category_price')
+$$;
+
 -- 0004's function, now also making the (category, price) index fit the vectors' width: it is
 -- called after the dimensions change (prodvec_set_embedding_dimensions) and after bulk backfills.
 CREATE OR REPLACE FUNCTION prodvec_create_vector_indexes() RETURNS void
@@ -39,12 +49,7 @@ DECLARE
         FROM pg_attribute a
         WHERE a.attrelid = 'products'::regclass AND a.attname = 'embedding'
     );
-    carries_vector boolean := (
-        SELECT bool_or(a.attname = 'embedding')
-        FROM pg_index x
-        JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = ANY (x.indkey)
-        WHERE x.indexrelid = to_regclass('products_category_price')
-    );
+    carries_vector boolean := prodvec_filter_index_carries_vectors();
 BEGIN
     EXECUTE format('CREATE INDEX IF NOT EXISTS products_embedding_hnsw ON products '
                    'USING hnsw (embedding halfvec_cosine_ops) WITH (%s)', prodvec_hnsw_options());

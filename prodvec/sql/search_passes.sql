@@ -75,10 +75,7 @@ SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
        (SELECT coalesce(json_object_agg(common.category, common.share), '{}')
         FROM unnest(cs.most_common_vals::text::text[], cs.most_common_freqs) AS common (category, share)
        ) AS category_shares,
-       (SELECT coalesce(bool_or(fa.attname = 'embedding'), false)
-        FROM pg_index fx
-        JOIN pg_attribute fa ON fa.attrelid = fx.indrelid AND fa.attnum = ANY (fx.indkey)
-        WHERE fx.indexrelid = to_regclass('products_category_price')) AS vectors_in_filter_index
+       coalesce(prodvec_filter_index_carries_vectors(), false) AS vectors_in_filter_index
 FROM pg_class c
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
 LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
