@@ -1,6 +1,6 @@
--- Undo 0005_covering_filter_index.sql: 0004's prodvec_create_vector_indexes() (and no
--- prodvec_filter_index_carries_vectors()), the plain
--- (category, price) index and no category length check.
+-- Undo 0005_covering_filter_index.sql: 0004's prodvec_create_vector_indexes() back, no
+-- prodvec_filter_index_carries_vectors(), the plain (category, price) index and no category
+-- length check.
 
 CREATE OR REPLACE FUNCTION prodvec_create_vector_indexes() RETURNS void
 LANGUAGE plpgsql AS $$
