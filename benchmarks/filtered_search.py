@@ -65,7 +65,7 @@ from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.models import Product
 from prodvec.search import plan, similar_to
-from prodvec.worker.bulk import index_categories, rebuild_hnsw_index
+from prodvec.worker.bulk import index_categories, rebuild_hnsw_index, vacuum_products
 
 DIMENSIONS = 512
 CATEGORIES = 20
@@ -220,7 +220,7 @@ def load(server_url: str, catalog: Catalog, name: str, maintenance_work_mem: str
                 ))
         copied = time.perf_counter() - started
         built = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
-        conn.execute("VACUUM ANALYZE products")
+    vacuum_products(url)
     print(f"  {name}: COPY {len(catalog.vectors):,} rows {copied:.1f} s, HNSW build {built:.1f} s")
     return url
 

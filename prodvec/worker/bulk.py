@@ -40,10 +40,7 @@ def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterat
     finally:
         seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
         log.warning("HNSW indexes rebuilt in %.1f s", seconds)
-        started = time.perf_counter()
-        with connect(url, autocommit=True) as conn:
-            conn.execute(_SQL["vacuum"])
-        log.warning("products vacuumed and analyzed in %.1f s", time.perf_counter() - started)
+        log.warning("products vacuumed and analyzed in %.1f s", vacuum_products(url))
 
 
 def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
@@ -53,6 +50,14 @@ def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
     with connect(url, autocommit=True) as conn:
         _for_index_builds(conn, maintenance_work_mem)
         conn.execute(_SQL["create_hnsw"])
+    return time.perf_counter() - started
+
+
+def vacuum_products(url: str) -> float:
+    """VACUUM (ANALYZE) products after a bulk write; returns the seconds it took."""
+    started = time.perf_counter()
+    with connect(url, autocommit=True) as conn:
+        conn.execute(_SQL["vacuum"])
     return time.perf_counter() - started
 
 
