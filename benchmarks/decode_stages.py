@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from worker_throughput import make_photos
 
 from prodvec.queue import Job
-from prodvec.worker.encode import load_encoder
+from prodvec.encode import load_encoder
 from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
 from prodvec.worker.prepare import prepare
 

@@ -35,8 +35,9 @@ except ImportError:  # run as a script: benchmarks/ itself is on sys.path
     from fashion_mnist import CATEGORIES, load, to_photo
 
 from prodvec.evaluate import perturb as faults
-from prodvec.worker.encode import Encoder, WeightSource, load_encoder, parse_spec
-from prodvec.worker.encode import robust
+from prodvec.encode import Encoder, WeightSource, load_encoder, parse_spec
+from prodvec.encode import robust
+from prodvec.images import views
 
 HERE = Path(__file__).resolve().parent
 SEED = 20171025
@@ -44,7 +45,7 @@ SEED = 20171025
 TARGET_PRECISION, TARGET_AVERAGE, TARGET_EACH = 0.70, 0.95, 0.85
 #: Photo faults' description and view drawing: what cached embeddings depend on besides the photos.
 CODE = inspect.getsource(faults) + "".join(
-    inspect.getsource(f) for f in (robust.fitted_view, robust.turned_view, robust.coarse_view)
+    inspect.getsource(f) for f in (views.fitted_view, views.turned_view, views.coarse_view)
 )
 
 
@@ -53,7 +54,7 @@ class Config:
     """One row of the report: which query views are searched against which stored product vectors."""
 
     name: str
-    policy: robust.ViewPolicy
+    policy: views.ViewPolicy
     query_views: tuple[int, ...]  # indices into policy.query_view_names
     catalog_views: tuple[int, ...]  # indices into policy.catalog_view_names
     mean_catalog: bool = False  # store one vector per product: the mean of its catalog views
@@ -63,19 +64,19 @@ class Config:
         return 1 if self.mean_catalog else len(self.catalog_views)
 
 
-PLAIN = Config("photo only (plain)", robust.SINGLE_VIEW, (0,), (0,))
-TODAY = Config("photo + turned ± + coarse 32 px (robust today)", robust.SINGLE_VIEW, (0, 1, 2, 3), (0,))
+PLAIN = Config("photo only (plain)", views.SINGLE_VIEW, (0,), (0,))
+TODAY = Config("photo + turned ± + coarse 32 px (robust today)", views.SINGLE_VIEW, (0, 1, 2, 3), (0,))
 MULTI = Config("fitted photo + turned ± + coarse 24 px; products as fitted photo + coarse 24 px (multi-view)",
-               robust.MULTI_VIEW, (0, 1, 2, 3), (0, 1))
+               views.MULTI_VIEW, (0, 1, 2, 3), (0, 1))
 #: Ablations, in report order: what each piece of the two robust policies earns.
 CONFIGS = (
     PLAIN,
-    Config("photo + turned ±", robust.SINGLE_VIEW, (0, 1, 2), (0,)),
-    Config("photo + coarse 32 px", robust.SINGLE_VIEW, (0, 3), (0,)),
+    Config("photo + turned ±", views.SINGLE_VIEW, (0, 1, 2), (0,)),
+    Config("photo + coarse 32 px", views.SINGLE_VIEW, (0, 3), (0,)),
     TODAY,
-    Config("fitted photo only; products as fitted photo", robust.MULTI_VIEW, (0,), (0,)),
-    Config("multi-view queries; products as fitted photo only", robust.MULTI_VIEW, (0, 1, 2, 3), (0,)),
-    Config("multi-view queries; products as the mean of both views (one vector)", robust.MULTI_VIEW,
+    Config("fitted photo only; products as fitted photo", views.MULTI_VIEW, (0,), (0,)),
+    Config("multi-view queries; products as fitted photo only", views.MULTI_VIEW, (0, 1, 2, 3), (0,)),
+    Config("multi-view queries; products as the mean of both views (one vector)", views.MULTI_VIEW,
            (0, 1, 2, 3), (0, 1), mean_catalog=True),
     MULTI,
 )
@@ -165,12 +166,12 @@ class Bench:
     def scores(self, config: Config) -> Scores:
         catalog = self._catalog(config)
         held = self._queries(config, "held-out", lambda: self.query_photos)
-        order = np.argsort(robust.fused_distances(held, catalog, config.policy), axis=1, kind="stable")[:, :10]
+        order = np.argsort(views.fused_distances(held, catalog, config.policy), axis=1, kind="stable")[:, :10]
         same = self.train_labels[self.catalog_ids][order] == self.test_labels[self.query_ids][:, None]
         recall = {}
         for name in ("clean", *faults.PERTURBATIONS):
             vectors = self._queries(config, name, lambda name=name: self._near_dup_photos(name))
-            nearest = robust.fused_distances(vectors, catalog, config.policy).argmin(axis=1)
+            nearest = views.fused_distances(vectors, catalog, config.policy).argmin(axis=1)
             recall[name] = float(np.mean(nearest == self.dup_positions))
         return Scores(float(same.mean()), recall)
 
@@ -235,7 +236,7 @@ def render(
         "",
         "Robust today: query views only, one vector per product (`PRODVEC_CATALOG_VIEWS=single`, the default). "
         "Multi-view: the catalog also stores a second vector per product (`PRODVEC_CATALOG_VIEWS=multi`; "
-        "prodvec/worker/encode/robust.py, `MULTI_VIEW`). `benchmarks/quality_db.py` checks that the database "
+        "prodvec/encode/robust.py, `MULTI_VIEW`). `benchmarks/quality_db.py` checks that the database "
         "path (worker, halfvec, search) gives the same figures.",
         "",
         "| fault | plain | robust today | multi-view | change (multi-view vs plain) |",
@@ -258,9 +259,9 @@ def render(
             _target("every fault's recall@1", multi.worst, TARGET_EACH),
         ]) + ".",
         "",
-        _policy_line("Robust today", robust.SINGLE_VIEW),
+        _policy_line("Robust today", views.SINGLE_VIEW),
         "",
-        _policy_line("Multi-view", robust.MULTI_VIEW) + " *Fitted*: the whole photo padded with white margins "
+        _policy_line("Multi-view", views.MULTI_VIEW) + " *Fitted*: the whole photo padded with white margins "
         "that the encoder's centre crop removes again, so no border is cut off (its crop otherwise drops "
         f"{1 - robust.crop_keep(encoder):.1%} of the photo's width and height, where an off-centre product is).",
         "",
@@ -296,7 +297,7 @@ def render(
         *(f"| {c.name} | " + " | ".join(f"{v:.3f}" for v in s.faults.values()) + " |" for c, s in rows.items()),
         "",
         "Other options measured in exploratory runs and left out (re-ranking the top candidates, a third "
-        "stored view, other coarse sizes, denoising), with their numbers: prodvec/worker/encode/robust.py.",
+        "stored view, other coarse sizes, denoising), with their numbers: prodvec/encode/robust.py.",
         "",
         "## The faults",
         "",
@@ -308,7 +309,7 @@ def render(
     return "\n".join(lines)
 
 
-def _policy_line(name: str, policy: robust.ViewPolicy) -> str:
+def _policy_line(name: str, policy: views.ViewPolicy) -> str:
     stored = ", ".join(policy.catalog_view_names)
     return (f"{name}: each query is embedded as {len(policy.query_view_names)} views "
             f"({', '.join(policy.query_view_names)}), each product stored as {len(policy.catalog_view_names)} "

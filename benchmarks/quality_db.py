@@ -41,7 +41,8 @@ from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.evaluate import LabelledQuery, evaluate
 from prodvec.search import plan
-from prodvec.worker.encode import load_encoder, robust, spec_dimensions
+from prodvec.encode import load_encoder, robust, spec_dimensions
+from prodvec.images import views
 from prodvec.worker.pipeline import Worker
 
 MODEL = "timm:efficientnet_lite0"
@@ -69,11 +70,11 @@ def in_memory(bench: Bench, config: Config, n: int, held: int, picks: np.ndarray
     """quality.py's Bench.scores, on the first n products, first `held` held-out queries, `picks` near-duplicates."""
     catalog = bench._catalog(config)[:n]
     vectors = bench._queries(config, "held-out", None)[:held]
-    order = np.argsort(robust.fused_distances(vectors, catalog, config.policy), axis=1, kind="stable")[:, :10]
+    order = np.argsort(views.fused_distances(vectors, catalog, config.policy), axis=1, kind="stable")[:, :10]
     same = bench.train_labels[bench.catalog_ids[:n]][order] == bench.test_labels[bench.query_ids[:held]][:, None]
     recall = {}
     for name in FAULTS:
-        nearest = robust.fused_distances(bench._queries(config, name, None)[picks], catalog, config.policy).argmin(1)
+        nearest = views.fused_distances(bench._queries(config, name, None)[picks], catalog, config.policy).argmin(1)
         recall[name] = float(np.mean(nearest == bench.dup_positions[picks]))
     return summary(recall, float(same.mean()))
 

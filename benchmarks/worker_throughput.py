@@ -40,7 +40,7 @@ from prodvec import queue as jobs
 from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
-from prodvec.worker.encode import load_encoder, spec_dimensions
+from prodvec.encode import load_encoder, spec_dimensions
 from prodvec.worker.bulk import rebuild_hnsw_index
 from prodvec.worker.pipeline import Worker, WorkerOptions
 from prodvec.worker.prepare import Preparer

@@ -1,7 +1,7 @@
 -- prodvec schema 0002: a second vector per product, for PRODVEC_CATALOG_VIEWS=multi.
 -- Plain SQL: `psql -f migrations/0002_catalog_views.sql` and `alembic upgrade head` give the same schema.
 -- Under multi, `embedding` holds the whole photo fitted inside the encoder's crop and
--- `embedding_coarse` a coarse 24 px thumbnail (prodvec/worker/encode/robust.py, MULTI_VIEW);
+-- `embedding_coarse` a coarse 24 px thumbnail (prodvec/images/views.py, MULTI_VIEW);
 -- under single (the default) `embedding_coarse` stays NULL.
 
 -- The same dimensions as `embedding`, whatever model the column was sized for.

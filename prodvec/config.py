@@ -16,12 +16,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, get_args
+from typing import Literal, get_args
 
 from prodvec.errors import ConfigError
-
-if TYPE_CHECKING:  # the view policies live beside the encoders (torch): loaded when used
-    from prodvec.worker.encode.robust import ViewPolicy
+from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, ViewPolicy
 
 DEFAULT_MODEL = "open_clip:ViT-B-32:laion2b_s34b_b79k"
 OFFLINE_MODEL = "timm:efficientnet_lite0"
@@ -52,9 +50,7 @@ class Settings:
     @property
     def catalog_policy(self) -> ViewPolicy:
         """The view policy of PRODVEC_CATALOG_VIEWS: what the worker stores, how image queries search it."""
-        from prodvec.worker.encode import robust
-
-        return robust.MULTI_VIEW if self.catalog_views == "multi" else robust.SINGLE_VIEW
+        return MULTI_VIEW if self.catalog_views == "multi" else SINGLE_VIEW
 
 
 def load_settings() -> Settings:

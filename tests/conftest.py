@@ -95,6 +95,6 @@ def _no_user_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 def test_encoder():
     """The random-weight ViT-B-32 the test databases are sized for (loaded once per run).
     On the CPU unless PRODVEC_TEST_DEVICE says otherwise (cuda: the worker's GPU paths)."""
-    from prodvec.worker.encode import load_encoder
+    from prodvec.encode import load_encoder
 
     return load_encoder(TEST_MODEL, os.environ.get("PRODVEC_TEST_DEVICE", "cpu"))

@@ -17,7 +17,7 @@ from huggingface_hub import constants as hub_constants
 from PIL import Image
 
 from prodvec.errors import ConfigError, QueryError, WeightsUnavailable
-from prodvec.worker.encode import (
+from prodvec.encode import (
     ACCEPTED_FORMS,
     WeightSource,
     load_encoder,
@@ -25,13 +25,13 @@ from prodvec.worker.encode import (
     resolve_device,
     spec_dimensions,
 )
-from prodvec.worker.encode import open_clip_encoder
-from prodvec.worker.encode.efficientnet_lite import (
+from prodvec.encode import open_clip_encoder
+from prodvec.encode.efficientnet_lite import (
     EfficientNetLiteEncoder,
     build_efficientnet_lite0,
     weights_file,
 )
-from prodvec.worker.encode.open_clip_encoder import OpenClipEncoder
+from prodvec.encode.open_clip_encoder import OpenClipEncoder
 
 RANDOM_CLIP = "open_clip:ViT-B-32:none"
 OFFLINE = "timm:efficientnet_lite0"

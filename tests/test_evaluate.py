@@ -15,8 +15,8 @@ from prodvec.cli import evaluate as evaluate_cli
 from prodvec.errors import ConfigError, QueryError
 from prodvec.evaluate import metrics, read_queries
 from prodvec.evaluate.perturb import PERTURBATIONS, perturb
-from prodvec.worker.encode import robust as robust_views
-from prodvec.worker.encode.robust import encode_queries
+from prodvec.encode.robust import encode_queries
+from prodvec.images.views import VIEW_NAMES
 from prodvec.worker.pipeline import Worker
 
 
@@ -154,7 +154,7 @@ def test_robust_query_views(photo_dir: Path, test_encoder) -> None:
     assert plain.shape == (3, 1, encoder.dimensions)
     assert np.allclose(plain[:, 0], encoder.encode_images(torch.stack([encoder.preprocess(i) for i in images])), atol=1e-5)
     robust = encode_queries(encoder, images, robust=True)
-    assert robust.shape == (3, len(robust_views.VIEW_NAMES), encoder.dimensions) and robust.dtype == np.float32
+    assert robust.shape == (3, len(VIEW_NAMES), encoder.dimensions) and robust.dtype == np.float32
     assert np.allclose(np.linalg.norm(robust, axis=2), 1, atol=1e-4)
     # Multi-view: the query's and the product's views, in their names' order, as unit rows.
     policy = robust_views.MULTI_VIEW

@@ -14,7 +14,7 @@ from PIL import Image
 
 from prodvec import queue as jobs
 from prodvec.errors import ImageError
-from prodvec.worker.load import MAX_REDIRECTS, load_bytes
+from prodvec.images.load import MAX_REDIRECTS, load_bytes
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
 PHOTO = io.BytesIO()

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 
 from prodvec import queue as jobs
 from prodvec.errors import ImageError
-from prodvec.worker.decode import decode
+from prodvec.images.decode import decode
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
 RED, BLUE = (220, 20, 20), (20, 20, 220)

@@ -257,7 +257,7 @@ def test_index_settings_stay_local_and_are_restored(db: Session, catalog: Catalo
 
 def _encoder():  # the configured random-weight ViT-B-32
     from prodvec.config import load_settings
-    from prodvec.worker.encode import load_encoder
+    from prodvec.encode import load_encoder
 
     settings = load_settings()
     return load_encoder(settings.model, settings.device)
@@ -304,7 +304,8 @@ def test_robust_image_query_fuses_its_views_exactly(db: Session, catalog: Catalo
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    from prodvec.worker.encode.robust import VIEW_NAMES, encode_queries, fused_distances
+    from prodvec.encode.robust import encode_queries
+    from prodvec.images.views import VIEW_NAMES, fused_distances
 
     path = photo_dir / "green.jpg"
     monkeypatch.setenv("PRODVEC_ROBUST_QUERIES", "1")

@@ -2,7 +2,7 @@
 
 Every product stores two vectors (embedding: the fitted photo, embedding_coarse: the coarse
 thumbnail). An image query's views are each searched against both columns and fused; the
-answer must be the top k of robust.fused_distances over the same half-precision vectors. A
+answer must be the top k of views.fused_distances over the same half-precision vectors. A
 catalog embedded under the other views is refused like one of another model.
 """
 from __future__ import annotations
@@ -25,7 +25,8 @@ from prodvec.config import load_settings
 from prodvec.errors import ConfigError, QueryError
 from prodvec.models import Product
 from prodvec.search import Text, plan, similar_to_many
-from prodvec.worker.encode.robust import MULTI_VIEW, SINGLE_VIEW, embedding_model, encode_queries, fused_distances
+from prodvec.encode.robust import encode_queries
+from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, embedding_model, fused_distances
 
 DIMENSIONS = 512
 PRODUCTS = 200

@@ -60,7 +60,8 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     an embedded catalog over (and back) is a requeue."""
     from PIL import Image
 
-    from prodvec.worker.encode.robust import MULTI_VIEW, encode_products
+    from prodvec.encode.robust import encode_products
+    from prodvec.images.views import MULTI_VIEW
 
     photos = sorted(photo_dir.iterdir())
     for index, photo in enumerate(photos):

@@ -87,7 +87,7 @@ def _url(args: argparse.Namespace) -> int:
 
 def _migrate(args: argparse.Namespace) -> int:
     from prodvec.db.migrate import upgrade
-    from prodvec.worker.encode import spec_dimensions
+    from prodvec.encode import spec_dimensions
 
     settings = load_settings()
     dimensions = spec_dimensions(settings.model)

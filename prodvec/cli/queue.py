@@ -64,7 +64,7 @@ def _worker(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: early_stop.set())
 
     from prodvec.worker.bulk import hnsw_index_dropped
-    from prodvec.worker.encode import load_encoder
+    from prodvec.encode import load_encoder
     from prodvec.worker.metrics import WorkerMetrics, serve
     from prodvec.worker.pipeline import Worker, WorkerOptions
 

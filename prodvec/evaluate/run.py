@@ -24,10 +24,10 @@ from prodvec.errors import ConfigError, ImageError, QueryError
 from prodvec.evaluate import metrics
 from prodvec.models import Product
 from prodvec.search import similar_to_many
-from prodvec.worker.decode import decode
-from prodvec.worker.encode import load_encoder
-from prodvec.worker.encode.robust import embedding_model
-from prodvec.worker.load import load_bytes
+from prodvec.images.decode import decode
+from prodvec.encode import load_encoder
+from prodvec.images.views import embedding_model
+from prodvec.images.load import load_bytes
 
 #: Recall is always reported at these depths (and at k), so runs with different k compare.
 RECALL_AT = (1, 5, 10)
@@ -47,7 +47,7 @@ class LabelledQuery:
 
 @dataclass(frozen=True)
 class Evaluation:
-    model: str  # robust.embedding_model: the encoder spec, and the catalog views when not the default
+    model: str  # views.embedding_model: the encoder spec, and the catalog views when not the default
     robust: bool
     k: int
     n: int

@@ -20,8 +20,8 @@ from prodvec.errors import ImageError, QueryError
 from prodvec.models import Product
 
 if TYPE_CHECKING:  # torch and the model code load only when a query needs the encoder
-    from prodvec.worker.encode import Encoder
-    from prodvec.worker.encode.robust import ViewPolicy
+    from prodvec.encode import Encoder
+    from prodvec.images.views import ViewPolicy
 
 #: Images per encoder call: bounds memory when many query images come at once.
 ENCODE_BATCH = 64
@@ -49,10 +49,10 @@ QueryInput: TypeAlias = Any
 class QueryVector:
     vector: np.ndarray  # float32, shape (D,)
     exclude_id: int | None = None  # the query product itself
-    #: Robust image queries: the turned and coarse views (prodvec.worker.encode.robust),
+    #: Robust image queries: the turned and coarse views (prodvec.encode.robust),
     #: each searched too, the results fused.
     extra_views: tuple[np.ndarray, ...] = ()
-    #: What made the vector (image and text queries): robust.embedding_model of the encoder
+    #: What made the vector (image and text queries): views.embedding_model of the encoder
     #: spec and the catalog's view policy; the products it is compared with must match it.
     model: str | None = None
     #: Image queries: the view policy they were encoded under. Each view is searched against
@@ -88,7 +88,7 @@ def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | N
 
 def _encoder() -> Encoder:
     from prodvec.config import load_settings
-    from prodvec.worker.encode import load_encoder
+    from prodvec.encode import load_encoder
 
     settings = load_settings()
     return load_encoder(settings.model, settings.device)
@@ -109,8 +109,8 @@ def _as_vector(query: Any) -> np.ndarray:
 
 
 def _as_image(query: Any) -> Image.Image:
-    from prodvec.worker.decode import decode, normalize
-    from prodvec.worker.load import load_bytes
+    from prodvec.images.decode import decode, normalize
+    from prodvec.images.load import load_bytes
 
     if isinstance(query, Image.Image):
         return normalize(query, target_size=_encoder().input_size)
@@ -136,7 +136,8 @@ def _catalog_policy() -> ViewPolicy:
 
 def _encode_images(images: list[Image.Image], *, robust: bool | None) -> list[QueryVector]:
     from prodvec.config import load_settings
-    from prodvec.worker.encode.robust import embedding_model, encode_queries
+    from prodvec.encode.robust import encode_queries
+    from prodvec.images.views import embedding_model
 
     if robust is None:  # read here: vector, product and text queries need no settings
         robust = load_settings().robust_queries
@@ -147,7 +148,7 @@ def _encode_images(images: list[Image.Image], *, robust: bool | None) -> list[Qu
 
 
 def _encode_texts(texts: list[str]) -> list[QueryVector]:
-    from prodvec.worker.encode.robust import embedding_model
+    from prodvec.images.views import embedding_model
 
     encoder = _encoder()
     if not encoder.supports_text:

@@ -13,7 +13,7 @@ rolled back after the query, which puts the caller's own settings back (execute.
 
 Image queries are searched as each of their views (robust queries: turned, coarse) against
 each vector column the catalog's view policy stores (PRODVEC_CATALOG_VIEWS=multi: embedding
-and embedding_coarse), every pair completely, and fused exactly (robust.merge_views).
+and embedding_coarse), every pair completely, and fused exactly (views.merge_views).
 
 Image and text queries are encoded by the configured model (PRODVEC_MODEL) for a catalog of
 the configured views; a hit whose vector another model, or the other catalog views, made
@@ -32,6 +32,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 
 from prodvec.errors import QueryError
+from prodvec.images.views import merge_views
 from prodvec.search import execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
@@ -106,8 +107,6 @@ def _search(
     columns = VECTOR_COLUMNS[: len(policy.catalog_view_names)] if policy else VECTOR_COLUMNS[:1]
     if policy is None or len(views) * len(columns) == 1:
         return search(vector.vector, columns[0], max_distance=max_distance)
-    from prodvec.worker.encode.robust import merge_views  # a policy exists only once torch is loaded
-
     # Each (query view, catalog view) pair's complete top k, query-view-major, fused: a product in
     # the fused top k is in the top k of the pair that gives its best distance, so the fused
     # answer is complete too.

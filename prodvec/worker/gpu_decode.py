@@ -22,8 +22,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from prodvec.worker.decode import MAX_ASPECT_RATIO, MAX_PIXELS
-from prodvec.worker.encode import Encoder
+from prodvec.images.decode import MAX_ASPECT_RATIO, MAX_PIXELS
+from prodvec.encode import Encoder
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which needs FFmpeg
 # libraries a plain pip install does not bring; decode_jpeg still works and is what we need.

@@ -27,8 +27,8 @@ from prodvec.config import load_settings
 from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.errors import DatabaseUnavailable, SchemaMismatch
-from prodvec.worker.encode import Encoder
-from prodvec.worker.encode.robust import ViewPolicy, embedding_model
+from prodvec.encode import Encoder
+from prodvec.images.views import ViewPolicy, embedding_model
 from prodvec.worker.gpu_decode import GpuJpegDecoder
 from prodvec.worker.lease import LeaseKeeper
 from prodvec.worker.metrics import WorkerMetrics

@@ -19,11 +19,12 @@ import torch
 
 from prodvec.errors import ImageError
 from prodvec.queue import Job
-from prodvec.worker.decode import decode
-from prodvec.worker.encode import Encoder
-from prodvec.worker.encode.robust import SINGLE_VIEW, ViewPolicy, crop_keep
+from prodvec.images.decode import decode
+from prodvec.encode import Encoder
+from prodvec.encode.robust import crop_keep
+from prodvec.images.views import SINGLE_VIEW, ViewPolicy
 from prodvec.worker.gpu_decode import GpuJpegDecoder, batchable
-from prodvec.worker.load import load_bytes
+from prodvec.images.load import load_bytes
 
 log = logging.getLogger("prodvec.worker")
 

