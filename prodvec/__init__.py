@@ -1,7 +1,6 @@
 """prodvec: product image search inside PostgreSQL.
 
-    from prodvec import session
-    from prodvec.models import Product
+    from prodvec import Product, session
 
     with session() as db:
         for hit in Product.similar_to("shoe.jpg", session=db, where=[Product.price < 50]):
@@ -14,7 +13,12 @@ from functools import cache
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session
 
-__all__ = ["session"]
+from prodvec.models import Product
+from prodvec.search import SearchResult, Sku, Text
+
+__version__ = "0.2.0"
+
+__all__ = ["Product", "SearchResult", "Sku", "Text", "__version__", "session"]
 
 
 @cache

@@ -1,16 +1,31 @@
 """Schema migrations: alembic runs the plain SQL files in migrations/, in order."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import psycopg
 
 from prodvec.errors import ConfigError, SchemaMismatch
 
-#: The source tree holding alembic/ and migrations/ (prodvec runs from a checkout or /app).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-MIGRATIONS_DIR = PROJECT_ROOT / "migrations"
-ALEMBIC_DIR = PROJECT_ROOT / "alembic"
+
+def _shipped_dir(package: str, folder: str) -> Path:
+    """A schema folder of the repository (pyproject.toml ships ``folder`` as ``package``).
+
+    An installed wheel has it as that package; a checkout and an editable install (whose
+    import hook does not map folders without an ``__init__.py``) have it beside prodvec/.
+    """
+    spec = importlib.util.find_spec(package)
+    if spec and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    beside = Path(__file__).resolve().parents[2] / folder
+    if beside.is_dir():
+        return beside
+    raise ConfigError(f"{package} is missing from this prodvec install: reinstall prodvec")
+
+
+MIGRATIONS_DIR = _shipped_dir("prodvec.migrations", "migrations")
+ALEMBIC_DIR = _shipped_dir("prodvec.alembic", "alembic")
 
 
 def execute_sql_file(name: str) -> None:
@@ -29,9 +44,7 @@ def alembic_config(url: str):  # -> alembic.config.Config
 
     from prodvec.db.connection import sqlalchemy_url
 
-    if not ALEMBIC_DIR.is_dir():
-        raise ConfigError(f"{ALEMBIC_DIR} is missing: prodvec migrations run from its source tree")
-    config = Config(str(PROJECT_ROOT / "alembic.ini"))
+    config = Config()
     config.set_main_option("script_location", str(ALEMBIC_DIR))
     config.set_main_option("sqlalchemy.url", sqlalchemy_url(url).replace("%", "%%"))
     return config
