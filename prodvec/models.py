@@ -55,8 +55,9 @@ class Product(Base):
         ``query``: a PIL image, a path or URL, image bytes, a vector (list / numpy array),
         a ``Product`` or ``prodvec.search.Sku("ABC-1")`` ("more like this", itself excluded).
         Nearest first, by cosine distance; ``max_distance`` drops hits farther than that.
-        ``result.complete``: it holds min(k, matching products) hits (the planner picks exact
-        or HNSW per query and falls back to exact when the index comes back short).
+        It holds min(k, matching products) hits: the planner picks exact or HNSW per query and
+        falls back to exact when the index comes back short. ``result.exact``: every matching
+        product was compared (False: the HNSW index answered).
         QueryError for a query that cannot be answered (unknown sku, no embedding yet...).
         """
         from prodvec.search.similar import similar_to

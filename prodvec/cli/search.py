@@ -73,7 +73,7 @@ def _search(args: argparse.Namespace) -> int:
         print_json(rows)
     else:
         print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
-        if not result.complete:
-            print("(incomplete: not every matching product could be considered)")
+        print("(exact: every matching product was compared)" if result.exact
+              else "(from the HNSW index: approximate nearest, k hits found)")
     return 0
 

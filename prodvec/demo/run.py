@@ -92,5 +92,5 @@ def _searches(url: str, encoder: Encoder) -> None:
         if encoder.supports_text:
             searches.append(("text 'a leather handbag'", Product.similar_to_text("a leather handbag", session=db, k=5)))
         for title, result in searches:
-            print(f"\n== {title} [{result.strategy}, {'complete' if result.complete else 'INCOMPLETE'}]")
+            print(f"\n== {title} [{result.strategy}, {'exact' if result.exact else 'from the index'}]")
             print_table(hit_rows(result), ["sku", "title", "category", "price", "stock", "distance"])

@@ -2,7 +2,7 @@
 
     from prodvec.search import Sku, similar_to
     result = similar_to(session, Sku("SHOE-1"), k=10, where=[Product.price < 50])
-    result.complete  # True: min(k, matching products) hits, nearest first
+    result.exact  # True: every matching product was compared; False: the HNSW index answered
 
 ``Product.similar_to`` / ``Product.similar_to_text`` are the same calls on the model.
 """

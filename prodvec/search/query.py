@@ -69,7 +69,9 @@ def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | N
     texts: dict[int, str] = {}
     stored: dict[int, Product | Sku] = {}
     for i, query in enumerate(queries):
-        if isinstance(query, (Product, Sku)):
+        if isinstance(query, QueryVector):  # encoded by the caller (e.g. the service's batching encoder)
+            resolved[i] = query
+        elif isinstance(query, (Product, Sku)):
             stored[i] = query
         elif isinstance(query, Text):
             texts[i] = query.text

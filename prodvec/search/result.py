@@ -1,4 +1,4 @@
-"""What a search returns: hits nearest first, and whether the answer is complete."""
+"""What a search returns: hits nearest first, and whether every matching product was compared."""
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -22,14 +22,15 @@ class Hit:
 class SearchResult(Sequence[Hit]):
     """The hits, nearest first, with how they were found.
 
-    ``complete``: the result holds min(k, number of matching products with an embedding) hits
-    (within ``max_distance`` when one was given), so a short list means there are no more.
+    ``exact``: every matching product was compared (an exact pass answered), so these are the
+    true k nearest and a short list means there are no more. False: an HNSW index answered
+    with k hits, which are the true k nearest only as far as the index's recall goes.
     ``candidates``: how many products the planner estimated the filter keeps (it chose the
     strategy; misestimates cost time, never completeness).
     """
 
     hits: tuple[Hit, ...]
-    complete: bool
+    exact: bool
     strategy: Strategy
     candidates: int
 

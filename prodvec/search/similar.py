@@ -116,7 +116,7 @@ def _search(
     fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k, penalties)
     hits = tuple(Hit(products[key], distance) for key, distance in fused
                  if max_distance is None or distance <= max_distance)
-    return SearchResult(hits, all(r.complete for r in results), results[0].strategy, results[0].candidates)
+    return SearchResult(hits, all(r.exact for r in results), results[0].strategy, results[0].candidates)
 
 
 def _search_vector(
@@ -151,7 +151,7 @@ def _search_vector(
 def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None) -> SearchResult:
     # The k nearest within max_distance are the k nearest, cut at max_distance.
     kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
-    return SearchResult(kept, True, strategy, chosen.estimate)
+    return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate)
 
 
 def _check_model(vector: QueryVector, result: SearchResult) -> None:
