@@ -23,8 +23,8 @@ import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 from worker_throughput import make_photos
 
-from prodvec.queue import Job
 from prodvec.encode import load_encoder
+from prodvec.queue import Job
 from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
 from prodvec.worker.prepare import prepare
 

@@ -34,9 +34,8 @@ try:
 except ImportError:  # run as a script: benchmarks/ itself is on sys.path
     from fashion_mnist import CATEGORIES, load, to_photo
 
+from prodvec.encode import Encoder, WeightSource, load_encoder, parse_spec, robust
 from prodvec.evaluate import perturb as faults
-from prodvec.encode import Encoder, WeightSource, load_encoder, parse_spec
-from prodvec.encode import robust
 from prodvec.images import views
 
 HERE = Path(__file__).resolve().parent

@@ -32,17 +32,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from quality import CATEGORIES, HERE, MULTI, TODAY, Bench, Config, Setup, faults
 
 from prodvec import session
 from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
-from prodvec.evaluate import LabelledQuery, evaluate
-from prodvec.search import plan
 from prodvec.encode import load_encoder, robust, spec_dimensions
+from prodvec.evaluate import LabelledQuery, evaluate
 from prodvec.images import views
+from prodvec.search import plan
 from prodvec.worker.pipeline import Worker
 
 MODEL = "timm:efficientnet_lite0"

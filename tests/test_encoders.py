@@ -16,22 +16,22 @@ import torch
 from huggingface_hub import constants as hub_constants
 from PIL import Image
 
-from prodvec.errors import ConfigError, QueryError, WeightsUnavailable
 from prodvec.encode import (
     ACCEPTED_FORMS,
     WeightSource,
     load_encoder,
+    open_clip_encoder,
     parse_spec,
     resolve_device,
     spec_dimensions,
 )
-from prodvec.encode import open_clip_encoder
 from prodvec.encode.efficientnet_lite import (
     EfficientNetLiteEncoder,
     build_efficientnet_lite0,
     weights_file,
 )
 from prodvec.encode.open_clip_encoder import OpenClipEncoder
+from prodvec.errors import ConfigError, QueryError, WeightsUnavailable
 
 RANDOM_CLIP = "open_clip:ViT-B-32:none"
 OFFLINE = "timm:efficientnet_lite0"

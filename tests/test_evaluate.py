@@ -12,10 +12,12 @@ import torch
 from PIL import Image
 
 from prodvec.cli import evaluate as evaluate_cli
+from prodvec.encode import robust
+from prodvec.encode.robust import encode_queries
 from prodvec.errors import ConfigError, QueryError
 from prodvec.evaluate import metrics, read_queries
 from prodvec.evaluate.perturb import PERTURBATIONS, perturb
-from prodvec.encode.robust import encode_queries
+from prodvec.images import views
 from prodvec.images.views import VIEW_NAMES
 from prodvec.worker.pipeline import Worker
 
@@ -125,8 +127,8 @@ def test_eval_end_to_end_multi_view(conn, db_url: str, photo_dir: Path, test_enc
     photos = _catalog(conn, db_url, photo_dir, test_encoder)
     queries = photo_dir.parent / "queries.csv"
     queries.write_text("image,sku\n" + "".join(f"photos/{p.name},{p.stem}\n" for p in photos))
-    for robust in ("--robust", "--no-robust"):
-        assert _eval(str(queries), robust, "--json") == 0
+    for flag in ("--robust", "--no-robust"):
+        assert _eval(str(queries), flag, "--json") == 0
         scores = json.loads(capsys.readouterr().out)
         assert scores["model"] == f"{test_encoder.spec}+multi-view"
         assert scores["recall@1"] == scores["mrr"] == 1.0
@@ -153,13 +155,13 @@ def test_robust_query_views(photo_dir: Path, test_encoder) -> None:
     plain = encode_queries(encoder, images, robust=False)
     assert plain.shape == (3, 1, encoder.dimensions)
     assert np.allclose(plain[:, 0], encoder.encode_images(torch.stack([encoder.preprocess(i) for i in images])), atol=1e-5)
-    robust = encode_queries(encoder, images, robust=True)
-    assert robust.shape == (3, len(VIEW_NAMES), encoder.dimensions) and robust.dtype == np.float32
-    assert np.allclose(np.linalg.norm(robust, axis=2), 1, atol=1e-4)
+    robust_vectors = encode_queries(encoder, images, robust=True)
+    assert robust_vectors.shape == (3, len(VIEW_NAMES), encoder.dimensions) and robust_vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(robust_vectors, axis=2), 1, atol=1e-4)
     # Multi-view: the query's and the product's views, in their names' order, as unit rows.
-    policy = robust_views.MULTI_VIEW
+    policy = views.MULTI_VIEW
     queries = encode_queries(encoder, images, robust=True, policy=policy)
-    products = robust_views.encode_products(encoder, images, policy=policy)
+    products = robust.encode_products(encoder, images, policy=policy)
     assert queries.shape == (3, len(policy.query_view_names), encoder.dimensions)
     assert products.shape == (3, len(policy.catalog_view_names), encoder.dimensions)
     assert np.allclose(queries[:, 0], products[:, 0], atol=1e-5)  # both sides see the same fitted photo
@@ -170,43 +172,43 @@ def test_fitted_view_shows_the_whole_photo() -> None:
     from torchvision import transforms
 
     photo = Image.new("RGB", (70, 35), (10, 20, 30))
-    fitted = robust_views.fitted_view(photo, keep=0.875)
+    fitted = views.fitted_view(photo, keep=0.875)
     assert fitted.size == (80, 80)  # square, with margins the centre crop removes: 70 / 0.875
     crop = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224)])
     shown = np.asarray(crop(fitted))
     assert (shown[112, 3] < 100).all() and (shown[112, -4] < 100).all()  # the photo spans the crop's width
     assert (shown[2, 112] == 255).all()  # padded to a square with background above and below
-    assert robust_views.fitted_view(photo, keep=1.0).size == (70, 70)
+    assert views.fitted_view(photo, keep=1.0).size == (70, 70)
 
     class Timm:  # timm's ImageNet preprocessing: resize to 256, keep the centre 224
         preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
 
-    assert robust_views.crop_keep(Timm()) == pytest.approx(0.875)
+    assert robust.crop_keep(Timm()) == pytest.approx(0.875)
 
 
 def test_view_fusion_by_hand() -> None:
-    penalty = robust_views.SINGLE_VIEW.query_view_penalty
+    penalty = views.SINGLE_VIEW.query_view_penalty
     # Product "b" is only close in an extra view: it pays the penalty there.
     per_view = [[("a", 0.30), ("b", 0.50)], [("b", 0.10), ("c", 0.40)], [], [("a", 0.29)]]
-    assert robust_views.merge_views(per_view, 2) == [("b", pytest.approx(0.10 + penalty)), ("a", pytest.approx(0.30))]
-    assert robust_views.merge_views([[("a", 0.3)]], 5) == [("a", 0.3)]  # not robust: one view
+    assert views.merge_views(per_view, 2) == [("b", pytest.approx(0.10 + penalty)), ("a", pytest.approx(0.30))]
+    assert views.merge_views([[("a", 0.3)]], 5) == [("a", 0.3)]  # not robust: one view
     # The in-memory fusion gives the same distances: 1 query, 4 views, 2 catalog vectors.
     catalog = np.eye(2, dtype=np.float32)
     queries = np.array([[[1, 0], [0, 1], [0.6, 0.8], [0.8, 0.6]]], dtype=np.float32)
-    assert np.allclose(robust_views.fused_distances(queries, catalog), [[0.0, penalty]])
-    assert np.allclose(robust_views.fused_distances(queries[:, :1], catalog), [[0.0, 1.0]])
+    assert np.allclose(views.fused_distances(queries, catalog), [[0.0, penalty]])
+    assert np.allclose(views.fused_distances(queries[:, :1], catalog), [[0.0, 1.0]])
 
 
 def test_multi_view_fusion_by_hand() -> None:
-    policy = robust_views.ViewPolicy(fit=True, turn_degrees=0, query_coarse=24, catalog_coarse=24,
+    policy = views.ViewPolicy(fit=True, turn_degrees=0, query_coarse=24, catalog_coarse=24,
                                      query_view_penalty=0.01, catalog_view_penalty=0.02)
     assert policy.query_view_names == ("fitted photo", "coarse 24 px")
     assert np.allclose(policy.penalties(2, 2), [[0.0, 0.02], [0.01, 0.03]])
     # Product 1 matches only coarse view × coarse view: it pays both penalties.
     queries = np.array([[[1, 0, 0], [0, 1, 0]]], dtype=np.float32)  # 1 query × 2 views
     products = np.array([[[1, 0, 0], [0, 0, 1]], [[0, 0, 1], [0, 1, 0]]], dtype=np.float32)  # 2 products × 2 views
-    assert np.allclose(robust_views.fused_distances(queries, products, policy), [[0.0, 0.03]])
+    assert np.allclose(views.fused_distances(queries, products, policy), [[0.0, 0.03]])
     # The same from per-search top-k lists, one per (query view, product view) pair, query-view-major.
     per_pair = [[(0, 0.0)], [(1, 1.0)], [(0, 1.0)], [(1, 0.0)]]
-    merged = robust_views.merge_views(per_pair, 2, policy.penalties(2, 2).ravel())
+    merged = views.merge_views(per_pair, 2, policy.penalties(2, 2).ravel())
     assert merged == [(0, pytest.approx(0.0)), (1, pytest.approx(0.03))]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from prodvec.images.decode import decode
 from prodvec.encode import load_encoder
+from prodvec.images.decode import decode
 from prodvec.worker.gpu_decode import GpuJpegDecoder, TensorTransform, batchable
 
 CPU = torch.device("cpu")

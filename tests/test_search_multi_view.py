@@ -22,11 +22,11 @@ from sqlalchemy.orm import Session
 
 from prodvec import session as open_session
 from prodvec.config import load_settings
+from prodvec.encode.robust import encode_queries
 from prodvec.errors import ConfigError, QueryError
+from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, embedding_model, fused_distances
 from prodvec.models import Product
 from prodvec.search import Text, plan, similar_to_many
-from prodvec.encode.robust import encode_queries
-from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, embedding_model, fused_distances
 
 DIMENSIONS = 512
 PRODUCTS = 200

@@ -60,7 +60,7 @@ def import_catalog(
     conn: psycopg.Connection,
     path: str | os.PathLike[str],
     *,
-    format: str | None = None,  # noqa: A002 - mirrors the CLI's --format
+    format: str | None = None,
     progress: bool | None = None,
 ) -> ImportReport:
     """Insert or update the products in a CSV or JSON Lines catalog file; one transaction.

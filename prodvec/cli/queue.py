@@ -63,8 +63,8 @@ def _worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: early_stop.set())
 
-    from prodvec.worker.bulk import hnsw_index_dropped
     from prodvec.encode import load_encoder
+    from prodvec.worker.bulk import hnsw_index_dropped
     from prodvec.worker.metrics import WorkerMetrics, serve
     from prodvec.worker.pipeline import Worker, WorkerOptions
 

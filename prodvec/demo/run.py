@@ -21,8 +21,8 @@ from prodvec.cli.search import hit_rows
 from prodvec.config import OFFLINE_MODEL, load_settings
 from prodvec.db.connection import connect, database_url, with_dbname
 from prodvec.db.migrate import upgrade
-from prodvec.errors import WeightsUnavailable
 from prodvec.encode import Encoder, load_encoder
+from prodvec.errors import WeightsUnavailable
 from prodvec.worker.pipeline import Worker
 
 CATALOG_DIR = Path(__file__).parent / "catalog"

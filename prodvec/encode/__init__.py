@@ -12,7 +12,6 @@ import threading
 
 import torch
 
-from prodvec.errors import ConfigError
 from prodvec.encode.base import Encoder, Preprocess
 from prodvec.encode.efficientnet_lite import load_efficientnet_lite
 from prodvec.encode.open_clip_encoder import load_open_clip
@@ -24,6 +23,7 @@ from prodvec.encode.spec import (
     parse_spec,
     spec_dimensions,
 )
+from prodvec.errors import ConfigError
 
 __all__ = [
     "ACCEPTED_FORMS",

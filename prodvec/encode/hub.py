@@ -43,6 +43,6 @@ def _probe(endpoint: str) -> str | None:
     """None when the hub answers at all (any HTTP status); else the short reason it did not."""
     try:
         get_session().head(endpoint, timeout=PROBE_TIMEOUT_S)
-    except Exception as err:  # noqa: BLE001 - its HTTP client (requests, httpx) varies by huggingface_hub version
+    except Exception as err:
         return str(err) or type(err).__name__
     return None

@@ -10,7 +10,6 @@ import numpy as np
 import open_clip
 import torch
 
-from prodvec.errors import WeightsUnavailable
 from prodvec.encode.base import Encoder, Preprocess, unit_rows
 from prodvec.encode.hub import hub_or_cache
 from prodvec.encode.spec import (
@@ -21,6 +20,7 @@ from prodvec.encode.spec import (
     WeightSource,
     spec_dimensions,
 )
+from prodvec.errors import WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def load_open_clip(spec: EncoderSpec, device: torch.device) -> OpenClipEncoder:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.arch, pretrained=spec.weights, device=device
             )
-        except Exception as err:  # noqa: BLE001 - open_clip raises many types: download, unpickling, key mismatch
+        except Exception as err:
             raise WeightsUnavailable(_fix_message(spec, hub_unreachable or _short(err))) from err
     model.eval()
     return OpenClipEncoder(spec, model, open_clip.get_tokenizer(spec.arch), preprocess, device)

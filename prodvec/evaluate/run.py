@@ -20,14 +20,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from prodvec.config import load_settings
+from prodvec.encode import load_encoder
 from prodvec.errors import ConfigError, ImageError, QueryError
 from prodvec.evaluate import metrics
+from prodvec.images.decode import decode
+from prodvec.images.load import load_bytes
+from prodvec.images.views import embedding_model
 from prodvec.models import Product
 from prodvec.search import similar_to_many
-from prodvec.images.decode import decode
-from prodvec.encode import load_encoder
-from prodvec.images.views import embedding_model
-from prodvec.images.load import load_bytes
 
 #: Recall is always reported at these depths (and at k), so runs with different k compare.
 RECALL_AT = (1, 5, 10)

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 import functools
 import math
-
-import numpy as np
 from collections.abc import Sequence
 
+import numpy as np
 from sqlalchemy import ColumnElement
 from sqlalchemy.orm import Session
 

@@ -22,8 +22,8 @@ from PIL import Image
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from prodvec.images.decode import MAX_ASPECT_RATIO, MAX_PIXELS
 from prodvec.encode import Encoder
+from prodvec.images.decode import MAX_ASPECT_RATIO, MAX_PIXELS
 
 # torchvision 0.29 deprecates its image codecs in favour of TorchCodec, which needs FFmpeg
 # libraries a plain pip install does not bring; decode_jpeg still works and is what we need.
@@ -93,7 +93,7 @@ def batchable(data: bytes) -> bool:
                 and width * height <= MAX_PIXELS
                 and max(width, height) <= MAX_ASPECT_RATIO * min(width, height)
             )
-    except Exception:  # noqa: BLE001 - whatever PIL dislikes, PIL's own path will report properly
+    except Exception:
         return False
 
 

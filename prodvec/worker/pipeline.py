@@ -26,8 +26,8 @@ from prodvec import queue as jobs
 from prodvec.config import load_settings
 from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
-from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.encode import Encoder
+from prodvec.errors import DatabaseUnavailable, SchemaMismatch
 from prodvec.images.views import ViewPolicy, embedding_model
 from prodvec.worker.gpu_decode import GpuJpegDecoder
 from prodvec.worker.lease import LeaseKeeper

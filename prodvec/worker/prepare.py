@@ -17,14 +17,14 @@ from dataclasses import dataclass
 
 import torch
 
-from prodvec.errors import ImageError
-from prodvec.queue import Job
-from prodvec.images.decode import decode
 from prodvec.encode import Encoder
 from prodvec.encode.robust import crop_keep
-from prodvec.images.views import SINGLE_VIEW, ViewPolicy
-from prodvec.worker.gpu_decode import GpuJpegDecoder, batchable
+from prodvec.errors import ImageError
+from prodvec.images.decode import decode
 from prodvec.images.load import load_bytes
+from prodvec.images.views import SINGLE_VIEW, ViewPolicy
+from prodvec.queue import Job
+from prodvec.worker.gpu_decode import GpuJpegDecoder, batchable
 
 log = logging.getLogger("prodvec.worker")
 
@@ -55,7 +55,7 @@ def _load(job: Job) -> bytes | Prepared:
         return load_bytes(job.image)
     except ImageError as exc:
         return Prepared(job, None, exc)
-    except Exception as exc:  # noqa: BLE001 - one odd file must never take the batch down
+    except Exception as exc:
         return Prepared(job, None, ImageError(f"unexpected error loading image: {exc!r}", permanent=True))
 
 
@@ -67,7 +67,7 @@ def _decoded(job: Job, data: bytes, encoder: Encoder, policy: ViewPolicy) -> Pre
         return Prepared(job, pixels, None)
     except ImageError as exc:
         return Prepared(job, None, exc)
-    except Exception as exc:  # noqa: BLE001 - one odd file must never take the batch down
+    except Exception as exc:
         return Prepared(job, None, ImageError(f"unexpected error preparing image: {exc!r}", permanent=True))
 
 
@@ -131,7 +131,7 @@ class Preparer:
         jpegs = [item for item in items if isinstance(item, _Jpeg)]
         try:
             pixels = self._gpu.decode([item.data for item in jpegs]) if jpegs else []  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - e.g. out of GPU memory: PIL can still do the batch
+        except Exception:
             log.exception("GPU decode failed for a batch of %d JPEGs; decoding them with PIL", len(jpegs))
             pixels = [None] * len(jpegs)
         on_gpu = iter(pixels)
