@@ -22,8 +22,14 @@ class SchemaMismatch(DatabaseError):
     """The database schema does not fit the configured model (e.g. embedding dimensions)."""
 
 
-class CatalogRowError(ProdvecError):
-    """One catalog row is invalid; the importer reports it with its line number and skips it."""
+class CatalogError(ProdvecError):
+    """A catalog file cannot be imported as asked (missing, empty, bad rows under --strict, a
+    refused sync): nothing of it is written."""
+
+
+class CatalogRowError(CatalogError):
+    """One catalog row is invalid; the importer reports it with its line number and skips it.
+    Raised for a whole file when the line is its header (line 1) or an unknown JSON key."""
 
     def __init__(self, line: int, reason: str) -> None:
         super().__init__(f"line {line}: {reason}")

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from prodvec.catalog import CatalogRow, import_catalog, importer, parse_row
-from prodvec.errors import CatalogRowError, ConfigError
+from prodvec.errors import CatalogError, CatalogRowError, ConfigError
 
 HEADER = "sku,title,category,price,stock,image\n"
 
@@ -56,14 +56,23 @@ def test_csv_import_types_rows_and_queues_products_with_images(conn, tmp_path):
     assert queued["A-1"][:3] == ("https://cdn.example.com/a1.jpg", "pending", 0)
 
 
-def test_jsonl_import_reads_numbers_exactly_and_ignores_extra_keys(conn, tmp_path):
+def test_jsonl_import_reads_numbers_exactly_and_ignores_extra_keys_when_told(conn, tmp_path):
     catalog = write(tmp_path / "catalog.ndjson", (
         '{"sku": "J-1", "title": "Tee", "price": 19.99, "stock": 3, "colour": "red", '
         '"image": "https://cdn.example.com/j1.jpg"}\n'
         "\n"
-        '{"sku": 1002, "price": "5", "stock": "7", "image": null}\n'
+        '{"sku": 1002, "price": "5", "stok": "7", "stock": "7", "image": null}\n'
     ))
-    report = import_catalog(conn, catalog)
+    with pytest.raises(CatalogRowError) as error:
+        import_catalog(conn, catalog)
+    assert error.value.line == 1 and "unknown key 'colour'" in error.value.reason
+    assert products(conn) == {}
+    write(catalog, catalog.read_text().replace(', "colour": "red"', ""))
+    with pytest.raises(CatalogRowError) as error:  # found on line 3 before anything is written
+        import_catalog(conn, catalog)
+    assert error.value.line == 3 and "unknown key 'stok' (did you mean 'stock'?)" in error.value.reason
+    assert products(conn) == {}
+    report = import_catalog(conn, catalog, ignore_unknown_columns=True)
     assert (report.inserted, report.bad_rows) == (2, [])
     stored = products(conn)
     assert stored["J-1"][:5] == ("Tee", "", Decimal("19.99"), 3, "https://cdn.example.com/j1.jpg")
@@ -224,11 +233,11 @@ def test_import_is_one_transaction(conn, tmp_path, monkeypatch):
     write_chunk = importer._write_chunk
     calls = []
 
-    def failing_second_chunk(connection, chunk):
+    def failing_second_chunk(connection, chunk, **options):
         calls.append(len(chunk))
         if len(calls) == 2:
             raise psycopg.OperationalError("connection lost")
-        return write_chunk(connection, chunk)
+        return write_chunk(connection, chunk, **options)
 
     monkeypatch.setattr(importer, "_write_chunk", failing_second_chunk)
     with pytest.raises(psycopg.OperationalError):
@@ -243,6 +252,88 @@ def test_csv_without_sku_column_is_refused(conn, tmp_path):
     with pytest.raises(CatalogRowError) as error:
         import_catalog(conn, catalog)
     assert error.value.line == 1 and "no 'sku' column" in error.value.reason
+
+
+def test_csv_header_needs_price_and_known_columns(conn, tmp_path):
+    no_price = write(tmp_path / "no_price.csv", "sku,title,stock\nA,Tee,1\n")
+    with pytest.raises(CatalogRowError, match="no 'price' column"):
+        import_catalog(conn, no_price)
+    misspelt = write(tmp_path / "misspelt.csv", "sku,title,price,stok,colour\nA,Tee,1,5,red\nB,Cap,2,3,blue\n")
+    with pytest.raises(CatalogRowError) as error:
+        import_catalog(conn, misspelt)
+    assert error.value.line == 1
+    assert "unknown column 'stok' (did you mean 'stock'?)" in error.value.reason
+    assert "--ignore-unknown-columns" in error.value.reason
+    assert products(conn) == {}
+    # Told to, the unknown columns are left out: stock is then missing, so 0.
+    report = import_catalog(conn, misspelt, ignore_unknown_columns=True)
+    assert report.inserted == 2 and {sku: row[3] for sku, row in products(conn).items()} == {"A": 0, "B": 0}
+
+
+def test_missing_and_empty_files_say_so(conn, tmp_path):
+    with pytest.raises(CatalogError, match="does not exist"):
+        import_catalog(conn, tmp_path / "nope.csv")
+    with pytest.raises(CatalogError, match="is a folder"):
+        import_catalog(conn, tmp_path)
+    with pytest.raises(CatalogError, match="is empty"):
+        import_catalog(conn, write(tmp_path / "empty.csv", ""))
+    with pytest.raises(CatalogError, match="is empty"):
+        import_catalog(conn, write(tmp_path / "empty.jsonl", ""))
+    with pytest.raises(CatalogError, match="no product rows"):
+        import_catalog(conn, write(tmp_path / "header.csv", HEADER + "\n"))
+    with pytest.raises(CatalogError, match="no product rows"):
+        import_catalog(conn, write(tmp_path / "blank.jsonl", "\n\n"))
+
+
+def test_strict_fails_the_whole_import_on_any_bad_row(conn, tmp_path, monkeypatch):
+    monkeypatch.setattr(importer, "CHUNK_ROWS", 2)  # the bad row comes after chunks were written
+    rows = "".join(f"S-{i},,,{i},1,\n" for i in range(5)) + "S-bad,,,-1,1,\nS-9,,,9,1,\n"
+    catalog = write(tmp_path / "catalog.csv", HEADER + rows)
+    with pytest.raises(CatalogError) as error:
+        import_catalog(conn, catalog, strict=True)
+    assert "1 bad row(s), so nothing was imported" in str(error.value)
+    assert "line 7: price must not be negative" in str(error.value)
+    assert products(conn) == {}
+    report = import_catalog(conn, catalog)
+    assert report.inserted == 6 and bad_lines(report).keys() == {7}
+
+
+def _stock_by_sku(conn: psycopg.Connection) -> dict[str, int]:
+    return {sku: row[3] for sku, row in products(conn).items()}
+
+
+def test_sync_deletes_or_deactivates_products_not_in_the_file(conn, tmp_path):
+    catalog = write(tmp_path / "catalog.csv", HEADER + "".join(f"Y-{i},,,{i},5,\n" for i in range(10)))
+    import_catalog(conn, catalog)
+    # The feed: Y-0..Y-7, a bad row for Y-8 (its sku is readable: kept), a new Y-new; Y-9 is gone.
+    feed = write(tmp_path / "feed.csv", HEADER + "".join(f"Y-{i},,,{i},5,\n" for i in range(8))
+                 + "Y-8,,,-3,5,\nY-new,,,1,1,\n")
+    report = import_catalog(conn, feed, sync="deactivate")
+    assert (report.inserted, report.deactivated, report.removed) == (1, 1, 0)
+    expected = {f"Y-{i}": 5 for i in range(9)} | {"Y-9": 0, "Y-new": 1}
+    assert _stock_by_sku(conn) == expected
+    assert import_catalog(conn, feed, sync="deactivate").deactivated == 0  # already at stock 0
+
+    report = import_catalog(conn, feed, sync="delete")
+    assert (report.inserted, report.removed) == (0, 1)
+    del expected["Y-9"]
+    assert _stock_by_sku(conn) == expected
+
+
+def test_sync_over_its_bound_writes_nothing(conn, tmp_path):
+    catalog = write(tmp_path / "catalog.csv", HEADER + "".join(f"Z-{i},,,{i},5,\n" for i in range(10)))
+    import_catalog(conn, catalog)
+    before = products(conn)
+    # A feed cut short: 4 of 10 products missing (40%), and a price change that must not land either.
+    short = write(tmp_path / "short.csv", HEADER + "Z-0,,,100,5,\n" + "".join(f"Z-{i},,,{i},5,\n" for i in range(1, 6)))
+    for mode in ("delete", "deactivate"):
+        with pytest.raises(CatalogError) as error:
+            import_catalog(conn, short, sync=mode)
+        assert "4 of the 10 products (40%)" in str(error.value) and "--max-remove-share 0.4" in str(error.value)
+        assert products(conn) == before
+    report = import_catalog(conn, short, sync="delete", max_remove_share=0.4)
+    assert (report.updated, report.removed) == (1, 4)
+    assert sorted(products(conn)) == [f"Z-{i}" for i in range(6)]
 
 
 @pytest.mark.parametrize(

@@ -2,18 +2,21 @@
 
 Line numbers are physical lines in the file (CSV: the header is line 1; a record whose quoted
 field spans several lines has the number of its first line), so a user can jump to them.
-Only the columns in `rows.COLUMNS` are kept: unknown extra columns or keys are ignored.
+Only the columns in `rows.COLUMNS` are kept. A column or key outside them is an error naming
+the column it probably meant (a misspelt ``stok`` would otherwise leave every product out of
+stock), unless ``ignore_unknown`` says to skip such columns.
 """
 from __future__ import annotations
 
 import csv
+import difflib
 import json
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TextIO, cast
 
-from prodvec.catalog.rows import COLUMNS
+from prodvec.catalog.rows import COLUMNS, REQUIRED_COLUMNS
 from prodvec.errors import CatalogRowError, ConfigError
 
 CatalogFormat = Literal["csv", "jsonl"]
@@ -32,7 +35,8 @@ def detect_format(path: Path, forced: str | None = None) -> CatalogFormat:
     except KeyError:
         what = f"format {forced!r}" if forced is not None else f"the format of {path.name!r}"
         raise ConfigError(
-            f"unknown {what}: name the file .csv, .jsonl or .ndjson, or choose the format (csv or jsonl)"
+            f"unknown {what}: name the file .csv, .jsonl or .ndjson, or give the format "
+            "(--format csv|jsonl|ndjson; format= in Python)"
         ) from None
 
 
@@ -42,16 +46,29 @@ def open_catalog(path: Path) -> TextIO:
     return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
 
 
-def iter_records(stream: TextIO, fmt: CatalogFormat) -> Iterator[Record | CatalogRowError]:
+def iter_records(
+    stream: TextIO, fmt: CatalogFormat, *, ignore_unknown: bool = False
+) -> Iterator[Record | CatalogRowError]:
     """Records in file order; unreadable lines come as `CatalogRowError` and reading goes on.
 
-    A CSV file without a ``sku`` column raises `CatalogRowError` for line 1: nothing in it
-    could be imported.
+    A CSV header that lacks a required column (`rows.REQUIRED_COLUMNS`), repeats one or, unless
+    ``ignore_unknown``, names an unknown one raises `CatalogRowError` for line 1: nothing in the
+    file could be imported as meant. So does an unknown key in a JSON Lines record, for its line.
     """
-    return _csv_records(stream) if fmt == "csv" else _jsonl_records(stream)
+    return _csv_records(stream, ignore_unknown) if fmt == "csv" else _jsonl_records(stream, ignore_unknown)
 
 
-def _csv_records(stream: TextIO) -> Iterator[Record | CatalogRowError]:
+def unknown_column_reason(name: str, what: str = "column") -> str:
+    """Why an unknown column or key is refused: the known column it is closest to, and the way out."""
+    near = difflib.get_close_matches(name, COLUMNS, n=1, cutoff=0.6)
+    guess = f" (did you mean {near[0]!r}?)" if near else ""
+    return (
+        f"unknown {what} {name!r}{guess}: prodvec reads {', '.join(COLUMNS)}; rename it, or import with "
+        "--ignore-unknown-columns (ignore_unknown_columns=True) to leave such columns out"
+    )
+
+
+def _csv_records(stream: TextIO, ignore_unknown: bool) -> Iterator[Record | CatalogRowError]:
     # csv.reader rather than DictReader: DictReader skips blank lines without telling (so the
     # start line of the next record is lost) and silently pads or spills rows with the wrong
     # number of fields, which usually means an unquoted comma shifted every later column.
@@ -64,8 +81,15 @@ def _csv_records(stream: TextIO) -> Iterator[Record | CatalogRowError]:
     repeated = sorted({name for _, name in kept if columns.count(name) > 1})
     if repeated:
         raise CatalogRowError(1, f"the header names column {repeated[0]!r} more than once")
-    if "sku" not in columns:
-        raise CatalogRowError(1, f"the header has no 'sku' column (it has: {', '.join(header)})")
+    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    if missing:
+        raise CatalogRowError(
+            1, f"the header has no {missing[0]!r} column (it has: {', '.join(header)}); "
+               f"a catalog needs {' and '.join(REQUIRED_COLUMNS)}"
+        )
+    unknown = [name for name in columns if name not in COLUMNS]
+    if unknown and not ignore_unknown:
+        raise CatalogRowError(1, unknown_column_reason(unknown[0]))
     start = reader.line_num + 1
     while True:
         try:
@@ -88,7 +112,7 @@ def _csv_records(stream: TextIO) -> Iterator[Record | CatalogRowError]:
         yield line, {name: fields[index] for index, name in kept}
 
 
-def _jsonl_records(stream: TextIO) -> Iterator[Record | CatalogRowError]:
+def _jsonl_records(stream: TextIO, ignore_unknown: bool) -> Iterator[Record | CatalogRowError]:
     for line, text in enumerate(stream, start=1):
         if not text.strip():
             continue
@@ -102,4 +126,8 @@ def _jsonl_records(stream: TextIO) -> Iterator[Record | CatalogRowError]:
         if not isinstance(record, dict):
             yield CatalogRowError(line, f"expected a JSON object, found {type(record).__name__}")
             continue
+        unknown = [key for key in record if key not in COLUMNS]
+        if unknown and not ignore_unknown:
+            raise CatalogRowError(line, unknown_column_reason(unknown[0], "key"))
+        # Missing keys (a record without sku or price) are the row checks' to report.
         yield line, cast("dict[str, object]", record)

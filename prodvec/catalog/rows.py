@@ -13,8 +13,11 @@ from typing import NamedTuple
 
 from prodvec.errors import CatalogRowError
 
-#: The columns prodvec reads; any other column or key is ignored.
+#: The columns prodvec reads. Any other column or key is refused unless the import ignores them.
 COLUMNS = ("sku", "title", "category", "price", "stock", "image")
+#: Columns a CSV header must name: every row needs a sku and a price (see _price). Missing
+#: title, category, stock or image are blank, blank, 0 and no image.
+REQUIRED_COLUMNS = ("sku", "price")
 
 # products.price is numeric(12, 2) and products.stock an int4: larger values would abort the COPY.
 MAX_PRICE = Decimal("9999999999.99")

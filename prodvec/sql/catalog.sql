@@ -40,3 +40,31 @@ WITH written AS (
     RETURNING xmax = 0 AS inserted
 )
 SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written
+
+-- name: create_sync_skus
+-- A sync's record of every sku in the file (valid rows and bad rows whose sku could be read):
+-- the products not in it are the ones the feed dropped.
+CREATE TEMP TABLE prodvec_import_skus (sku text PRIMARY KEY)
+
+-- name: remember_skus
+INSERT INTO prodvec_import_skus SELECT sku FROM prodvec_import_staging ON CONFLICT DO NOTHING
+
+-- name: remember_bad_skus
+INSERT INTO prodvec_import_skus SELECT unnest(%(skus)s::text[]) ON CONFLICT DO NOTHING
+
+-- name: sync_missing
+-- (products not in the file, all products): the safety bound compares the two.
+SELECT count(*) FILTER (WHERE NOT EXISTS (SELECT FROM prodvec_import_skus s WHERE s.sku = p.sku)), count(*)
+FROM products AS p
+
+-- name: sync_delete
+-- Their queue jobs go with them (ON DELETE CASCADE).
+DELETE FROM products AS p WHERE NOT EXISTS (SELECT FROM prodvec_import_skus s WHERE s.sku = p.sku)
+
+-- name: sync_deactivate
+-- Kept, vectors and all, but out of stock: searches with an in-stock filter skip them.
+UPDATE products AS p SET stock = 0
+WHERE p.stock <> 0 AND NOT EXISTS (SELECT FROM prodvec_import_skus s WHERE s.sku = p.sku)
+
+-- name: drop_sync_skus
+DROP TABLE prodvec_import_skus
