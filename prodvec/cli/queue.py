@@ -17,8 +17,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker = commands.add_parser("worker", help="embed pending products (keeps running unless --once)")
     worker.add_argument("--once", action="store_true", help="embed everything pending, then exit")
     worker.add_argument("--bulk", action="store_true",
-                        help="with --once, for big backfills: drop the HNSW indexes, embed, rebuild them once at the end "
-                             "(searches stay correct meanwhile, but slower)")
+                        help="with --once, for big backfills: drop the HNSW indexes, embed, rebuild them once at the "
+                             "end (searches stay correct meanwhile, but slower)")
     worker.add_argument("--batch-size", type=int, default=None, help="images per encoder batch")
     worker.add_argument("--decode-threads", type=int, default=None, help="threads loading and decoding images")
     worker.add_argument("--gpu-decode", action=argparse.BooleanOptionalAction, default=None,
@@ -34,11 +34,16 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     worker.add_argument("--metrics-host", default="0.0.0.0", help="address the metrics server listens on [0.0.0.0]")
     worker.set_defaults(handler=_worker)
 
-    status = commands.add_parser("status", help="how many products are embedded, pending, failed")
+    status = commands.add_parser(
+        "status", help="how many products are embedded, pending, failed",
+        description="Products by state: up_to_date, pending, retrying, failed, no_image and not_queued add up to "
+                    "total. embedded: products with a vector (searchable), pending ones that keep their previous "
+                    "vector included.",
+    )
     status.add_argument("--json", action="store_true")
     status.set_defaults(handler=_status)
 
-    failures = commands.add_parser("failures", help="failed products and why")
+    failures = commands.add_parser("failures", help="failed products, and those waiting to retry, and why")
     failures.add_argument("--limit", type=int, default=100)
     failures.add_argument("--json", action="store_true")
     failures.set_defaults(handler=_failures)
@@ -56,12 +61,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _worker(args: argparse.Namespace) -> int:
-    import threading
-
     # SIGTERM/SIGINT before the worker exists (model loading takes seconds): exit 0 right after.
-    early_stop = threading.Event()
+    interrupted: list[str] = []
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: early_stop.set())
+        signal.signal(signum, lambda received, _: interrupted.append(signal.Signals(received).name))
 
     from prodvec.encode import load_encoder
     from prodvec.worker.bulk import hnsw_index_dropped
@@ -72,6 +75,10 @@ def _worker(args: argparse.Namespace) -> int:
         raise ConfigError("--bulk goes with --once: a long-running worker must keep the index in place")
     settings = load_settings()
     url = database_url(settings)
+    if args.once:
+        # A database that does not answer: say so now, before the model loads, and exit (a
+        # long-running worker waits for it instead, reconnecting).
+        connect(url).close()
     overrides = {
         name: value
         for name, value in (
@@ -85,14 +92,18 @@ def _worker(args: argparse.Namespace) -> int:
         if value is not None
     }
     encoder = load_encoder(settings.model, settings.device)
-    progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not early_stop.is_set() else None
+    progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not interrupted else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
                     metrics=metrics)
     # SIGTERM/SIGINT: finish the batch being encoded, hand back the rest, exit 0.
+    def stop(received: int, _: object) -> None:
+        interrupted.append(signal.Signals(received).name)
+        worker.stop()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: worker.stop())
-    if early_stop.is_set():
+        signal.signal(signum, stop)
+    if interrupted:
         worker.stop()
     server = None
     if args.metrics_port is not None:
@@ -109,21 +120,50 @@ def _worker(args: argparse.Namespace) -> int:
         if server:
             server.close()
     print(f"worker: {stats.summary()}", file=sys.stderr)
+    if interrupted:
+        print(f"worker: interrupted ({interrupted[0]}): the batch in hand was written, the rest handed back; "
+              "run the worker again to go on", file=sys.stderr)
+    elif args.once:
+        _report_waiting(url)
     return 0
+
+
+#: Error texts listed when `worker --once` leaves products waiting to retry; the rest are counted.
+_LISTED_REASONS = 3
+
+
+def _report_waiting(url: str) -> None:
+    """After `worker --once`: the products it left waiting to retry after transient errors, and why."""
+    with connect(url) as conn:
+        waiting = jobs.waiting_to_retry(conn)
+    if not waiting:
+        return
+    total = sum(group.products for group in waiting)
+    next_try = min(group.next_try_seconds for group in waiting)
+    print(f"worker: {total} product(s) wait to retry after transient errors, the next in {next_try:.0f} s: run "
+          "`prodvec worker --once` again then (`prodvec failures` lists them)", file=sys.stderr)
+    for group in waiting[:_LISTED_REASONS]:
+        print(f"worker:   {group.products} × {group.reason}", file=sys.stderr)
+    others = sum(group.products for group in waiting[_LISTED_REASONS:])
+    if others:
+        print(f"worker:   {others} × other errors", file=sys.stderr)
 
 
 def _progress_bar(url: str):  # -> tqdm
     from tqdm import tqdm
 
     with connect(url) as conn:
-        pending = jobs.status(conn).pending
-    return tqdm(total=pending, unit="img", desc="embedding")
+        counts = jobs.status(conn)
+    return tqdm(total=counts.pending + counts.retrying, unit="img", desc="embedding")
 
 
 def _status(args: argparse.Namespace) -> int:
     with connect() as conn:
-        report = jobs.status(conn).as_dict()
-    print_report(report, as_json=args.json)
+        counts = jobs.status(conn)
+    print_report(counts.as_dict(), as_json=args.json)
+    kept = counts.embedded - counts.up_to_date
+    if not args.json and kept:
+        print(f"({kept} queued product(s) keep their previous vector, and stay searchable, until re-embedded)")
     return 0
 
 
@@ -133,15 +173,25 @@ def _failures(args: argparse.Namespace) -> int:
     if args.json:
         print_json(rows)
     elif rows:
-        print_table(rows, ["sku", "attempts", "reason", "image"])
+        for row in rows:
+            retry_in = row.pop("retry_in_seconds")
+            row["state"] = "failed" if retry_in is None else f"retry in {retry_in:.0f} s"
+        print_table(rows, ["sku", "state", "attempts", "reason", "image"])
     else:
-        print("no failed products")
+        print("no failed products, none waiting to retry")
     return 0
 
 
 def _retry(args: argparse.Namespace) -> int:
     with connect() as conn:
+        if not args.all:
+            unknown = jobs.unknown_skus(conn, args.sku)
+            if unknown:
+                raise ConfigError(f"no product has sku {', '.join(map(repr, unknown))}: nothing was requeued")
         requeued = jobs.retry_failed(conn, None if args.all else args.sku)
+    if not args.all and len(requeued) < len(args.sku):
+        others = sorted(set(args.sku) - set(requeued))
+        print(f"not failed, so not requeued: {', '.join(others)}", file=sys.stderr)
     print(f"requeued {len(requeued)} product(s)")
     return 0
 

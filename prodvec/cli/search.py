@@ -2,10 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
 from decimal import Decimal
 from typing import Any
 
 from prodvec.cli.output import print_json, print_table
+from prodvec.errors import ConfigError, QueryError
+from prodvec.sql import queries
+
+#: Categories offered when an unknown one is asked for.
+_LISTED_CATEGORIES = 8
+#: The Python API's advice in QueryError messages → the same advice for the command line.
+_CLI_ADVICE = ((re.compile(r"pass Sku\((.+?)\)"), r"use --sku \1"),)
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -21,7 +30,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("-k", type=int, default=10, help="how many products (default 10)")
     parser.add_argument("--max-distance", type=float, help="cosine distance cut-off")
     parser.add_argument("--robust", action=argparse.BooleanOptionalAction, default=None,
-                        help="also search the query photo's turned and coarse views (default: PRODVEC_ROBUST_QUERIES, on)")
+                        help="also search the query photo's turned and coarse views "
+                             "(default: PRODVEC_ROBUST_QUERIES, on)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_search)
 
@@ -56,24 +66,83 @@ def hit_rows(result: Any) -> list[dict[str, Any]]:
     ]
 
 
+def check_options(args: argparse.Namespace) -> None:
+    """Options that no product could match, or that make no search: ConfigError saying why."""
+    if args.k < 1:
+        raise ConfigError(f"-k must be at least 1, not {args.k}")
+    if args.max_distance is not None and not 0 <= args.max_distance <= 2:
+        raise ConfigError(f"--max-distance is a cosine distance between 0 and 2, not {args.max_distance}")
+    for flag, price in (("--min-price", args.min_price), ("--max-price", args.max_price)):
+        if price is not None and not price.is_finite():
+            raise ConfigError(f"{flag} must be a number, not {price}")
+    if args.max_price is not None and args.max_price < 0:
+        raise ConfigError(f"--max-price {args.max_price} matches no product: prices are never negative")
+    if args.min_price is not None and args.max_price is not None and args.min_price > args.max_price:
+        raise ConfigError(
+            f"--min-price {args.min_price} is above --max-price {args.max_price}: no product can match"
+        )
+
+
+def check_category(url: str, category: str) -> None:
+    """ConfigError naming the near categories when no product has ``category``."""
+    from prodvec.db.connection import connect
+
+    sql = queries("catalog.sql")
+    with connect(url) as conn:
+        if (conn.execute(sql["category_exists"], {"category": category}).fetchone() or (False,))[0]:
+            return
+        known = [name for (name,) in conn.execute(sql["categories"])]
+    near = difflib.get_close_matches(category, known, n=_LISTED_CATEGORIES)
+    if near:
+        offer = f"near ones: {', '.join(near)}"
+    elif known:
+        more = ", …" if len(known) > _LISTED_CATEGORIES else ""
+        offer = f"there are {len(known)}: {', '.join(known[:_LISTED_CATEGORIES])}{more}"
+    else:
+        offer = "no product has a category yet"
+    raise ConfigError(f"unknown category {category!r}: no product has it (categories match exactly); {offer}")
+
+
+def cli_advice(message: str) -> str:
+    """A QueryError's message with the command line's spelling of its advice."""
+    for pattern, replacement in _CLI_ADVICE:
+        message = pattern.sub(replacement, message)
+    return message
+
+
 def _search(args: argparse.Namespace) -> int:
     from prodvec import session
+    from prodvec.db.connection import database_url
     from prodvec.models import Product
     from prodvec.search import Sku
 
+    check_options(args)
+    url = database_url()
+    if args.category:
+        check_category(url, args.category)
     options = {"k": args.k, "where": filters(args), "max_distance": args.max_distance}
-    with session() as db:
-        if args.text is not None:
-            result = Product.similar_to_text(args.text, session=db, **options)
-        else:
-            query = Sku(args.sku) if args.sku is not None else args.image  # a path or URL
-            result = Product.similar_to(query, session=db, robust=args.robust, **options)
-        rows = hit_rows(result)
+    try:
+        with session(url) as db:
+            if args.text is not None:
+                result = Product.similar_to_text(args.text, session=db, **options)
+            else:
+                query = Sku(args.sku) if args.sku is not None else args.image  # a path or URL
+                result = Product.similar_to(query, session=db, robust=args.robust, **options)
+            rows = hit_rows(result)
+    except QueryError as exc:
+        raise QueryError(cli_advice(str(exc))) from exc
     if args.json:
-        print_json(rows)
+        print_json({"hits": rows, "strategy": result.strategy, "exact": result.exact,
+                    "candidates": result.candidates, "k": args.k})
+        return 0
+    print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
+    if not rows:
+        print("(no product matches: none passes the filters" +
+              (" within --max-distance)" if args.max_distance is not None else ", or none has a vector yet)"))
+    elif result.exact:
+        print("(exact: every matching product was compared)" if len(rows) == args.k
+              else f"(exact: only {len(rows)} products match)")
     else:
-        print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
-        print("(exact: every matching product was compared)" if result.exact
-              else "(from the HNSW index: approximate nearest, k hits found)")
+        print("(from the HNSW index: approximate nearest, k hits found)")
     return 0
 

@@ -1,31 +1,58 @@
 """Connections to the configured database, with pgvector's psycopg adapters registered."""
 from __future__ import annotations
 
+import os
+import re
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 from pgvector.psycopg import register_vector
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from prodvec.config import Settings, load_settings
-from prodvec.errors import DatabaseError, DatabaseUnavailable
+from prodvec.errors import ConfigError, DatabaseError, DatabaseUnavailable
 
 #: Database prodvec creates on the embedded server (its own, so `postgres` stays clean).
 EMBEDDED_DATABASE = "prodvec"
+#: URL schemes libpq (and so psycopg) reads as PostgreSQL URLs.
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+#: Seconds a connection attempt waits for a server that does not answer (libpq waits for the
+#: operating system's TCP timeout otherwise, minutes); a connect_timeout in the URL or
+#: PGCONNECT_TIMEOUT in the environment wins.
+CONNECT_TIMEOUT_S = 10
+_PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
 
 
 def database_url(settings: Settings | None = None, *, dbname: str = EMBEDDED_DATABASE) -> str:
-    """DATABASE_URL when set; otherwise start or attach to the embedded server.
+    """DATABASE_URL (checked: ConfigError when it is no PostgreSQL URL) when set; otherwise
+    start or attach to the embedded server.
 
     ``dbname`` applies to the embedded server only: it is created on first use.
     """
     settings = settings or load_settings()
     if settings.database_url:
-        return settings.database_url
+        return checked_url(settings.database_url)
     from prodvec.db.embedded import ensure_server  # only needed without DATABASE_URL
 
     server_url = ensure_server(settings.pgdata)
     ensure_database(server_url, dbname)
     return with_dbname(server_url, dbname)
+
+
+def checked_url(url: str) -> str:
+    """``url`` when it is a PostgreSQL URL psycopg can read; ConfigError saying what to write instead."""
+    fix = "write it as postgresql://USER:PASSWORD@HOST:5432/DBNAME, or unset it to use the embedded server"
+    shown = _PASSWORD.sub(r"\1:***@", url)  # the message must not print a password
+    scheme, separator, _ = url.partition("://")
+    if not separator or scheme.lower() not in POSTGRES_SCHEMES:
+        raise ConfigError(f"DATABASE_URL {shown!r} is not a PostgreSQL URL: {fix}")
+    try:
+        urlsplit(url).port  # noqa: B018  (reading it checks it: ValueError when not a number in range)
+        conninfo_to_dict(url)
+    except (ValueError, psycopg.ProgrammingError) as exc:
+        reason = str(exc).strip().splitlines()[0]
+        raise ConfigError(f"DATABASE_URL {shown!r} is malformed ({reason}): {fix}") from None
+    return url
 
 
 def with_dbname(url: str, dbname: str) -> str:
@@ -51,6 +78,8 @@ def sqlalchemy_url(url: str) -> str:
 def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Connection:
     """A psycopg connection that speaks pgvector's types. Needs the schema (`prodvec migrate`)."""
     url = url or database_url()
+    if "connect_timeout" not in conninfo_to_dict(url) and not os.environ.get("PGCONNECT_TIMEOUT"):
+        url = make_conninfo(url, connect_timeout=CONNECT_TIMEOUT_S)
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:

@@ -5,6 +5,7 @@ from prodvec.queue.jobs import (
     Failure,
     Job,
     QueueStatus,
+    WaitingToRetry,
     claim,
     claimable,
     depth,
@@ -17,6 +18,8 @@ from prodvec.queue.jobs import (
     retry_later,
     seconds_until_due,
     status,
+    unknown_skus,
+    waiting_to_retry,
     write_back,
 )
 
@@ -26,6 +29,7 @@ __all__ = [
     "Failure",
     "Job",
     "QueueStatus",
+    "WaitingToRetry",
     "claim",
     "claimable",
     "depth",
@@ -38,5 +42,7 @@ __all__ = [
     "retry_later",
     "seconds_until_due",
     "status",
+    "unknown_skus",
+    "waiting_to_retry",
     "write_back",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import psycopg
@@ -34,10 +35,18 @@ class Claim:
 
 @dataclass(frozen=True)
 class QueueStatus:
+    """Products by state. The states (up_to_date, pending, retrying, failed, no_image,
+    not_queued) add up to total; ``embedded`` counts those with a vector (searchable), which
+    includes pending ones that keep their previous vector until the new one is written."""
+
     total: int
-    embedded: int
-    pending: int
+    up_to_date: int  # a vector of the current image, nothing queued
+    pending: int  # queued, not tried yet (new, changed image, requeued)
+    retrying: int  # queued again after a transient error, waiting for its next try
     failed: int
+    no_image: int
+    not_queued: int  # an image but no vector and no job (jobs deleted by hand)
+    embedded: int
     oldest_pending_seconds: float | None
 
     def as_dict(self) -> dict[str, int | float | None]:
@@ -46,10 +55,31 @@ class QueueStatus:
 
 @dataclass(frozen=True)
 class Failure:
+    """A failed product, or one waiting to retry (state 'pending', next try in retry_in_seconds)."""
+
     sku: str
-    image: str
+    state: str
     attempts: int
     reason: str | None
+    retry_in_seconds: float | None
+    image: str
+
+
+@dataclass(frozen=True)
+class WaitingToRetry:
+    """Products queued again after the same transient error."""
+
+    reason: str
+    products: int
+    next_try_seconds: float
+
+
+def _one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate, a SELECT of a function)."""
+    row = cursor.fetchone()
+    if row is None:
+        raise AssertionError("the query returned no row")
+    return row
 
 
 def claim(conn: psycopg.Connection, *, limit: int, lease_seconds: float) -> Claim:
@@ -131,34 +161,53 @@ def renew(conn: psycopg.Connection, tokens: Sequence[uuid.UUID], *, lease_second
 def requeue_all(conn: psycopg.Connection) -> int:
     """Queue every product with an image to be embedded again; returns how many."""
     with conn.transaction():
-        return conn.execute(_SQL["requeue_all"]).fetchone()[0] or 0
+        return _one_row(conn.execute(_SQL["requeue_all"]))[0] or 0
 
 
 def claimable(conn: psycopg.Connection) -> bool:
     """Is any job claimable right now (pending, due, not leased)?"""
-    return bool(conn.execute(_SQL["claimable"]).fetchone()[0])
+    return bool(_one_row(conn.execute(_SQL["claimable"]))[0])
 
 
 def seconds_until_due(conn: psycopg.Connection) -> float | None:
     """Seconds until the next pending job becomes claimable (None: no pending job)."""
-    seconds = conn.execute(_SQL["seconds_until_due"]).fetchone()[0]
+    seconds = _one_row(conn.execute(_SQL["seconds_until_due"]))[0]
     return None if seconds is None else float(seconds)
 
 
 def depth(conn: psycopg.Connection) -> dict[str, int]:
     """Jobs by state: pending (leased ones included), leased, failed."""
-    pending, leased, failed_jobs = conn.execute(_SQL["depth"]).fetchone()
+    pending, leased, failed_jobs = _one_row(conn.execute(_SQL["depth"]))
     return {"pending": pending, "leased": leased, "failed": failed_jobs}
 
 
 def status(conn: psycopg.Connection) -> QueueStatus:
-    row = conn.execute(_SQL["status"]).fetchone()
-    total, embedded, pending, failed, oldest = row
-    return QueueStatus(total, embedded, pending, failed, None if oldest is None else float(oldest))
+    (total, up_to_date, pending, retrying, failed, no_image, not_queued, embedded,
+     oldest) = _one_row(conn.execute(_SQL["status"]))
+    return QueueStatus(total, up_to_date, pending, retrying, failed, no_image, not_queued, embedded,
+                       None if oldest is None else float(oldest))
 
 
 def failures(conn: psycopg.Connection, *, limit: int = 100) -> list[Failure]:
-    return [Failure(*row) for row in conn.execute(_SQL["failures"], {"limit": limit})]
+    """Failed products first, then those waiting to retry; each with its last error."""
+    return [
+        Failure(sku, state, attempts, reason, None if retry_in is None else float(retry_in), image)
+        for sku, state, attempts, reason, retry_in, image in conn.execute(_SQL["failures"], {"limit": limit})
+    ]
+
+
+def waiting_to_retry(conn: psycopg.Connection) -> list[WaitingToRetry]:
+    """Products queued again after transient errors, grouped by error, the largest group first."""
+    return [
+        WaitingToRetry(reason, products, float(next_try))
+        for reason, products, next_try in conn.execute(_SQL["waiting_to_retry"])
+    ]
+
+
+def unknown_skus(conn: psycopg.Connection, skus: Sequence[str]) -> list[str]:
+    """The skus no product has, in the order given."""
+    known = {sku for (sku,) in conn.execute(_SQL["known_skus"], {"skus": list(skus)})}
+    return [sku for sku in skus if sku not in known]
 
 
 def retry_failed(conn: psycopg.Connection, skus: Sequence[str] | None = None) -> list[str]:

@@ -68,3 +68,10 @@ WHERE p.stock <> 0 AND NOT EXISTS (SELECT FROM prodvec_import_skus s WHERE s.sku
 
 -- name: drop_sync_skus
 DROP TABLE prodvec_import_skus
+
+-- name: category_exists
+-- `prodvec search --category`: a category no product has cannot match; the CLI says so.
+SELECT EXISTS (SELECT FROM products WHERE category = %(category)s)
+
+-- name: categories
+SELECT DISTINCT category FROM products WHERE category <> '' ORDER BY category

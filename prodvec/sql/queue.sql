@@ -75,21 +75,54 @@ SET leased_until = NULL, lease_token = NULL, attempts = greatest(attempts - 1, 0
 WHERE lease_token = %(token)s;
 
 -- name: status
+-- Each product in exactly one state, so the states add up to total: its open job's (failed,
+-- retrying after a transient error, pending), else no_image, else up_to_date (a vector, nothing
+-- queued), else not_queued (an image, no vector, no job: only when jobs were deleted by hand).
+-- embedded counts the products with a vector, whatever their state: a requeued product keeps
+-- its vector, and stays searchable, until the new one is written.
 SELECT
-    (SELECT count(*) FROM products) AS total,
-    (SELECT count(*) FROM products AS p WHERE p.embedding IS NOT NULL
-       AND NOT EXISTS (SELECT 1 FROM embedding_jobs AS j WHERE j.product_id = p.id)) AS embedded,
-    (SELECT count(*) FROM embedding_jobs WHERE state = 'pending') AS pending,
-    (SELECT count(*) FROM embedding_jobs WHERE state = 'failed') AS failed,
-    (SELECT extract(epoch FROM now() - min(enqueued_at))
-       FROM embedding_jobs WHERE state = 'pending') AS oldest_pending_seconds;
+    count(*) AS total,
+    count(*) FILTER (WHERE state = 'up_to_date') AS up_to_date,
+    count(*) FILTER (WHERE state = 'pending') AS pending,
+    count(*) FILTER (WHERE state = 'retrying') AS retrying,
+    count(*) FILTER (WHERE state = 'failed') AS failed,
+    count(*) FILTER (WHERE state = 'no_image') AS no_image,
+    count(*) FILTER (WHERE state = 'not_queued') AS not_queued,
+    count(*) FILTER (WHERE has_vector) AS embedded,
+    extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE state IN ('pending', 'retrying')))
+        AS oldest_pending_seconds
+FROM (
+    SELECT p.embedding IS NOT NULL AS has_vector, j.enqueued_at,
+           CASE WHEN j.state = 'failed' THEN 'failed'
+                WHEN j.state = 'pending' AND j.last_error IS NOT NULL THEN 'retrying'
+                WHEN j.state = 'pending' THEN 'pending'
+                WHEN coalesce(p.image, '') = '' THEN 'no_image'
+                WHEN p.embedding IS NOT NULL THEN 'up_to_date'
+                ELSE 'not_queued' END AS state
+    FROM products AS p LEFT JOIN embedding_jobs AS j ON j.product_id = p.id
+) AS product_states;
 
 -- name: failures
-SELECT p.sku, j.image, j.attempts, j.last_error
+-- Failed products, then those waiting to retry after a transient error (with the seconds
+-- until their next try): each with the last error.
+SELECT p.sku, j.state, j.attempts, j.last_error,
+       CASE WHEN j.state = 'pending' THEN greatest(0, extract(epoch FROM j.run_after - now())) END,
+       j.image
 FROM embedding_jobs AS j JOIN products AS p ON p.id = j.product_id
-WHERE j.state = 'failed'
-ORDER BY p.sku
+WHERE j.state = 'failed' OR j.last_error IS NOT NULL
+ORDER BY j.state, p.sku
 LIMIT %(limit)s;
+
+-- name: waiting_to_retry
+-- `worker --once` exits with these left: how many per last error, the next try's delay.
+SELECT last_error, count(*), greatest(0, extract(epoch FROM min(run_after) - now()))
+FROM embedding_jobs
+WHERE state = 'pending' AND last_error IS NOT NULL
+GROUP BY last_error
+ORDER BY count(*) DESC, last_error;
+
+-- name: known_skus
+SELECT sku FROM products WHERE sku = ANY(%(skus)s::text[]);
 
 -- name: retry_failed
 -- `prodvec retry`: failed jobs (all, or those of the given skus) go back to pending.

@@ -39,8 +39,8 @@ def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterat
         yield
     finally:
         seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
-        log.warning("HNSW indexes rebuilt in %.1f s", seconds)
-        log.warning("products vacuumed and analyzed in %.1f s", vacuum_products(url))
+        log.info("HNSW indexes rebuilt in %.1f s", seconds)
+        log.info("products vacuumed and analyzed in %.1f s", vacuum_products(url))
 
 
 def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:

@@ -135,6 +135,9 @@ class Worker:
                     delay = 1.0
                     self._connected = False
                     self.metrics.record_reconnect()
+                if once and delay >= self.options.reconnect_max_seconds:
+                    # --once is a job that must end: after the longest wait, give up and say so.
+                    raise DatabaseUnavailable(f"the database stayed unavailable: {str(exc).strip()}") from exc
                 log.warning("database unavailable (%s); reconnecting in %.0f s", str(exc).strip(), delay)
                 if self.stopping.wait(delay):
                     break
