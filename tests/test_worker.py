@@ -36,7 +36,8 @@ def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: P
     stats = Worker(db_url, encoder, WorkerOptions(batch_size=3)).run(once=True)
     assert stats.embedded == 8 and stats.failed == 0
     assert jobs.status(conn).as_dict() | {"oldest_pending_seconds": None} == {
-        "total": 8, "embedded": 8, "pending": 0, "failed": 0, "oldest_pending_seconds": None,
+        "total": 8, "up_to_date": 8, "pending": 0, "retrying": 0, "failed": 0, "no_image": 0, "not_queued": 0,
+        "embedded": 8, "oldest_pending_seconds": None,
     }
     rows = conn.execute("SELECT image, embedding, embedding_model, embedded_image FROM products").fetchall()
     for image, embedding, model, embedded_image in rows:
