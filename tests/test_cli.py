@@ -5,9 +5,11 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -195,16 +197,20 @@ def _prodvec(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str
                           timeout=300)
 
 
-def test_db_commands_on_the_embedded_server(tmp_path: Path) -> None:
+def test_db_commands_on_the_embedded_server() -> None:
+    # Outside pytest's tmp dirs, as in conftest: a pytest run (another one on this machine too)
+    # resets /tmp/pytest-of-<user> to 0700, locking out the server's own system user.
+    home = Path(tempfile.mkdtemp(prefix="prodvec-cli-db-")) / "home"
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {
-        "PRODVEC_HOME": str(tmp_path / "home"), "PRODVEC_MODEL": "open_clip:ViT-B-32:none"}
+        "PRODVEC_HOME": str(home), "PRODVEC_MODEL": "open_clip:ViT-B-32:none"}
 
     def prodvec(*argv: str) -> subprocess.CompletedProcess[str]:
         return _prodvec(env, *argv)
 
     try:
-        url = prodvec("db", "start").stdout.strip()
-        assert url.startswith("postgresql://") and str(tmp_path / "home") in url
+        start = prodvec("db", "start")
+        url = start.stdout.strip()
+        assert url.startswith("postgresql://") and str(home) in url, start.stderr
         assert url.split("?")[0].endswith("/prodvec")  # the products' database, not the server's postgres
         status = json.loads(prodvec("db", "status", "--json").stdout)
         assert status["running"] is True and status["embedded"] is True
@@ -216,6 +222,7 @@ def test_db_commands_on_the_embedded_server(tmp_path: Path) -> None:
         stop = prodvec("db", "stop")
         assert stop.stdout.strip() == "stopped", stop.stderr
     assert json.loads(prodvec("db", "status", "--json").stdout)["running"] is False
+    shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def test_migrate_refuses_a_model_whose_weights_cannot_be_had(pg_server: str, tmp_path: Path) -> None:
