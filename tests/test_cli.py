@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from prodvec.cli.main import main
+from prodvec.db.connection import connect
 
 
 def _run_json(capsys: pytest.CaptureFixture[str], *argv: str, rc: int = 0):
@@ -190,6 +191,12 @@ def test_searches_that_cannot_match_say_why(capsys, db_url: str, tmp_path: Path)
     err = _fails(capsys, "search", "--image", "A")
     assert "use --sku 'A'" in err and "Sku(" not in err
     assert "has no embedding yet" in _fails(capsys, "search", "--sku", "A")
+    with connect(db_url, autocommit=True) as conn:  # A alone has a vector: nothing else can match
+        conn.execute("UPDATE products SET embedding = array_fill(0.1, ARRAY[512])::real[]::halfvec WHERE sku = 'A'")
+    capsys.readouterr()
+    assert main(["search", "--sku", "A"]) == 0
+    assert "(no product matches: none passes the filters, or none has a vector yet)" in capsys.readouterr().out
+    assert _run_json(capsys, "search", "--sku", "A")["hits"] == []
 
 
 def _prodvec(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:

@@ -40,7 +40,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--ignore-unknown-columns", action="store_true",
                         help="leave out columns (JSON keys) prodvec does not read, instead of refusing the file")
     parser.add_argument("--sync", action="store_true",
-                        help="the file is the whole catalog: delete the products whose sku is not in it")
+                        help="the file is the whole catalog: delete the products whose sku is not in it (a bad row "
+                             "keeps its product when its sku can be read)")
     parser.add_argument("--deactivate", action="store_true",
                         help="with --sync: keep those products, with stock 0, instead of deleting them")
     parser.add_argument("--max-remove-share", type=float, default=MAX_REMOVE_SHARE, metavar="SHARE",
