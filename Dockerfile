@@ -26,8 +26,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # under /cache, which docker-compose.yml mounts as a named volume: download once, reuse.
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
-    XDG_CACHE_HOME=/cache \
-    PRODVEC_DEVICE=cuda
+    XDG_CACHE_HOME=/cache
+# No PRODVEC_DEVICE here: prodvec takes the GPU when there is one. The compose worker sets
+# PRODVEC_DEVICE=cuda (it must not fall back to the CPU); one-off commands run anywhere.
 
 # Non-root runtime user. /cache is created (and owned) here so that an empty named volume
 # mounted on it starts out owned by this user and the worker can write the weights into it.
