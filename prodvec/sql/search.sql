@@ -1,6 +1,7 @@
--- Similarity search in plain SQL: the recipes the README shows, run as written by
--- tests/test_search.py. Placeholders are psycopg's; %(query)s is a vector's text form,
--- e.g. '[0.12,-0.03,...]', cast to halfvec (the column's type) so the HNSW index applies.
+-- Similarity search in plain SQL for psycopg (%(name)s placeholders): the recipes README.md
+-- and docs/search.md show for psql (with :'q'), run by tests/test_search.py and
+-- tests/test_docs.py. %(query)s is a vector (pgvector's HalfVector, or its text form
+-- '[0.12,-0.03,...]'), cast to halfvec (the column's type) so the HNSW index applies.
 
 -- name: nearest
 -- The k nearest products: the HNSW index answers (approximate, default ef_search = 40).
@@ -41,9 +42,10 @@ LIMIT 10
 
 -- name: more_like_sku
 -- "More like this": the product's own embedding is the query (one lookup, then the index),
--- the product itself left out.
+-- the product itself left out. For an unknown or not yet embedded sku the id lookup is NULL,
+-- `id <> NULL` holds for no row, and nothing comes back (not rows with NULL distances).
 SELECT id, sku, title, embedding <=> (SELECT embedding FROM products WHERE sku = %(sku)s) AS distance
 FROM products
-WHERE sku <> %(sku)s
+WHERE id <> (SELECT id FROM products WHERE sku = %(sku)s AND embedding IS NOT NULL)
 ORDER BY embedding <=> (SELECT embedding FROM products WHERE sku = %(sku)s)
 LIMIT 10
