@@ -61,7 +61,7 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     from PIL import Image
 
     from prodvec.encode.robust import encode_products
-    from prodvec.images.views import MULTI_VIEW
+    from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW
 
     photos = sorted(photo_dir.iterdir())
     for index, photo in enumerate(photos):
@@ -69,12 +69,11 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     Worker(db_url, encoder).run(once=True)  # single, the default: no coarse vector
     assert conn.execute("SELECT count(*) FROM products WHERE embedding_coarse IS NULL").fetchone()[0] == 8
 
-    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
     assert jobs.requeue_all(conn) == 8
     (tmp_path / "not-an-image.jpg").write_text("hello")
     _insert(conn, "BROKEN", str(tmp_path / "not-an-image.jpg"))
-    worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True))
-    assert worker.policy == MULTI_VIEW and not worker.decodes_on_gpu
+    worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True), policy=MULTI_VIEW)
+    assert not worker.decodes_on_gpu
     with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
         stats = worker.run(once=True)
     assert (stats.embedded, stats.failed) == (8, 1)  # the broken photo fails alone
@@ -89,9 +88,8 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
         assert np.allclose(embedding.to_numpy(), views[0], atol=2e-3)
         assert np.allclose(coarse.to_numpy(), views[1], atol=2e-3)
 
-    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")
     assert jobs.requeue_all(conn) == 9
-    Worker(db_url, encoder).run(once=True)
+    Worker(db_url, encoder, policy=SINGLE_VIEW).run(once=True)
     assert conn.execute(
         "SELECT count(*) FROM products WHERE embedding_coarse IS NULL AND embedding_model = %s", (encoder.spec,)
     ).fetchone()[0] == 8

@@ -88,7 +88,7 @@ def _worker(args: argparse.Namespace) -> int:
     progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not early_stop.is_set() else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
-                    metrics=metrics)
+                    metrics=metrics, policy=settings.catalog_policy)
     # SIGTERM/SIGINT: finish the batch being encoded, hand back the rest, exit 0.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.stop())
