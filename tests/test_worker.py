@@ -22,7 +22,8 @@ def _insert(conn: psycopg.Connection, sku: str, image: str | None, **columns: ob
     values = {"sku": sku, "image": image, **columns}
     names = ", ".join(values)
     placeholders = ", ".join(["%s"] * len(values))
-    return conn.execute(f"INSERT INTO products ({names}) VALUES ({placeholders}) RETURNING id", list(values.values())).fetchone()[0]
+    query = f"INSERT INTO products ({names}) VALUES ({placeholders}) RETURNING id"
+    return conn.execute(query, list(values.values())).fetchone()[0]
 
 
 def _job_states(conn: psycopg.Connection) -> dict[str, str]:
@@ -35,7 +36,7 @@ def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: P
         _insert(conn, f"P{index}", str(photo), price=10 + index, stock=index)
     stats = Worker(db_url, encoder, WorkerOptions(batch_size=3)).run(once=True)
     assert stats.embedded == 8 and stats.failed == 0
-    assert jobs.status(conn).as_dict() | {"oldest_pending_seconds": None} == {
+    assert jobs.status(conn).as_dict() == {  # nothing pending: no oldest pending age either
         "total": 8, "embedded": 8, "pending": 0, "failed": 0, "oldest_pending_seconds": None,
     }
     rows = conn.execute("SELECT image, embedding, embedding_model, embedded_image FROM products").fetchall()
@@ -54,8 +55,8 @@ def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: P
 
 
 def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """PRODVEC_CATALOG_VIEWS=multi: the fitted photo in embedding, the coarse thumbnail in
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """MULTI_VIEW (PRODVEC_CATALOG_VIEWS=multi): the fitted photo in embedding, the coarse thumbnail in
     embedding_coarse, both made with PIL even where JPEGs could be decoded in batches; switching
     an embedded catalog over (and back) is a requeue."""
     from PIL import Image
@@ -127,9 +128,13 @@ def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir:
 def test_missing_file_is_retried_then_failed(conn, db_url, encoder, tmp_path: Path) -> None:
     _insert(conn, "LATE", str(tmp_path / "not-yet.jpg"))
     options = WorkerOptions(max_attempts=2, retry_base_delay_seconds=0.0)
-    Worker(db_url, encoder, options).run(once=True)
+    worker = Worker(db_url, encoder, options)
+    stats = worker.run(once=True)
+    assert (stats.embedded, stats.failed, stats.retried) == (0, 1, 1)  # attempt 1 retried, attempt 2 the last
     failure = jobs.failures(conn)[0]
     assert failure.sku == "LATE" and failure.attempts == 2 and "not found" in failure.reason
+    for counter in ("prodvec_retries_total", "prodvec_failures_total"):
+        assert worker.metrics.registry.get_sample_value(counter, {"reason": "missing_file"}) == 1
 
 
 def test_stale_image_is_not_written(conn, db_url, encoder, photo_dir: Path) -> None:
@@ -154,10 +159,11 @@ def test_dimension_mismatch_stops_the_worker(conn, db_url, encoder) -> None:
 
 def _has_hnsw_index(conn) -> bool:
     """Both vector columns' HNSW indexes are there (else: neither is)."""
-    both, either = conn.execute(
-        "SELECT to_regclass('products_embedding_hnsw') IS NOT NULL AND to_regclass('products_embedding_coarse_hnsw') IS NOT NULL, "
-        "to_regclass('products_embedding_hnsw') IS NOT NULL OR to_regclass('products_embedding_coarse_hnsw') IS NOT NULL"
+    embedding, coarse = conn.execute(
+        "SELECT to_regclass('products_embedding_hnsw') IS NOT NULL, "
+        "to_regclass('products_embedding_coarse_hnsw') IS NOT NULL"
     ).fetchone()
+    both, either = embedding and coarse, embedding or coarse
     assert both == either
     return both
 

@@ -30,7 +30,7 @@ import pytest
 from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
-from prodvec.worker.metrics import WorkerMetrics, reason_class, serve
+from prodvec.worker.metrics import WorkerMetrics, serve
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
 SUMMARY = re.compile(r"worker: embedded (\d+), failed (\d+), retried (\d+), ([\d.]+) img/s")
@@ -330,13 +330,3 @@ def test_worker_survives_a_database_restart(tmp_path: Path, photos, test_encoder
             metrics_server.close()
         stop_server(pgdata)
 
-
-def test_failure_reasons_fall_into_few_classes() -> None:
-    assert reason_class("image file not found: /x.jpg") == "not_found"
-    assert reason_class("not an image (no decoder recognises the data)") == "not_an_image"
-    assert reason_class("corrupt image: broken data stream") == "corrupt"
-    assert reason_class("HTTP 404 fetching https://x/y.jpg") == "http"
-    assert reason_class("cannot fetch https://x/y.jpg: timed out") == "fetch"
-    assert reason_class("image is 9000x9000 pixels, over the 64000000-pixel limit") == "too_large"
-    assert reason_class("unsupported image location scheme 'ftp': use a path") == "unsupported_location"
-    assert reason_class("something new") == "other"
