@@ -118,6 +118,16 @@ def test_the_given_policy_is_the_one_searched(db: Session, catalog: Catalog, pho
         Product.similar_to(photo_dir / "red.jpg", session=db, encoder=test_encoder, policy=MULTI_VIEW, robust=False)
 
 
+@pytest.mark.usefixtures("unusable_settings")
+def test_unusable_queries_are_refused_before_the_encoder_is_needed(db: Session, test_encoder) -> None:
+    with pytest.raises(QueryError, match=r"image file not found.*pass Sku\('SHOE-1'\)"):
+        Product.similar_to("SHOE-1", session=db)
+    with pytest.raises(QueryError, match="cannot search by a dict"):
+        Product.similar_to({"sku": "SHOE-1"}, session=db)
+    with pytest.raises(QueryError, match="cannot use the query image: not an image"):
+        Product.similar_to(b"hello", session=db, encoder=test_encoder, policy=SINGLE_VIEW, robust=False)
+
+
 def test_what_the_caller_leaves_out_comes_from_the_settings(db: Session, catalog: Catalog, photo_dir: Path,
                                                            test_encoder, monkeypatch: pytest.MonkeyPatch) -> None:
     photo = photo_dir / "blue_stripes.png"

@@ -44,9 +44,6 @@ class Text:
 #: A PIL image, a path or URL, image bytes, a vector, a Product, a Sku or a Text.
 QueryInput: TypeAlias = Any
 
-#: What an image query may be: a PIL image, image bytes, or a path or URL to load them from.
-ImageInput: TypeAlias = "Image.Image | bytes | bytearray | memoryview | str | os.PathLike[str]"
-
 
 @dataclass(frozen=True)
 class QueryVector:
@@ -80,7 +77,7 @@ def resolve(
     it: vector, product and already encoded queries need no encoder.
     """
     resolved: dict[int, QueryVector] = {}
-    images: dict[int, ImageInput] = {}
+    images: dict[int, Image.Image | bytes] = {}
     texts: dict[int, str] = {}
     stored: dict[int, Product | Sku] = {}
     for i, query in enumerate(queries):
@@ -92,8 +89,10 @@ def resolve(
             texts[i] = query.text
         elif isinstance(query, (np.ndarray, list, tuple)) or hasattr(query, "to_numpy"):
             resolved[i] = QueryVector(_as_vector(query))
-        elif isinstance(query, (Image.Image, bytes, bytearray, memoryview, str, os.PathLike)):
+        elif isinstance(query, Image.Image):
             images[i] = query
+        elif isinstance(query, (bytes, bytearray, memoryview, str, os.PathLike)):
+            images[i] = _image_bytes(query)  # a path or URL that fails, fails before the encoder loads
         else:
             raise QueryError(
                 f"cannot search by a {type(query).__name__}: pass a PIL image, a path or URL, image bytes, "
@@ -142,7 +141,7 @@ class _QueryEncoding:
 
         return embedding_model(self.encoder.spec, self.policy)
 
-    def encode_images(self, queries: list[ImageInput]) -> list[QueryVector]:
+    def encode_images(self, queries: list[Image.Image | bytes]) -> list[QueryVector]:
         from prodvec.encode.robust import encode_queries
 
         images = [_as_image(query, self.encoder.input_size) for query in queries]
@@ -180,19 +179,27 @@ def _as_vector(query: Any) -> np.ndarray:
     return vector
 
 
-def _as_image(query: ImageInput, target_size: int) -> Image.Image:
-    from prodvec.images.decode import decode, normalize
+def _image_bytes(query: bytes | bytearray | memoryview | str | os.PathLike[str]) -> bytes:
     from prodvec.images.load import load_bytes
+
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query)
+    try:
+        return load_bytes(os.fspath(query))
+    except ImageError as exc:
+        hint = f" (to search by sku, pass Sku({query!r}))" if isinstance(query, str) else ""
+        raise QueryError(f"cannot use the query image: {exc.reason}{hint}") from None
+
+
+def _as_image(query: Image.Image | bytes, target_size: int) -> Image.Image:
+    from prodvec.images.decode import decode, normalize
 
     if isinstance(query, Image.Image):
         return normalize(query, target_size=target_size)
     try:
-        if isinstance(query, (bytes, bytearray, memoryview)):
-            return decode(bytes(query), target_size=target_size)
-        return decode(load_bytes(os.fspath(query)), target_size=target_size)
+        return decode(query, target_size=target_size)
     except ImageError as exc:
-        hint = f" (to search by sku, pass Sku({query!r}))" if isinstance(query, str) else ""
-        raise QueryError(f"cannot use the query image: {exc.reason}{hint}") from None
+        raise QueryError(f"cannot use the query image: {exc.reason}") from None
 
 
 def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[QueryVector]:
