@@ -177,6 +177,12 @@ def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path
         assert not _has_hnsw_index(conn)
         Worker(db_url, encoder).run(once=True)
     assert _has_hnsw_index(conn)
+    # Rebuilt with the options the migrations give them (benchmarks/worker_throughput.py rebuilds the same way).
+    options = conn.execute(
+        "SELECT DISTINCT array_to_string(reloptions, ',') FROM pg_class "
+        "WHERE relname IN ('products_embedding_hnsw', 'products_embedding_coarse_hnsw')"
+    ).fetchall()
+    assert options == [("m=32,ef_construction=200",)]  # migrations/0004_denser_graphs.sql
     assert jobs.status(conn).embedded == 8
     # Vacuumed afterwards: the rewritten pages are all-visible (exact passes read the index).
     visible, pages = conn.execute(
