@@ -38,9 +38,10 @@ from prodvec import session
 from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
-from prodvec.encode import load_encoder, robust, spec_dimensions
+from prodvec.encode import Encoder, load_encoder, robust, spec_dimensions
 from prodvec.evaluate import LabelledQuery, evaluate
 from prodvec.images import views
+from prodvec.images.views import ViewPolicy
 from prodvec.search import plan
 from prodvec.worker.pipeline import Worker
 
@@ -114,10 +115,11 @@ def memoize_query_encodes() -> None:
     robust.encode_queries = encode_queries  # prodvec/search/query.py imports it at each call
 
 
-def scores(url: str, held_out: list[LabelledQuery], near_dups: dict[str, list[LabelledQuery]]) -> dict[str, float]:
+def scores(url: str, held_out: list[LabelledQuery], near_dups: dict[str, list[LabelledQuery]], encoder: Encoder,
+           policy: ViewPolicy) -> dict[str, float]:
     with session(url) as db:
-        precision = evaluate(db, held_out, k=10, robust=True).scores["precision@10"]
-        recall = {name: evaluate(db, queries, k=10, robust=True).scores["recall@1"]
+        precision = evaluate(db, held_out, k=10, robust=True, encoder=encoder, policy=policy).scores["precision@10"]
+        recall = {name: evaluate(db, queries, k=10, robust=True, encoder=encoder, policy=policy).scores["recall@1"]
                   for name, queries in near_dups.items()}
     return summary(recall, precision)
 
@@ -142,9 +144,6 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="prodvec-quality-db-") as tmp:
         home, photos = Path(tmp), Path(tmp) / "photos"
         photos.mkdir()
-        os.environ.update(PRODVEC_HOME=str(home), PRODVEC_MODEL=MODEL, PRODVEC_DEVICE="cpu",
-                          PRODVEC_ROBUST_QUERIES="1")
-        os.environ.pop("DATABASE_URL", None)
         images = [save(bench.catalog_photos[i], photos / f"{sku}.png") for i, sku in enumerate(skus)]
         categories = [CATEGORIES[label] for label in bench.train_labels[bench.catalog_ids[:n]]]
         held_out = [LabelledQuery(i + 2, save(bench.query_photos[i], photos / f"held-{i}.png"), None,
@@ -158,7 +157,6 @@ def main() -> int:
         server = ensure_server(home / "pgdata")
         try:
             for policy, config in POLICIES.items():
-                os.environ["PRODVEC_CATALOG_VIEWS"] = policy
                 ensure_database(server, policy)
                 url = with_dbname(server, policy)
                 upgrade(url, spec_dimensions(encoder.spec))
@@ -174,11 +172,11 @@ def main() -> int:
                 with connect(url, autocommit=True) as conn:
                     conn.execute("ANALYZE products")  # as autovacuum would: the planner's row count
                 clock = time.perf_counter()
-                planned = scores(url, held_out, near_dups)
+                planned = scores(url, held_out, near_dups, encoder, config.policy)
                 searched = time.perf_counter() - clock
                 clock, exact_max, plan.EXACT_MAX_ROWS = time.perf_counter(), plan.EXACT_MAX_ROWS, 0
                 try:
-                    forced = scores(url, held_out, near_dups)
+                    forced = scores(url, held_out, near_dups, encoder, config.policy)
                 finally:
                     plan.EXACT_MAX_ROWS = exact_max
                 results[policy] = {"db": planned, "hnsw": forced}

@@ -18,7 +18,7 @@ into a new database on a temporary embedded server and measures, in one run:
                         (+ what building the index afterwards costs)
   (d) end to end        Worker.run(once=True): claim → decode → encode → writer thread, with
                         the HNSW index in place, or dropped first with --bulk (as
-                        `prodvec worker --once --bulk` does; the rebuild is timed on its own)
+                        `prodvec worker --once --bulk` does; its rebuild and vacuum timed on their own)
 
 and prints img/s for each and the ratio (d) / (a). Random weights are fine for speed (the
 network does the same arithmetic), never for quality.
@@ -41,7 +41,7 @@ from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.encode import load_encoder, spec_dimensions
-from prodvec.worker.bulk import rebuild_hnsw_index
+from prodvec.worker.bulk import drop_hnsw_index, rebuild_hnsw_index, vacuum_products
 from prodvec.worker.pipeline import Worker, WorkerOptions
 from prodvec.worker.prepare import Preparer
 
@@ -91,7 +91,8 @@ def insert_products(conn, images: list[str], prefix: str) -> None:
 
 
 def all_jobs(conn) -> list[jobs.Job]:
-    return [jobs.Job(*row) for row in conn.execute("SELECT product_id, image, attempts FROM embedding_jobs ORDER BY product_id")]
+    rows = conn.execute("SELECT product_id, image, attempts FROM embedding_jobs ORDER BY product_id")
+    return [jobs.Job(*row) for row in rows]
 
 
 def bench_decode(encoder, job_list, options: WorkerOptions, *, gpu_decode: bool) -> tuple[float, list[torch.Tensor]]:
@@ -139,14 +140,16 @@ def bench_encoder(encoder, sample: list[torch.Tensor], count: int, batch_size: i
 
 
 def bench_write_back(url: str, rows: int, dims: int, batch_size: int, *, indexed: bool) -> tuple[float, float | None]:
-    """Rows/s of claim + write_back of random unit vectors; with indexed=False the HNSW index is
-    dropped first and the time to rebuild it afterwards is returned too."""
+    """Rows/s of claim + write_back of random unit vectors; with indexed=False the HNSW indexes
+    are dropped first and the time to rebuild them afterwards, as `worker --once --bulk` does
+    (prodvec.worker.bulk: same index options, memory and parallel workers), is returned too."""
     rng = np.random.default_rng(1)
     with connect(url, autocommit=True) as conn:
         conn.execute("TRUNCATE products CASCADE")
         insert_products(conn, [f"/nowhere/{i}.jpg" for i in range(rows)], "W")
-        if not indexed:
-            conn.execute("DROP INDEX products_embedding_hnsw")
+    if not indexed:
+        drop_hnsw_index(url)
+    with connect(url, autocommit=True) as conn:
         started = time.perf_counter()
         while True:
             claim = jobs.claim(conn, limit=batch_size, lease_seconds=60)
@@ -156,14 +159,8 @@ def bench_write_back(url: str, rows: int, dims: int, batch_size: int, *, indexed
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
             jobs.write_back(conn, claim.token, claim.jobs, vectors, model="bench")
         rate = rows / (time.perf_counter() - started)
-        rebuild = None
-        if not indexed:
-            started = time.perf_counter()
-            conn.execute("SET maintenance_work_mem = '512MB'")
-            conn.execute("CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops)")
-            rebuild = time.perf_counter() - started
         assert conn.execute("SELECT count(*) FROM products WHERE embedding IS NOT NULL").fetchone()[0] == rows
-    return rate, rebuild
+    return rate, None if indexed else rebuild_hnsw_index(url)
 
 
 def main() -> None:
@@ -217,8 +214,8 @@ def main() -> None:
             with connect(url, autocommit=True) as conn:
                 insert_products(conn, images, "P")
                 job_list = all_jobs(conn)
-                if args.bulk:
-                    conn.execute("DROP INDEX products_embedding_hnsw")
+            if args.bulk:  # as `prodvec worker --once --bulk` does (prodvec.worker.bulk.hnsw_index_dropped)
+                drop_hnsw_index(url)
 
             decode_rates = {}
             # The worker's own path, and PIL's beside it when the worker decodes on the GPU.
@@ -236,13 +233,16 @@ def main() -> None:
                 e2e_rates.append(stats.embedded / (time.perf_counter() - started))
                 if stats.embedded != args.images:
                     raise SystemExit(f"end to end embedded {stats.embedded} of {args.images}: {stats.summary()}")
-                print(f"round {round_ + 1}: bare encoder {encoder_rates[-1]:.1f} img/s, end to end {e2e_rates[-1]:.1f} img/s",
+                print(f"round {round_ + 1}: bare encoder {encoder_rates[-1]:.1f} img/s, "
+                      f"end to end {e2e_rates[-1]:.1f} img/s",
                       flush=True)
             bulk_rebuild = rebuild_hnsw_index(url) if args.bulk else None
+            bulk_vacuum = vacuum_products(url) if args.bulk else None
             del sample
 
             indexed_rate, _ = bench_write_back(writes_url, args.writeback_rows, dims, args.batch_size, indexed=True)
-            plain_rate, rebuild = bench_write_back(writes_url, args.writeback_rows, dims, args.batch_size, indexed=False)
+            plain_rate, rebuild = bench_write_back(writes_url, args.writeback_rows, dims, args.batch_size,
+                                                   indexed=False)
         finally:
             stop_server(pgdata)
 
@@ -251,7 +251,8 @@ def main() -> None:
     encoder_rate, e2e_rate = max(encoder_rates), max(e2e_rates)
     print(f"{'(a) bare encoder, pre-decoded tensors on the device':<56}{encoder_rate:>10.1f}")
     for gpu, rate in decode_rates.items():
-        label = "(b) decode ceiling: " + (f"batched JPEG decode on {encoder.device.type}" if gpu else "load+decode+preprocess, PIL pool")
+        label = "(b) decode ceiling: " + (
+            f"batched JPEG decode on {encoder.device.type}" if gpu else "load+decode+preprocess, PIL pool")
         print(f"{label:<56}{rate:>10.1f}")
     print(f"{'(c) write-back ceiling, HNSW-indexed column':<56}{indexed_rate:>10.1f}")
     print(f"{'    write-back ceiling, index dropped':<56}{plain_rate:>10.1f}")
@@ -259,21 +260,24 @@ def main() -> None:
     print(f"{e2e_label:<56}{e2e_rate:>10.1f}")
     print()
     print(f"end-to-end / bare encoder = {e2e_rate / encoder_rate:.2f} (best of {args.rounds} alternating rounds each; "
-          f"per round: {', '.join(f'{d / a:.2f}' for a, d in zip(encoder_rates, e2e_rates))})")
-    if bulk_rebuild is not None:
-        print(f"bulk: rebuilding the HNSW index over {args.images} vectors afterwards took {bulk_rebuild:.1f} s; "
-              f"embed+rebuild {args.images / (args.images / e2e_rate + bulk_rebuild):.0f} img/s overall")
+          f"per round: {', '.join(f'{d / a:.2f}' for a, d in zip(encoder_rates, e2e_rates, strict=True))})")
+    if bulk_rebuild is not None and bulk_vacuum is not None:
+        print(f"bulk: rebuilding the HNSW indexes over {args.images} vectors afterwards took {bulk_rebuild:.1f} s, "
+              f"the vacuum {bulk_vacuum:.1f} s (both left out of (d)); embed+rebuild+vacuum "
+              f"{args.images / (args.images / e2e_rate + bulk_rebuild + bulk_vacuum):.0f} img/s overall")
     load = os.getloadavg()
     print(f"{os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at the end "
           "(other processes on the machine slow every stage)")
     print(f"HNSW insert cost: {args.writeback_rows} rows write back at {indexed_rate:.0f} rows/s indexed vs "
           f"{plain_rate:.0f} rows/s unindexed ({plain_rate / indexed_rate:.1f}x); rebuilding the index after "
-          f"took {rebuild:.1f} s, so drop+write+rebuild runs at {args.writeback_rows / (args.writeback_rows / plain_rate + rebuild):.0f} rows/s")
+          f"took {rebuild:.1f} s, so drop+write+rebuild runs at "
+          f"{args.writeback_rows / (args.writeback_rows / plain_rate + rebuild):.0f} rows/s")
 
 
 def requeue(conn) -> None:
     """Forget the vectors and queue every product again (for the next end-to-end round)."""
-    conn.execute("UPDATE products SET embedding = NULL, embedding_model = NULL, embedded_image = NULL, embedded_at = NULL")
+    conn.execute("UPDATE products SET embedding = NULL, embedding_model = NULL, embedded_image = NULL, "
+                 "embedded_at = NULL")
     conn.execute("SELECT prodvec_enqueue(array_agg(id), array_agg(image)) FROM products")
 
 

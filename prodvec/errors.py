@@ -1,6 +1,8 @@
 """Exception types raised at prodvec's edges. Each message says what to do about it."""
 from __future__ import annotations
 
+from typing import Literal
+
 
 class ProdvecError(Exception):
     """Base class: the CLI prints these as one line instead of a traceback."""
@@ -41,16 +43,37 @@ class WeightsUnavailable(ProdvecError):
     """Model weights could not be loaded (no network, bad path, missing extra)."""
 
 
+#: What went wrong with an image, set where it is raised: a small fixed set (the worker's
+#: metrics count failures by it; the reason text holds the paths and URLs).
+ImageFailure = Literal[
+    "missing_file",  # a local file that is not there (yet)
+    "no_permission",  # a local file that may not be read
+    "read_error",  # a local file that could not be read (I/O error, stale mount)
+    "unsupported_location",  # a directory, an unknown scheme, a malformed URL
+    "unreachable",  # connection refused, DNS, TLS
+    "timeout",  # the fetch took longer than its deadline
+    "connection",  # reset or cut off mid-response
+    "http_4xx",  # the server refused the image (404, 403, ... and 408/429, which are retried)
+    "http_5xx",  # the server failed
+    "bad_redirect",  # too many redirects, one without a target or to a non-http(s) URL
+    "too_large",  # more bytes or pixels than the limits
+    "not_an_image",  # no decoder recognises the data
+    "corrupt",  # an image format, but truncated or broken
+    "unexpected",  # an exception no stage expected (a bug): the product fails, the worker goes on
+]
+
+
 class ImageError(ProdvecError):
-    """An image could not be turned into pixels.
+    """An image could not be turned into pixels: ``kind`` says what went wrong.
 
     ``permanent`` errors (not an image, corrupt, too large) fail the product at once;
     transient ones (timeouts, 5xx, a local file not there yet) are retried with backoff.
     """
 
-    def __init__(self, reason: str, *, permanent: bool) -> None:
+    def __init__(self, reason: str, *, kind: ImageFailure, permanent: bool) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.kind: ImageFailure = kind
         self.permanent = permanent
 
 

@@ -11,6 +11,8 @@ from sqlalchemy import BigInteger, ColumnElement, Numeric, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 if TYPE_CHECKING:
+    from prodvec.encode import Encoder
+    from prodvec.images.views import ViewPolicy
     from prodvec.search.similar import SearchResult
 
 
@@ -49,6 +51,8 @@ class Product(Base):
         where: Iterable[ColumnElement[bool]] = (),
         max_distance: float | None = None,
         robust: bool | None = None,
+        encoder: Encoder | None = None,
+        policy: ViewPolicy | None = None,
     ) -> SearchResult:
         """The k products nearest to ``query`` that satisfy every ``where`` clause.
 
@@ -58,11 +62,15 @@ class Product(Base):
         It holds min(k, matching products) hits: the planner picks exact or HNSW per query and
         falls back to exact when the index comes back short. ``result.exact``: every matching
         product was compared (False: the HNSW index answered).
+        Image queries go through ``encoder`` (default: PRODVEC_MODEL's), the one that embedded the
+        catalog, as views of its ``policy`` (default: PRODVEC_CATALOG_VIEWS's); ``robust`` (default
+        PRODVEC_ROBUST_QUERIES, on) searches turned and coarse views of the photo too.
         QueryError for a query that cannot be answered (unknown sku, no embedding yet...).
         """
         from prodvec.search.similar import similar_to
 
-        return similar_to(session, query, k=k, where=tuple(where), max_distance=max_distance, robust=robust)
+        return similar_to(session, query, k=k, where=tuple(where), max_distance=max_distance, robust=robust,
+                          encoder=encoder, policy=policy)
 
     @classmethod
     def similar_to_text(
@@ -73,11 +81,15 @@ class Product(Base):
         k: int = 10,
         where: Iterable[ColumnElement[bool]] = (),
         max_distance: float | None = None,
+        encoder: Encoder | None = None,
+        policy: ViewPolicy | None = None,
     ) -> SearchResult:
-        """The k products whose photos best match ``text``; QueryError for image-only models."""
+        """The k products whose photos best match ``text``; QueryError for image-only models.
+        ``encoder``, ``policy``: as for similar_to."""
         from prodvec.search.similar import similar_to_text
 
-        return similar_to_text(session, text, k=k, where=tuple(where), max_distance=max_distance)
+        return similar_to_text(session, text, k=k, where=tuple(where), max_distance=max_distance,
+                               encoder=encoder, policy=policy)
 
 
 __all__: Sequence[str] = ("Base", "Product")

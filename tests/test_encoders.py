@@ -220,7 +220,8 @@ def test_unreachable_hub_fails_fast_and_says_how_to_fix(hub_out_of_reach: Path) 
     started = time.monotonic()
     with pytest.raises(WeightsUnavailable, match="unreachable") as raised:
         load_encoder(f"open_clip:ViT-B-32:{HUB_TAG}", device="cpu")
-    assert time.monotonic() - started < 10  # not huggingface_hub's ~46 s of retries
+    # Not huggingface_hub's ~46 s of retries; 30 s leaves room for a loaded machine.
+    assert time.monotonic() - started < 30
     assert f"weights '{HUB_TAG}'" in str(raised.value)
     _assert_says_how_to_fix(raised.value)
     assert hub_constants.HF_HUB_OFFLINE is False  # the hub is tried again next time
@@ -247,7 +248,7 @@ def test_unreachable_hub_still_loads_cached_weights(
 
 
 def test_offline_encoder_makes_unit_vectors(offline: EfficientNetLiteEncoder, pixels: torch.Tensor) -> None:
-    assert (offline.spec, offline.dimensions, offline.input_size) == (OFFLINE, spec_dimensions(OFFLINE), 224)
+    assert (offline.spec, offline.dimensions, offline.input_size) == (OFFLINE, 1280, 224)
     assert not offline.supports_text
     vectors = offline.encode_images(pixels)
     assert vectors.shape == (3, 1280) and vectors.dtype == np.float32
@@ -260,7 +261,7 @@ def test_offline_encoder_holds_the_packaged_weights(offline: EfficientNetLiteEnc
     expected = [t for k, t in packaged.items() if not (k.endswith("num_batches_tracked") or k.startswith("_fc."))]
     loaded = [t for k, t in offline.model.state_dict().items() if not k.endswith("num_batches_tracked")]
     assert len(loaded) == len(expected) == 245
-    assert all(torch.equal(a, b) for a, b in zip(loaded, expected))
+    assert all(torch.equal(a, b) for a, b in zip(loaded, expected, strict=True))
     assert torch.equal(offline.model.conv_stem.weight, packaged["_conv_stem.weight"])
 
 

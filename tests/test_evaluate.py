@@ -25,7 +25,7 @@ from prodvec.worker.pipeline import Worker
 def test_metrics_by_hand() -> None:
     # Three queries; their products come 1st, 3rd and nowhere in the top 4.
     ranked = [["A", "B", "C", "D"], ["D", "A", "B", "C"], ["C", "D", "A", "E"]]
-    ranks = [metrics.rank_of(target, hits) for target, hits in zip("ABB", ranked)]
+    ranks = [metrics.rank_of(target, hits) for target, hits in zip("ABB", ranked, strict=True)]
     assert ranks == [1, 3, None]
     assert metrics.recall_at(ranks, 1) == pytest.approx(1 / 3)
     assert metrics.recall_at(ranks, 2) == pytest.approx(1 / 3)
@@ -71,15 +71,17 @@ def _eval(*argv: str) -> int:
     return args.handler(args)
 
 
-def _catalog(conn: psycopg.Connection, db_url: str, photo_dir: Path, encoder) -> list[Path]:
-    """Every photo as a product (sku = file stem, category = colour), embedded by the worker."""
+def _catalog(conn: psycopg.Connection, db_url: str, photo_dir: Path, encoder,
+             policy: views.ViewPolicy = views.SINGLE_VIEW) -> list[Path]:
+    """Every photo as a product (sku = file stem, category = colour), embedded by the worker
+    under the view ``policy``."""
     photos = sorted(photo_dir.iterdir())
     for photo in photos:
         conn.execute(
             "INSERT INTO products (sku, category, image) VALUES (%s, %s, %s)",
             (photo.stem, photo.stem.split("_")[0], str(photo)),
         )
-    stats = Worker(db_url, encoder).run(once=True)
+    stats = Worker(db_url, encoder, policy=policy).run(once=True)
     assert stats.embedded == len(photos)
     return photos
 
@@ -108,7 +110,8 @@ def test_eval_end_to_end(conn, db_url: str, photo_dir: Path, test_encoder, capsy
 
     # Mixed labels: each metric counts only the rows that carry its label.
     lines = ["image,sku,category"] + [
-        f"photos/{p.name},{p.stem}," if i % 2 else f"photos/{p.name},,{p.stem.split('_')[0]}" for i, p in enumerate(photos)
+        f"photos/{p.name},{p.stem}," if i % 2 else f"photos/{p.name},,{p.stem.split('_')[0]}"
+        for i, p in enumerate(photos)
     ]
     queries.write_text("\n".join(lines) + "\n")
     assert _eval(str(queries)) == 0
@@ -123,8 +126,8 @@ def test_eval_end_to_end_multi_view(conn, db_url: str, photo_dir: Path, test_enc
                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """PRODVEC_CATALOG_VIEWS=multi: the worker stores both views, eval searches them; a catalog
     photo still finds itself first. Evaluating it under single is refused."""
-    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
-    photos = _catalog(conn, db_url, photo_dir, test_encoder)
+    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")  # what `prodvec eval` searches under
+    photos = _catalog(conn, db_url, photo_dir, test_encoder, views.MULTI_VIEW)
     queries = photo_dir.parent / "queries.csv"
     queries.write_text("image,sku\n" + "".join(f"photos/{p.name},{p.stem}\n" for p in photos))
     for flag in ("--robust", "--no-robust"):
@@ -154,7 +157,8 @@ def test_robust_query_views(photo_dir: Path, test_encoder) -> None:
     images = [Image.open(p).convert("RGB") for p in sorted(photo_dir.iterdir())[:3]]
     plain = encode_queries(encoder, images, robust=False)
     assert plain.shape == (3, 1, encoder.dimensions)
-    assert np.allclose(plain[:, 0], encoder.encode_images(torch.stack([encoder.preprocess(i) for i in images])), atol=1e-5)
+    pixels = torch.stack([encoder.preprocess(image) for image in images])
+    assert np.allclose(plain[:, 0], encoder.encode_images(pixels), atol=1e-5)
     robust_vectors = encode_queries(encoder, images, robust=True)
     assert robust_vectors.shape == (3, len(VIEW_NAMES), encoder.dimensions) and robust_vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(robust_vectors, axis=2), 1, atol=1e-4)

@@ -1,4 +1,5 @@
-"""load_bytes against a real HTTP server on 127.0.0.1: bounded, and errors classed for the queue."""
+"""load_bytes against a real HTTP server on 127.0.0.1: bounded, and errors classed for the queue
+(permanent or transient) and by kind (for the metrics)."""
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from PIL import Image
@@ -25,7 +27,7 @@ PHOTO_BYTES = PHOTO.getvalue()
 class _Handler(BaseHTTPRequestHandler):
     """One path per behaviour; /flaky/<key>/<n> fails n times per key, then serves the photo."""
 
-    hits: Counter[str] = Counter()
+    hits: ClassVar[Counter[str]] = Counter()
     lock = threading.Lock()
 
     def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
@@ -40,15 +42,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(int(parts[1]), b"nope", "text/plain")
         elif route == "html":
             self._send(200, b"<!DOCTYPE html><html><body>Log in to see this image</body></html>", "text/html")
-        elif route == "slow":
-            time.sleep(1.0)
-            self._send(200, PHOTO_BYTES, "image/png")
         elif route == "sleep":  # /sleep/SECONDS: the photo, that late
             time.sleep(float(parts[1]))
             self._send(200, PHOTO_BYTES, "image/png")
-        elif route == "drip":  # headers at once, then a byte every 0.1 s: only a total deadline stops it
-            self._headers(200, {"Content-Length": "100"})
-            for _ in range(20):
+        elif route == "drip":  # headers at once, then a byte every 0.1 s for 30 s: only a total deadline stops it
+            self._headers(200, {"Content-Length": "1000"})
+            for _ in range(300):
                 time.sleep(0.1)
                 self.wfile.write(b"x")
                 self.wfile.flush()
@@ -115,20 +114,21 @@ def test_serves_the_image(server: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("path", "permanent", "reason"),
+    ("path", "permanent", "kind", "reason"),
     [
-        ("/status/500", False, "HTTP 500"),
-        ("/status/503", False, "HTTP 503"),
-        ("/status/429", False, "HTTP 429"),
-        ("/status/404", True, "HTTP 404"),
-        ("/status/403", True, "HTTP 403"),
-        ("/hang-up", False, "cannot fetch"),
-        ("/cut-short", False, f"connection closed after 20 of {len(PHOTO_BYTES)} bytes"),
+        ("/status/500", False, "http_5xx", "HTTP 500"),
+        ("/status/503", False, "http_5xx", "HTTP 503"),
+        ("/status/429", False, "http_4xx", "HTTP 429"),
+        ("/status/404", True, "http_4xx", "HTTP 404"),
+        ("/status/403", True, "http_4xx", "HTTP 403"),
+        ("/hang-up", False, "connection", "cannot fetch"),
+        ("/cut-short", False, "connection", f"connection closed after 20 of {len(PHOTO_BYTES)} bytes"),
     ],
 )
-def test_status_and_connection_errors_are_classed(server: str, path: str, permanent: bool, reason: str) -> None:
+def test_status_and_connection_errors_are_classed(server: str, path: str, permanent: bool, kind: str,
+                                                  reason: str) -> None:
     error = _error(server + path)
-    assert error.permanent is permanent and reason in error.reason
+    assert (error.permanent, error.kind) == (permanent, kind) and reason in error.reason
 
 
 def test_connection_refused_is_transient() -> None:
@@ -138,35 +138,38 @@ def test_connection_refused_is_transient() -> None:
         unused.bind(("127.0.0.1", 0))
         port = unused.getsockname()[1]
     error = _error(f"http://127.0.0.1:{port}/photo.png")
-    assert not error.permanent and "cannot fetch" in error.reason
+    assert (error.permanent, error.kind) == (False, "unreachable") and "cannot fetch" in error.reason
 
 
-@pytest.mark.parametrize("path", ["/slow", "/drip"])
+@pytest.mark.parametrize("path", ["/sleep/30", "/drip"])
 def test_slow_responses_time_out_transiently(server: str, path: str) -> None:
+    # Both take 30 s; the drip sends a byte every 0.1 s, so only one deadline for the whole
+    # fetch (not a per-read timeout) ends it early. 15 s: room for a loaded machine.
     started = time.monotonic()
     error = _error(server + path, timeout=0.5)
-    assert time.monotonic() - started < 0.9  # one deadline for the whole fetch
-    assert not error.permanent
+    assert time.monotonic() - started < 15
+    assert (error.permanent, error.kind) == (False, "timeout")
     assert "timed out" in error.reason or "took longer than 0.5 s" in error.reason
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-unannounced"])
 def test_oversized_bodies_are_refused(server: str, path: str) -> None:
     error = _error(server + path, max_bytes=1000)
-    assert error.permanent and "over the 1000-byte limit" in error.reason
+    assert (error.permanent, error.kind) == (True, "too_large") and "over the 1000-byte limit" in error.reason
 
 
 def test_redirects_are_followed_up_to_the_limit(server: str) -> None:
     assert load_bytes(f"{server}/redirect/{MAX_REDIRECTS}") == PHOTO_BYTES
     for path in (f"/redirect/{MAX_REDIRECTS + 1}", "/loop"):
         error = _error(server + path)
-        assert error.permanent and "too many redirects" in error.reason
+        assert (error.permanent, error.kind) == (True, "bad_redirect") and "too many redirects" in error.reason
 
 
 @pytest.mark.parametrize("scheme", ["file", "ftp"])
 def test_redirect_out_of_http_is_refused(server: str, scheme: str) -> None:
     error = _error(f"{server}/to/{scheme}")
-    assert error.permanent and f"non-http(s) URL refused: {scheme}://" in error.reason
+    assert (error.permanent, error.kind) == (True, "bad_redirect")
+    assert f"non-http(s) URL refused: {scheme}://" in error.reason
 
 
 def test_local_files(tmp_path: Path) -> None:
@@ -174,10 +177,13 @@ def test_local_files(tmp_path: Path) -> None:
     photo.write_bytes(PHOTO_BYTES)
     assert load_bytes(str(photo)) == load_bytes(photo.as_uri()) == PHOTO_BYTES
     missing = _error(str(tmp_path / "not-yet.png"))
-    assert not missing.permanent and "not found" in missing.reason  # may still arrive
-    assert _error(str(tmp_path)).permanent
-    assert "over the 10-byte limit" in _error(str(photo), max_bytes=10).reason
-    assert "unsupported image location scheme 'ftp'" in _error("ftp://127.0.0.1/photo.png").reason
+    assert (missing.permanent, missing.kind) == (False, "missing_file") and "not found" in missing.reason  # may arrive
+    directory = _error(str(tmp_path))
+    assert (directory.permanent, directory.kind) == (True, "unsupported_location")
+    large = _error(str(photo), max_bytes=10)
+    assert large.kind == "too_large" and "over the 10-byte limit" in large.reason
+    ftp = _error("ftp://127.0.0.1/photo.png")
+    assert ftp.kind == "unsupported_location" and "unsupported image location scheme 'ftp'" in ftp.reason
 
 
 def test_worker_retries_transient_fetch_errors_then_gives_up(conn, db_url, test_encoder, server: str) -> None:
@@ -202,15 +208,19 @@ def test_worker_retries_transient_fetch_errors_then_gives_up(conn, db_url, test_
 
 
 def test_a_live_worker_keeps_its_claims_past_the_lease(conn, db_url, test_encoder, server: str) -> None:
-    # The photo takes 3 s to fetch, the lease is 1 s: renewals must keep others off meanwhile.
-    conn.execute("INSERT INTO products (sku, image) VALUES ('SLOW', %s)", (f"{server}/sleep/3",))
+    # The photo takes 6 s to fetch, the lease is 1 s: renewals must keep others off meanwhile.
+    conn.execute("INSERT INTO products (sku, image) VALUES ('SLOW', %s)", (f"{server}/sleep/6",))
     worker = Worker(db_url, test_encoder, WorkerOptions(batch_size=1, lease_seconds=1.0))
     done = threading.Thread(target=worker.run, kwargs={"once": True})
     done.start()
     try:
-        time.sleep(0.5)  # claimed by now
-        for _ in range(4):
-            time.sleep(0.5)
+        deadline = time.monotonic() + 60  # a loaded machine may take a while to start the worker
+        while jobs.claimable(conn) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        claimed_at = time.monotonic()
+        assert not jobs.claimable(conn), "the worker never claimed the product"
+        while time.monotonic() - claimed_at < 3:  # three lease lengths, within the 6 s fetch
+            time.sleep(0.25)
             assert not jobs.claimable(conn), "a live worker's claim became claimable"
     finally:
         done.join()

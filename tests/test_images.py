@@ -12,7 +12,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from prodvec import queue as jobs
-from prodvec.errors import ImageError
+from prodvec.errors import ImageError, ImageFailure
 from prodvec.images.decode import decode
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
@@ -138,31 +138,32 @@ def _truncated(fmt: str) -> bytes:
     return data[: len(data) // 2]
 
 
-BROKEN: dict[str, tuple[Callable[[], bytes], str]] = {
-    "zero_bytes": (lambda: b"", "empty"),
-    "text_named_jpg": (lambda: b"hello, I am not a photo\n", "not an image"),
-    "html_page": (lambda: b"<!DOCTYPE html>\n<html><body>Not found</body></html>", "HTML page"),
-    "truncated_jpeg": (lambda: _truncated("JPEG"), "truncated"),
-    "truncated_png": (lambda: _truncated("PNG"), "truncated"),
-    "jpeg_magic_then_junk": (lambda: b"\xff\xd8\xff\xe0" + b"\x00junk" * 20, "image"),
-    "bomb_header_100000x100000": (lambda: _png(100_000, 100_000, 1, 3, b""), "decompression bomb"),
-    "bomb_header_9000x9000": (lambda: _png(9_000, 9_000, 1, 0, b""), "9000x9000"),
+#: name → (bytes, text the reason holds, the error's kind).
+BROKEN: dict[str, tuple[Callable[[], bytes], str, ImageFailure]] = {
+    "zero_bytes": (lambda: b"", "empty", "not_an_image"),
+    "text_named_jpg": (lambda: b"hello, I am not a photo\n", "not an image", "not_an_image"),
+    "html_page": (lambda: b"<!DOCTYPE html>\n<html><body>Not found</body></html>", "HTML page", "not_an_image"),
+    "truncated_jpeg": (lambda: _truncated("JPEG"), "truncated", "corrupt"),
+    "truncated_png": (lambda: _truncated("PNG"), "truncated", "corrupt"),
+    "jpeg_magic_then_junk": (lambda: b"\xff\xd8\xff\xe0" + b"\x00junk" * 20, "image", "corrupt"),
+    "bomb_header_100000x100000": (lambda: _png(100_000, 100_000, 1, 3, b""), "decompression bomb", "too_large"),
+    "bomb_header_9000x9000": (lambda: _png(9_000, 9_000, 1, 0, b""), "9000x9000", "too_large"),
 }
 
 
 @pytest.mark.parametrize("name", BROKEN)
 def test_broken_images_fail_permanently_with_a_reason(name: str) -> None:
-    data, expected = BROKEN[name]
+    data, expected, kind = BROKEN[name]
     with pytest.raises(ImageError) as caught:
         decode(data(), target_size=TARGET)
-    assert caught.value.permanent
+    assert (caught.value.permanent, caught.value.kind) == (True, kind)
     assert expected in caught.value.reason
 
 
 def test_pixel_limit_applies_to_real_images_too() -> None:
     with pytest.raises(ImageError, match="decompression bomb refused: image is 100x100") as caught:
         decode(_encode(_split((100, 100)), "PNG"), target_size=TARGET, max_pixels=5_000)
-    assert caught.value.permanent
+    assert (caught.value.permanent, caught.value.kind) == (True, "too_large")
 
 
 def test_pixel_limit_counts_what_a_jpeg_decodes_to() -> None:
@@ -185,8 +186,12 @@ def test_worker_embeds_odd_images_and_fails_broken_ones_alone(
         conn.execute("INSERT INTO products (sku, image) VALUES (%s, %s)", (sku, str(path)))
     # Small batches, so broken images share batches with good ones; retried == 0: failed at once.
     # batched-jpeg: the GPU decode path (torchvision's CPU decoder here), its PIL fallbacks included.
-    stats = Worker(db_url, test_encoder, WorkerOptions(batch_size=4, gpu_decode=gpu_decode)).run(once=True)
+    worker = Worker(db_url, test_encoder, WorkerOptions(batch_size=4, gpu_decode=gpu_decode))
+    stats = worker.run(once=True)
     assert (stats.embedded, stats.failed, stats.retried) == (len(odd), len(broken), 0)
+    # The metrics count failures by the kind each error was raised with.
+    for kind, count in {"not_an_image": 2, "corrupt": 1}.items():
+        assert worker.metrics.registry.get_sample_value("prodvec_failures_total", {"reason": kind}) == count
     embedded = {sku for (sku,) in conn.execute("SELECT sku FROM products WHERE embedding IS NOT NULL")}
     assert embedded == set(odd)
     failures = {failure.sku: failure for failure in jobs.failures(conn)}

@@ -22,7 +22,8 @@ def _insert(conn: psycopg.Connection, sku: str, image: str | None, **columns: ob
     values = {"sku": sku, "image": image, **columns}
     names = ", ".join(values)
     placeholders = ", ".join(["%s"] * len(values))
-    return conn.execute(f"INSERT INTO products ({names}) VALUES ({placeholders}) RETURNING id", list(values.values())).fetchone()[0]
+    query = f"INSERT INTO products ({names}) VALUES ({placeholders}) RETURNING id"
+    return conn.execute(query, list(values.values())).fetchone()[0]
 
 
 def _job_states(conn: psycopg.Connection) -> dict[str, str]:
@@ -55,14 +56,14 @@ def test_worker_embeds_every_pending_product(conn, db_url, encoder, photo_dir: P
 
 
 def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: Path, tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    """PRODVEC_CATALOG_VIEWS=multi: the fitted photo in embedding, the coarse thumbnail in
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    """MULTI_VIEW (PRODVEC_CATALOG_VIEWS=multi): the fitted photo in embedding, the coarse thumbnail in
     embedding_coarse, both made with PIL even where JPEGs could be decoded in batches; switching
     an embedded catalog over (and back) is a requeue."""
     from PIL import Image
 
     from prodvec.encode.robust import encode_products
-    from prodvec.images.views import MULTI_VIEW
+    from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW
 
     photos = sorted(photo_dir.iterdir())
     for index, photo in enumerate(photos):
@@ -70,12 +71,11 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     Worker(db_url, encoder).run(once=True)  # single, the default: no coarse vector
     assert conn.execute("SELECT count(*) FROM products WHERE embedding_coarse IS NULL").fetchone()[0] == 8
 
-    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
     assert jobs.requeue_all(conn) == 8
     (tmp_path / "not-an-image.jpg").write_text("hello")
     _insert(conn, "BROKEN", str(tmp_path / "not-an-image.jpg"))
-    worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True))
-    assert worker.policy == MULTI_VIEW and not worker.decodes_on_gpu
+    worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True), policy=MULTI_VIEW)
+    assert not worker.decodes_on_gpu
     with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
         stats = worker.run(once=True)
     assert (stats.embedded, stats.failed) == (8, 1)  # the broken photo fails alone
@@ -90,9 +90,8 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
         assert np.allclose(embedding.to_numpy(), views[0], atol=2e-3)
         assert np.allclose(coarse.to_numpy(), views[1], atol=2e-3)
 
-    monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")
     assert jobs.requeue_all(conn) == 9
-    Worker(db_url, encoder).run(once=True)
+    Worker(db_url, encoder, policy=SINGLE_VIEW).run(once=True)
     assert conn.execute(
         "SELECT count(*) FROM products WHERE embedding_coarse IS NULL AND embedding_model = %s", (encoder.spec,)
     ).fetchone()[0] == 8
@@ -130,9 +129,13 @@ def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir:
 def test_missing_file_is_retried_then_failed(conn, db_url, encoder, tmp_path: Path) -> None:
     _insert(conn, "LATE", str(tmp_path / "not-yet.jpg"))
     options = WorkerOptions(max_attempts=2, retry_base_delay_seconds=0.0)
-    Worker(db_url, encoder, options).run(once=True)
+    worker = Worker(db_url, encoder, options)
+    stats = worker.run(once=True)
+    assert (stats.embedded, stats.failed, stats.retried) == (0, 1, 1)  # attempt 1 retried, attempt 2 the last
     failure = jobs.failures(conn)[0]
     assert failure.sku == "LATE" and failure.attempts == 2 and "not found" in failure.reason
+    for counter in ("prodvec_retries_total", "prodvec_failures_total"):
+        assert worker.metrics.registry.get_sample_value(counter, {"reason": "missing_file"}) == 1
 
 
 def test_stale_image_is_not_written(conn, db_url, encoder, photo_dir: Path) -> None:
@@ -157,10 +160,11 @@ def test_dimension_mismatch_stops_the_worker(conn, db_url, encoder) -> None:
 
 def _has_hnsw_index(conn) -> bool:
     """Both vector columns' HNSW indexes are there (else: neither is)."""
-    both, either = conn.execute(
-        "SELECT to_regclass('products_embedding_hnsw') IS NOT NULL AND to_regclass('products_embedding_coarse_hnsw') IS NOT NULL, "
-        "to_regclass('products_embedding_hnsw') IS NOT NULL OR to_regclass('products_embedding_coarse_hnsw') IS NOT NULL"
+    embedding, coarse = conn.execute(
+        "SELECT to_regclass('products_embedding_hnsw') IS NOT NULL, "
+        "to_regclass('products_embedding_coarse_hnsw') IS NOT NULL"
     ).fetchone()
+    both, either = embedding and coarse, embedding or coarse
     assert both == either
     return both
 
@@ -174,6 +178,12 @@ def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path
         assert not _has_hnsw_index(conn)
         Worker(db_url, encoder).run(once=True)
     assert _has_hnsw_index(conn)
+    # Rebuilt with the options the migrations give them (benchmarks/worker_throughput.py rebuilds the same way).
+    options = conn.execute(
+        "SELECT DISTINCT array_to_string(reloptions, ',') FROM pg_class "
+        "WHERE relname IN ('products_embedding_hnsw', 'products_embedding_coarse_hnsw')"
+    ).fetchall()
+    assert options == [("m=32,ef_construction=200",)]  # migrations/0004_denser_graphs.sql
     assert jobs.status(conn).embedded == 8
     # Vacuumed afterwards: the rewritten pages are all-visible (exact passes read the index).
     visible, pages = conn.execute(

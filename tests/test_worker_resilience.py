@@ -32,7 +32,7 @@ from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.errors import DatabaseUnavailable
-from prodvec.worker.metrics import WorkerMetrics, reason_class, serve
+from prodvec.worker.metrics import WorkerMetrics, serve
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
 SUMMARY = re.compile(r"worker: embedded (\d+), failed (\d+), retried (\d+), ([\d.]+) img/s")
@@ -282,10 +282,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_worker_survives_a_database_restart(tmp_path: Path, photos, test_encoder) -> None:
+def test_worker_survives_a_database_restart(tmp_path: Path, pgdata: Path, photos, test_encoder) -> None:
     """A worker on its own embedded server: the server stops mid-run and comes back; the worker
     waits, reconnects and embeds everything, old and new; metrics say what happened."""
-    pgdata = tmp_path / "own-server"
     url = with_dbname(ensure_server(pgdata), "restart")
     metrics_server = None
     try:
@@ -365,14 +364,3 @@ class _Recorder(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.getMessage().startswith("database unavailable"):
             self.into.append(record.getMessage())
-
-
-def test_failure_reasons_fall_into_few_classes() -> None:
-    assert reason_class("image file not found: /x.jpg") == "not_found"
-    assert reason_class("not an image (no decoder recognises the data)") == "not_an_image"
-    assert reason_class("corrupt image: broken data stream") == "corrupt"
-    assert reason_class("HTTP 404 fetching https://x/y.jpg") == "http"
-    assert reason_class("cannot fetch https://x/y.jpg: timed out") == "fetch"
-    assert reason_class("image is 9000x9000 pixels, over the 64000000-pixel limit") == "too_large"
-    assert reason_class("unsupported image location scheme 'ftp': use a path") == "unsupported_location"
-    assert reason_class("something new") == "other"

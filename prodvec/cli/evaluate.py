@@ -30,12 +30,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
 def _evaluate(args: argparse.Namespace) -> int:
     from prodvec import session
     from prodvec.config import load_settings
+    from prodvec.encode import load_encoder
     from prodvec.evaluate import evaluate, read_queries
 
     queries = read_queries(args.queries)
-    robust = load_settings().robust_queries if args.robust is None else args.robust
+    settings = load_settings()
+    robust = settings.robust_queries if args.robust is None else args.robust
+    encoder = load_encoder(settings.model, settings.device)  # the one searches embed photos with
     with session() as db:
-        result = evaluate(db, queries, k=args.k, robust=robust)
+        result = evaluate(db, queries, k=args.k, robust=robust, encoder=encoder, policy=settings.catalog_policy)
     if args.json:
         print_json(result.as_dict())
         return 0

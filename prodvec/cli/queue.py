@@ -95,7 +95,7 @@ def _worker(args: argparse.Namespace) -> int:
     progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not interrupted else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
-                    metrics=metrics)
+                    metrics=metrics, policy=settings.catalog_policy)
     # SIGTERM/SIGINT: finish the batch being encoded, hand back the rest, exit 0.
     def stop(received: int, _: object) -> None:
         interrupted.append(signal.Signals(received).name)

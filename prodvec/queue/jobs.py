@@ -129,19 +129,13 @@ def retry_later(
     product_id: int,
     reason: str,
     *,
-    max_attempts: int,
     base_delay_seconds: float,
 ) -> None:
+    """Back to pending after an exponential backoff (the caller decided a retry is due)."""
     with conn.transaction():
         conn.execute(
             _SQL["retry_later"],
-            {
-                "product_id": product_id,
-                "token": token,
-                "reason": reason,
-                "max_attempts": max_attempts,
-                "base_delay": base_delay_seconds,
-            },
+            {"product_id": product_id, "token": token, "reason": reason, "base_delay": base_delay_seconds},
         )
 
 

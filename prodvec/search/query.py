@@ -1,9 +1,9 @@
 """Search queries → query vectors: images and texts through the encoder (batched), vectors as
 given, products and skus by their stored embedding ("more like this", itself excluded).
 
-Image queries are encoded under the view policy of PRODVEC_CATALOG_VIEWS, the one the worker
-stored the catalog under, and carry it: search then knows which vector columns to search and
-how to fuse the lists."""
+Image queries are encoded under the catalog's view policy (the one the worker stored the catalog
+under: PRODVEC_CATALOG_VIEWS unless the caller passes one) and carry it: search then knows which
+vector columns to search and how to fuse the lists."""
 from __future__ import annotations
 
 import os
@@ -61,11 +61,23 @@ class QueryVector:
     policy: ViewPolicy | None = None
 
 
-def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | None) -> list[QueryVector]:
-    """One vector per query, in order. Images go through the encoder together (with their
-    robust views when ``robust``; None: PRODVEC_ROBUST_QUERIES), texts too."""
+def resolve(
+    session: Session,
+    queries: Sequence[QueryInput],
+    *,
+    robust: bool | None = None,
+    encoder: Encoder | None = None,
+    policy: ViewPolicy | None = None,
+) -> list[QueryVector]:
+    """One vector per query, in order. Images go through ``encoder`` together, as views of the
+    catalog's view ``policy`` (with their robust views when ``robust``), texts too.
+
+    Each of the three left None is read from the settings (PRODVEC_MODEL and PRODVEC_DEVICE,
+    PRODVEC_CATALOG_VIEWS, PRODVEC_ROBUST_QUERIES), and only when an image or text query needs
+    it: vector, product and already encoded queries need no encoder.
+    """
     resolved: dict[int, QueryVector] = {}
-    images: dict[int, Image.Image] = {}
+    images: dict[int, Image.Image | bytes] = {}
     texts: dict[int, str] = {}
     stored: dict[int, Product | Sku] = {}
     for i, query in enumerate(queries):
@@ -77,23 +89,80 @@ def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | N
             texts[i] = query.text
         elif isinstance(query, (np.ndarray, list, tuple)) or hasattr(query, "to_numpy"):
             resolved[i] = QueryVector(_as_vector(query))
+        elif isinstance(query, Image.Image):
+            images[i] = query
+        elif isinstance(query, (bytes, bytearray, memoryview, str, os.PathLike)):
+            images[i] = _image_bytes(query)  # a path or URL that fails, fails before the encoder loads
         else:
-            images[i] = _as_image(query)
+            raise QueryError(
+                f"cannot search by a {type(query).__name__}: pass a PIL image, a path or URL, image bytes, "
+                "a vector, a Product, a Sku or a Text"
+            )
     if stored:
         resolved.update(zip(stored, _stored_vectors(session, list(stored.values())), strict=True))
-    if texts:
-        resolved.update(zip(texts, _encode_texts(list(texts.values())), strict=True))
-    if images:
-        resolved.update(zip(images, _encode_images(list(images.values()), robust=robust), strict=True))
+    if texts or images:
+        encoding = _QueryEncoding.completed(encoder, policy, robust, images=bool(images))
+        if texts:
+            resolved.update(zip(texts, encoding.encode_texts(list(texts.values())), strict=True))
+        if images:
+            resolved.update(zip(images, encoding.encode_images(list(images.values())), strict=True))
     return [resolved[i] for i in range(len(queries))]
 
 
-def _encoder() -> Encoder:
-    from prodvec.config import load_settings
-    from prodvec.encode import load_encoder
+@dataclass(frozen=True)
+class _QueryEncoding:
+    """How image and text queries become vectors."""
 
-    settings = load_settings()
-    return load_encoder(settings.model, settings.device)
+    encoder: Encoder
+    policy: ViewPolicy
+    robust: bool
+
+    @classmethod
+    def completed(
+        cls, encoder: Encoder | None, policy: ViewPolicy | None, robust: bool | None, *, images: bool
+    ) -> _QueryEncoding:
+        """The values given, the settings for those left None that the queries need (the caller
+        passed none: the public search call is the edge that reads them). ``robust`` matters
+        to image queries only."""
+        if encoder is None or policy is None or (images and robust is None):
+            from prodvec.config import load_settings
+            from prodvec.encode import load_encoder
+
+            settings = load_settings()
+            encoder = encoder if encoder is not None else load_encoder(settings.model, settings.device)
+            policy = policy if policy is not None else settings.catalog_policy
+            robust = robust if robust is not None else settings.robust_queries
+        return cls(encoder, policy, bool(robust))
+
+    @property
+    def model(self) -> str:
+        """products.embedding_model of vectors this encoder stores under this policy."""
+        from prodvec.images.views import embedding_model
+
+        return embedding_model(self.encoder.spec, self.policy)
+
+    def encode_images(self, queries: list[Image.Image | bytes]) -> list[QueryVector]:
+        from prodvec.encode.robust import encode_queries
+
+        images = [_as_image(query, self.encoder.input_size) for query in queries]
+        per_image = encode_queries(  # N×V×D
+            self.encoder, images, robust=self.robust, policy=self.policy, batch_size=ENCODE_BATCH
+        )
+        return [
+            QueryVector(views[0], extra_views=tuple(views[1:]), model=self.model, policy=self.policy)
+            for views in per_image
+        ]
+
+    def encode_texts(self, texts: list[str]) -> list[QueryVector]:
+        if not self.encoder.supports_text:
+            raise QueryError(
+                f"the model {self.encoder.spec} encodes images only, so it cannot search by text: "
+                "set PRODVEC_MODEL to an open_clip (CLIP) model, or search by image or sku"
+            )
+        if any(not text.strip() for text in texts):
+            raise QueryError("a text query must not be empty")
+        # Searched against products.embedding only: the photo, fitted or not, that text describes.
+        return [QueryVector(vector, model=self.model) for vector in self.encoder.encode_text(texts)]
 
 
 def _as_vector(query: Any) -> np.ndarray:
@@ -110,59 +179,27 @@ def _as_vector(query: Any) -> np.ndarray:
     return vector
 
 
-def _as_image(query: Any) -> Image.Image:
-    from prodvec.images.decode import decode, normalize
+def _image_bytes(query: bytes | bytearray | memoryview | str | os.PathLike[str]) -> bytes:
     from prodvec.images.load import load_bytes
 
-    if isinstance(query, Image.Image):
-        return normalize(query, target_size=_encoder().input_size)
+    if isinstance(query, (bytes, bytearray, memoryview)):
+        return bytes(query)
     try:
-        if isinstance(query, (bytes, bytearray, memoryview)):
-            return decode(bytes(query), target_size=_encoder().input_size)
-        if isinstance(query, (str, os.PathLike)):
-            return decode(load_bytes(os.fspath(query)), target_size=_encoder().input_size)
+        return load_bytes(os.fspath(query))
     except ImageError as exc:
         hint = f" (to search by sku, pass Sku({query!r}))" if isinstance(query, str) else ""
         raise QueryError(f"cannot use the query image: {exc.reason}{hint}") from None
-    raise QueryError(
-        f"cannot search by a {type(query).__name__}: pass a PIL image, a path or URL, image bytes, "
-        "a vector, a Product, a Sku or a Text"
-    )
 
 
-def _catalog_policy() -> ViewPolicy:
-    from prodvec.config import load_settings
+def _as_image(query: Image.Image | bytes, target_size: int) -> Image.Image:
+    from prodvec.images.decode import decode, normalize
 
-    return load_settings().catalog_policy
-
-
-def _encode_images(images: list[Image.Image], *, robust: bool | None) -> list[QueryVector]:
-    from prodvec.config import load_settings
-    from prodvec.encode.robust import encode_queries
-    from prodvec.images.views import embedding_model
-
-    if robust is None:  # read here: vector, product and text queries need no settings
-        robust = load_settings().robust_queries
-    encoder, policy = _encoder(), _catalog_policy()
-    per_image = encode_queries(encoder, images, robust=robust, policy=policy, batch_size=ENCODE_BATCH)  # N×V×D
-    model = embedding_model(encoder.spec, policy)
-    return [QueryVector(views[0], extra_views=tuple(views[1:]), model=model, policy=policy) for views in per_image]
-
-
-def _encode_texts(texts: list[str]) -> list[QueryVector]:
-    from prodvec.images.views import embedding_model
-
-    encoder = _encoder()
-    if not encoder.supports_text:
-        raise QueryError(
-            f"the configured model {encoder.spec} encodes images only, so it cannot search by text: "
-            "set PRODVEC_MODEL to an open_clip (CLIP) model, or search by image or sku"
-        )
-    if any(not text.strip() for text in texts):
-        raise QueryError("a text query must not be empty")
-    # Searched against products.embedding only: the photo, fitted or not, that text describes.
-    model = embedding_model(encoder.spec, _catalog_policy())
-    return [QueryVector(vector, model=model) for vector in encoder.encode_text(texts)]
+    if isinstance(query, Image.Image):
+        return normalize(query, target_size=target_size)
+    try:
+        return decode(query, target_size=target_size)
+    except ImageError as exc:
+        raise QueryError(f"cannot use the query image: {exc.reason}") from None
 
 
 def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[QueryVector]:

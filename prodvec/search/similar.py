@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from sqlalchemy import ColumnElement
@@ -37,6 +38,10 @@ from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
 
+if TYPE_CHECKING:  # torch loads only when a query needs the encoder
+    from prodvec.encode import Encoder
+    from prodvec.images.views import ViewPolicy
+
 
 def similar_to(
     session: Session,
@@ -46,15 +51,22 @@ def similar_to(
     where: Sequence[ColumnElement[bool]] = (),
     max_distance: float | None = None,
     robust: bool | None = None,
+    encoder: Encoder | None = None,
+    policy: ViewPolicy | None = None,
 ) -> SearchResult:
     """The k products nearest to ``query`` that satisfy every ``where`` clause, nearest first.
 
     ``query``: a PIL image, a path or URL, image bytes, a vector, a ``Product`` or ``Sku`` (more
     like this, itself excluded) or a ``Text``. ``max_distance``: cosine distance cut-off (0..2).
-    ``robust``: search an image query as several views too (turned, coarse) and keep each
-    product's best; default PRODVEC_ROBUST_QUERIES (on).
+    Image and text queries go through ``encoder`` (default: PRODVEC_MODEL's, on PRODVEC_DEVICE),
+    which must be the one that embedded the catalog, under its view ``policy`` (default:
+    PRODVEC_CATALOG_VIEWS's). ``robust``: search an image query as several views too (turned,
+    coarse) and keep each product's best; default PRODVEC_ROBUST_QUERIES (on). Settings are read
+    only for what is left None and the query needs.
     """
-    return similar_to_many(session, [query], k=k, where=where, max_distance=max_distance, robust=robust)[0]
+    return similar_to_many(
+        session, [query], k=k, where=where, max_distance=max_distance, robust=robust, encoder=encoder, policy=policy
+    )[0]
 
 
 def similar_to_text(
@@ -64,9 +76,12 @@ def similar_to_text(
     k: int = 10,
     where: Sequence[ColumnElement[bool]] = (),
     max_distance: float | None = None,
+    encoder: Encoder | None = None,
+    policy: ViewPolicy | None = None,
 ) -> SearchResult:
-    """The k products whose photos best match ``text``; QueryError for image-only models."""
-    return similar_to(session, Text(text), k=k, where=where, max_distance=max_distance)
+    """The k products whose photos best match ``text``; QueryError for image-only models.
+    ``encoder``, ``policy``: as for similar_to."""
+    return similar_to(session, Text(text), k=k, where=where, max_distance=max_distance, encoder=encoder, policy=policy)
 
 
 def similar_to_many(
@@ -77,10 +92,13 @@ def similar_to_many(
     where: Sequence[ColumnElement[bool]] = (),
     max_distance: float | None = None,
     robust: bool | None = None,
+    encoder: Encoder | None = None,
+    policy: ViewPolicy | None = None,
 ) -> list[SearchResult]:
-    """One result per query, in order; query images (and texts) go through the encoder as one batch."""
+    """One result per query, in order; query images (and texts) go through the encoder as one
+    batch. Options as for similar_to."""
     _check_options(k, max_distance)
-    vectors = resolve(session, queries, robust=robust)
+    vectors = resolve(session, queries, robust=robust, encoder=encoder, policy=policy)
     facts = plan.table_facts(session)
     compiled = compile_filter(where, session.get_bind().dialect)
     results = []

@@ -62,9 +62,9 @@ def _pinned_categories(terms: Sequence[ColumnElement[bool]]) -> tuple[str, ...]:
         value = term.right.effective_value if isinstance(term.right, BindParameter) else None
         if term.operator is operators.eq and isinstance(value, str):
             return (value,)
-        if term.operator is operators.in_op and isinstance(value, (list, tuple)) and value:
-            if all(isinstance(item, str) for item in value):
-                return tuple(dict.fromkeys(value))
+        if (term.operator is operators.in_op and isinstance(value, (list, tuple)) and value
+                and all(isinstance(item, str) for item in value)):
+            return tuple(dict.fromkeys(value))
     return ()
 
 
@@ -77,19 +77,27 @@ def _and_terms(clause: ColumnElement[bool]) -> list[ColumnElement[bool]]:
 def compile_filter(where: Sequence[ColumnElement[bool]], dialect: Dialect) -> Filter:
     if not where:
         return Filter(NO_FILTER, {})
-    compiled = and_(*where).compile(dialect=dialect, compile_kwargs={"render_postcompile": True})
-    params = compiled.construct_params()
-    # Type conversions SQLAlchemy would apply on execute (e.g. a vector compared in a filter).
-    # SQLAlchemy keeps them per parameter name on the compiled statement only.
-    for name, process in compiled._bind_processors.items():
-        if name in params:
-            params[name] = process(params[name])
+    compiled = and_(*where).compile(dialect=dialect)
+    # The statement with its IN lists rendered one parameter per item, and their values.
+    expanded = compiled.construct_expanded_state()
+    # The type conversions SQLAlchemy applies on execute (a vector or a TypeDecorator's value
+    # compared in a filter): each parameter's type's, the expanded items' from the expansion.
+    processors = {
+        name: bind.type.dialect_impl(dialect).bind_processor(dialect)
+        for bind, name in compiled.bind_names.items()
+        if not bind.expanding
+    }
+    processors.update(expanded.processors)
+    params = {
+        name: process(value) if (process := processors.get(name)) else value
+        for name, value in expanded.parameters.items()
+    }
     clash = OWN_PARAMETERS & params.keys()
     if clash:
         raise QueryError(f"a where clause uses the parameter name(s) {sorted(clash)}: rename the bindparam")
     terms = [term for clause in where for term in _and_terms(clause)]
     categories = _pinned_categories(terms)
-    return Filter(compiled.string, params, categories, categories_only=bool(categories) and len(terms) == 1)
+    return Filter(expanded.statement, params, categories, categories_only=bool(categories) and len(terms) == 1)
 
 
 def statement(name: str, filter: Filter, vector_column: str = VECTOR_COLUMNS[0], **limits: int) -> str:

@@ -59,9 +59,10 @@ SET state = 'failed', last_error = %(reason)s, leased_until = NULL, lease_token 
 WHERE product_id = %(product_id)s AND lease_token = %(token)s;
 
 -- name: retry_later
--- Transient failure: back off exponentially; past the attempt limit it becomes a failure.
+-- Transient failure: back off exponentially. The worker decides when a failure is due instead
+-- (permanent, or out of attempts: WorkerOptions.max_attempts).
 UPDATE embedding_jobs
-SET state = CASE WHEN attempts >= %(max_attempts)s THEN 'failed' ELSE 'pending' END,
+SET state = 'pending',
     run_after = now() + make_interval(secs => %(base_delay)s * 2 ^ (attempts - 1)),
     last_error = %(reason)s,
     leased_until = NULL,

@@ -33,14 +33,19 @@ _SQL = queries("index.sql")
 def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterator[None]:
     """Drop the HNSW indexes for the block, and rebuild them afterwards even if the block fails;
     then vacuum and analyze products, which the block rewrote."""
-    with connect(url, autocommit=True) as conn:
-        conn.execute(_SQL["drop_hnsw"])
+    drop_hnsw_index(url)
     try:
         yield
     finally:
         seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
         log.info("HNSW indexes rebuilt in %.1f s", seconds)
         log.info("products vacuumed and analyzed in %.1f s", vacuum_products(url))
+
+
+def drop_hnsw_index(url: str) -> None:
+    """Drop the vector columns' HNSW indexes (rebuild_hnsw_index makes them again)."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute(_SQL["drop_hnsw"])
 
 
 def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
@@ -75,16 +80,18 @@ def index_reachability(url: str, *, sample: int) -> dict[str, Any]:
     products.embedding index with their own vectors, how many come back first (searched, found,
     share, ef_search). Products it misses are found by exact passes only."""
     with connect(url) as conn:
-        if conn.execute("SELECT to_regclass('products_embedding_hnsw')").fetchone()[0] is None:
+        [(index,)] = conn.execute("SELECT to_regclass('products_embedding_hnsw')").fetchall()
+        if index is None:
             raise DatabaseError(
                 "products.embedding has no HNSW index (a bulk backfill stopped before rebuilding it?): "
                 "run `prodvec worker --once --bulk`, or SELECT prodvec_create_vector_indexes()"
             )
         conn.execute("SET LOCAL enable_seqscan = off")
         cursor = conn.cursor(row_factory=dict_row)
-        report = cursor.execute(_SQL["reachability"], {"sample": sample}).fetchone()
+        [report] = cursor.execute(_SQL["reachability"], {"sample": sample}).fetchall()  # counts: one row
         report["share"] = report["found"] / report["searched"] if report["searched"] else None
-        report["ef_search"] = int(conn.execute("SHOW hnsw.ef_search").fetchone()[0])
+        [(ef_search,)] = conn.execute("SHOW hnsw.ef_search").fetchall()
+        report["ef_search"] = int(ef_search)
         return report
 
 

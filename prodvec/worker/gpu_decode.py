@@ -146,6 +146,6 @@ class GpuJpegDecoder:
                 for start in range(0, len(same_size), RESIZE_CHUNK):
                     positions = same_size[start : start + RESIZE_CHUNK]
                     group = self.transform(torch.stack([decoded[p] for p in positions]))  # type: ignore[misc]
-                    for position, image in zip(positions, group):
+                    for position, image in zip(positions, group, strict=True):
                         pixels[position] = image
         return pixels

@@ -8,37 +8,18 @@ do not share counters.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from prodvec.errors import ImageFailure
+
 log = logging.getLogger("prodvec.worker.metrics")
 
 #: Upper bounds (seconds) of the batch latency histograms: a CPU batch takes seconds, a GPU one ms.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-
-#: Failure reason text → a small, fixed set of label values (reasons themselves hold paths/URLs).
-_REASON_CLASSES = (
-    ("not_found", re.compile(r"not found")),
-    ("unsupported_location", re.compile(r"unsupported image location|non-http\(s\)|is a directory")),
-    ("permission", re.compile(r"no permission")),
-    ("too_large", re.compile(r"over the .*limit|decompression bomb")),
-    ("not_an_image", re.compile(r"not an image")),
-    ("corrupt", re.compile(r"corrupt image")),
-    ("http", re.compile(r"^HTTP \d+|too many redirects")),
-    ("fetch", re.compile(r"cannot fetch")),
-)
-
-
-def reason_class(reason: str) -> str:
-    for name, pattern in _REASON_CLASSES:
-        if pattern.search(reason):
-            return name
-    return "other"
-
 
 class WorkerMetrics:
     """What one worker process did; prometheus_client's metrics are thread-safe."""
@@ -48,9 +29,10 @@ class WorkerMetrics:
         registry = self.registry
         self.embedded = Counter("prodvec_embedded", "Products embedded and written back by this worker.",
                                 registry=registry)
+        # Labelled by ImageError.kind, a small fixed set (errors.ImageFailure): the reason texts hold paths and URLs.
         self.failures = Counter("prodvec_failures", "Products failed for good (permanent error or out of "
-                                "attempts), by reason class.", ["reason"], registry=registry)
-        self.retries = Counter("prodvec_retries", "Transient failures put back for a later retry, by reason class.",
+                                "attempts), by failure kind.", ["reason"], registry=registry)
+        self.retries = Counter("prodvec_retries", "Transient failures put back for a later retry, by failure kind.",
                                ["reason"], registry=registry)
         self.batches = Counter("prodvec_batches", "Batches encoded and written back.", registry=registry)
         self.reconnects = Counter("prodvec_reconnects", "Times the worker lost the database and reconnected.",
@@ -68,12 +50,13 @@ class WorkerMetrics:
         self.write_seconds.observe(write_seconds)
         self.batch_seconds.observe(total_seconds)
 
-    def record_results(self, embedded: int, failed_reasons: Iterable[str], retried_reasons: Iterable[str]) -> None:
+    def record_results(self, embedded: int, failed: Iterable[ImageFailure], retried: Iterable[ImageFailure]) -> None:
+        """Products embedded, and the kinds of the failures and retries of a batch."""
         self.embedded.inc(embedded)
-        for reason in failed_reasons:
-            self.failures.labels(reason_class(reason)).inc()
-        for reason in retried_reasons:
-            self.retries.labels(reason_class(reason)).inc()
+        for kind in failed:
+            self.failures.labels(kind).inc()
+        for kind in retried:
+            self.retries.labels(kind).inc()
 
     def record_reconnect(self) -> None:
         self.reconnects.inc()

@@ -1,8 +1,9 @@
 """The embedding worker: claim → load+decode (pool) → encode (batched) → write back.
 
-What it stores per product follows the view policy of PRODVEC_CATALOG_VIEWS: single, the
-photo (products.embedding); multi, the fitted photo and a coarse thumbnail (embedding and
-embedding_coarse, encoded in one batch of twice the products).
+What it stores per product follows the view policy it is given (the CLI passes
+PRODVEC_CATALOG_VIEWS's): SINGLE_VIEW, the photo (products.embedding); MULTI_VIEW, the fitted
+photo and a coarse thumbnail (embedding and embedding_coarse, encoded in one batch of twice the
+products).
 
 Stages overlap: while the encoder works on one batch, the pool prepares the next ones and a
 writer thread commits the previous one, so the slowest stage sets the pace. Queues between
@@ -23,12 +24,11 @@ import psycopg
 import torch
 
 from prodvec import queue as jobs
-from prodvec.config import load_settings
 from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.encode import Encoder
-from prodvec.errors import DatabaseUnavailable, SchemaMismatch
-from prodvec.images.views import ViewPolicy, embedding_model
+from prodvec.errors import DatabaseUnavailable, ImageFailure, SchemaMismatch
+from prodvec.images.views import SINGLE_VIEW, ViewPolicy, embedding_model
 from prodvec.worker.gpu_decode import GpuJpegDecoder
 from prodvec.worker.lease import LeaseKeeper
 from prodvec.worker.metrics import WorkerMetrics
@@ -65,7 +65,8 @@ class WorkerStats:
         return self.embedded / elapsed if elapsed > 0 else 0.0
 
     def summary(self) -> str:
-        return f"embedded {self.embedded}, failed {self.failed}, retried {self.retried}, {self.images_per_second:.1f} img/s"
+        return (f"embedded {self.embedded}, failed {self.failed}, retried {self.retried}, "
+                f"{self.images_per_second:.1f} img/s")
 
 
 @dataclass
@@ -86,7 +87,7 @@ class _Encoded:
 
 class Worker:
     """One worker process. ``run(once=True)`` drains the queue and returns.
-    ``policy``: the catalog views to store; None: PRODVEC_CATALOG_VIEWS's."""
+    ``policy``: the catalog views to store (searches must use the same)."""
 
     def __init__(
         self,
@@ -96,12 +97,12 @@ class Worker:
         *,
         on_progress: Callable[[int], None] | None = None,
         metrics: WorkerMetrics | None = None,
-        policy: ViewPolicy | None = None,
+        policy: ViewPolicy = SINGLE_VIEW,
     ) -> None:
         self.url = url
         self.encoder = encoder
         self.options = options or WorkerOptions()
-        self.policy = policy if policy is not None else load_settings().catalog_policy
+        self.policy = policy
         #: products.embedding_model for what this worker stores: search checks it.
         self.embedding_model = embedding_model(encoder.spec, self.policy)
         self.stats = WorkerStats()
@@ -291,20 +292,19 @@ class _Writer:
         coarse = vectors[:, 1] if vectors.shape[1] > 1 else None
         written = jobs.write_back(self.conn, token, ok_jobs, vectors[:, 0], model=self.worker.embedding_model,
                                   coarse_vectors=coarse)
-        failed: list[str] = []
-        retried: list[str] = []
+        failed: list[ImageFailure] = []
+        retried: list[ImageFailure] = []
         for item in encoded.prepared:
             if item.error is None:
                 continue
+            # The attempt limit, here only: the claim counted this attempt in job.attempts.
             if item.error.permanent or item.job.attempts >= options.max_attempts:
                 jobs.fail(self.conn, token, item.job.product_id, item.error.reason)
-                failed.append(item.error.reason)
+                failed.append(item.error.kind)
             else:
-                jobs.retry_later(
-                    self.conn, token, item.job.product_id, item.error.reason,
-                    max_attempts=options.max_attempts, base_delay_seconds=options.retry_base_delay_seconds,
-                )
-                retried.append(item.error.reason)
+                jobs.retry_later(self.conn, token, item.job.product_id, item.error.reason,
+                                 base_delay_seconds=options.retry_base_delay_seconds)
+                retried.append(item.error.kind)
             log.info("product %s: %s", item.job.product_id, item.error.reason)
         self.leases.drop(token)  # every job of the claim is settled
         finished = time.perf_counter()

@@ -2,7 +2,7 @@
 encoder's transform.
 
 Runs ahead of the encoder. Each job ends as model-ready pixels, one image per catalog view of
-the view policy (PRODVEC_CATALOG_VIEWS), or the ImageError that ends it. On the CPU every
+the worker's view policy, or the ImageError that ends it. On the CPU every
 image goes through PIL in a small thread pool (PIL decodes without the GIL). With GPU decoding
 the pool only loads bytes and reads headers; plain JPEGs are then decoded a batch at a time on
 the GPU (gpu_decode.py) by one thread, while the encoder works on the previous batch, and
@@ -56,7 +56,8 @@ def _load(job: Job) -> bytes | Prepared:
     except ImageError as exc:
         return Prepared(job, None, exc)
     except Exception as exc:
-        return Prepared(job, None, ImageError(f"unexpected error loading image: {exc!r}", permanent=True))
+        return Prepared(job, None, ImageError(f"unexpected error loading image: {exc!r}", kind="unexpected",
+                                              permanent=True))
 
 
 def _decoded(job: Job, data: bytes, encoder: Encoder, policy: ViewPolicy) -> Prepared:
@@ -68,7 +69,8 @@ def _decoded(job: Job, data: bytes, encoder: Encoder, policy: ViewPolicy) -> Pre
     except ImageError as exc:
         return Prepared(job, None, exc)
     except Exception as exc:
-        return Prepared(job, None, ImageError(f"unexpected error preparing image: {exc!r}", permanent=True))
+        return Prepared(job, None, ImageError(f"unexpected error preparing image: {exc!r}", kind="unexpected",
+                                              permanent=True))
 
 
 class PreparingBatch:
@@ -85,8 +87,10 @@ class PreparingBatch:
         return [future.result() for future in self._per_job]  # type: ignore[misc]  # no _Jpeg without GPU
 
     def cancel(self) -> None:
-        for future in (*self._per_job, *([self._whole] if self._whole else [])):
+        for future in self._per_job:
             future.cancel()
+        if self._whole is not None:
+            self._whole.cancel()
 
 
 class Preparer:
