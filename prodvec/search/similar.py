@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from prodvec.errors import QueryError
 from prodvec.images.views import merge_views
-from prodvec.search import execute, plan
+from prodvec.search import effort, execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
@@ -115,7 +115,10 @@ def _search(
     fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k, penalties)
     hits = tuple(Hit(products[key], distance) for key, distance in fused
                  if max_distance is None or distance <= max_distance)
-    return SearchResult(hits, all(r.exact for r in results), results[0].strategy, results[0].candidates)
+    # The fused answer is as good as its weakest index answer.
+    recalls = [r.recall for r in results if r.recall is not None]
+    return SearchResult(hits, all(r.exact for r in results), results[0].strategy, results[0].candidates,
+                        min(recalls) if recalls else None)
 
 
 def _search_vector(
@@ -140,17 +143,19 @@ def _search_vector(
         hits = execute.exact_capped(session, query, chosen.exact_cap)
         if hits is not None:
             return _result(hits, "exact", chosen, max_distance)
-    hits = execute.index(session, query, chosen.index)
+    # At the effort `prodvec recall --tune` found for this kind of search and the query's distance.
+    hits, band = effort.index_answer(session, query, chosen.index, facts.recall_bands.get(chosen.kind, ()))
     if len(hits) == k:
-        return _result(hits, "hnsw", chosen, max_distance)
+        return _result(hits, "hnsw", chosen, max_distance, recall=band.recall if band else None)
     # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.
     return _result(execute.exact(session, query), "hnsw+exact", chosen, max_distance)
 
 
-def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None) -> SearchResult:
+def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None,
+            recall: float | None = None) -> SearchResult:
     # The k nearest within max_distance are the k nearest, cut at max_distance.
     kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
-    return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate)
+    return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate, recall)
 
 
 def _check_model(vector: QueryVector, result: SearchResult) -> None:
