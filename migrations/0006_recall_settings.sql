@@ -17,8 +17,10 @@ CREATE TABLE prodvec_recall_settings (
     max_distance real CHECK (max_distance BETWEEN 0 AND 2),
     -- The least hnsw.ef_search searches of this band get; NULL: as the planner sizes it.
     ef_search integer CHECK (ef_search BETWEEN 1 AND 1000),
-    recall real NOT NULL CHECK (recall BETWEEN 0 AND 1),  -- mean recall@k of the sample's index answers
-    worst_decile real NOT NULL CHECK (worst_decile BETWEEN 0 AND 1),  -- mean of its worst tenth
+    -- Mean recall@k of the sample's index answers in the band, and of their worst tenth;
+    -- NULL: none of the band's sampled queries was answered by the index.
+    recall real CHECK (recall BETWEEN 0 AND 1),
+    worst_decile real CHECK (worst_decile BETWEEN 0 AND 1),
     queries integer NOT NULL CHECK (queries >= 0),  -- sampled queries the index answered in this band
     target real CHECK (target BETWEEN 0 AND 1),  -- what --tune aimed for; NULL: measured only
     products bigint NOT NULL,  -- embedded products when measured: re-measure after big imports

@@ -36,7 +36,9 @@ class Band:
     #: Queries whose nearest candidate lies within this cosine distance; None: no bound.
     max_distance: float | None
     ef_search: int | None  # the least candidate list for these queries; None: as planned
-    recall: float  # mean recall@10 of the index's answers to the sample's queries in this band
+    #: Mean recall@k of the index's answers to the sample's queries in this band; None: the
+    #: index answered none of them.
+    recall: float | None
 
 
 def band_of(bands: Sequence[Band], distance: float) -> Band:

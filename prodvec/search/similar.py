@@ -112,7 +112,8 @@ def _search(
     results = [search(view, column, max_distance=None) for view in views for column in columns]
     penalties = policy.penalties(len(views), len(columns)).ravel()
     products = {hit.product.id: hit.product for result in results for hit in result}
-    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k, penalties)
+    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k,
+                        penalties.tolist())
     hits = tuple(Hit(products[key], distance) for key, distance in fused
                  if max_distance is None or distance <= max_distance)
     # The fused answer is as good as its weakest index answer.
@@ -164,7 +165,7 @@ def _check_model(vector: QueryVector, result: SearchResult) -> None:
     if vector.model is not None and others:
         raise QueryError(
             f"the query was encoded with {vector.model} (PRODVEC_MODEL, PRODVEC_CATALOG_VIEWS) but products "
-            f"it found were embedded with {', '.join(sorted(others))}: their distances mean nothing. Search "
+            f"it found were embedded with {', '.join(sorted(str(model) for model in others))}: their distances mean nothing. Search "
             "with PRODVEC_MODEL and PRODVEC_CATALOG_VIEWS set as when the embeddings were made, or re-embed "
             "the products (`prodvec requeue`, then `prodvec worker`)"
         )

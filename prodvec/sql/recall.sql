@@ -36,3 +36,28 @@ FROM pg_class c
 LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
                     AND s.tablename = c.relname AND s.attname = 'embedding'
 WHERE c.oid = 'products'::regclass
+
+-- name: sample_products
+-- Products whose vectors make the sample's queries (as they are, "more like this", or moved
+-- away from the catalog), in a random order that setseed() makes repeatable.
+SELECT id, embedding, category, price
+FROM products
+WHERE embedding IS NOT NULL
+ORDER BY random()
+LIMIT %(limit)s
+
+-- name: set_seed
+SELECT setseed(%(seed)s)
+
+-- name: price_quantiles
+-- The price quartiles of the embedded products, or of one category's (%(category)s not NULL):
+-- the sample's filters keep half the catalog, or half a category.
+SELECT percentile_cont(ARRAY[0.25, 0.5, 0.75]) WITHIN GROUP (ORDER BY price)
+FROM products
+WHERE embedding IS NOT NULL AND price IS NOT NULL
+  AND (%(category)s::text IS NULL OR category = %(category)s::text)
+
+-- name: database_default_statement
+-- `prodvec recall --tune --database-default`: the statement that gives new sessions of this
+-- database the tuned candidate list (plain SQL queries; prodvec sets its own per query).
+SELECT format('ALTER DATABASE %I SET hnsw.ef_search = %s', current_database(), %(ef_search)s::integer)

@@ -1,0 +1,132 @@
+"""The least effort that meets a recall target, per kind of index search and distance band.
+
+Bands split a kind's sampled queries by how far their nearest candidate lies (at the
+planned effort) into up to three groups of equal size: queries near the catalog, far, and
+in between. A search places its query the same way, from its first pass (effort.py), so the
+tuning runs those two steps too: for the least first-pass effort e0 (of the ladder) at which
+the queries its first pass places in the nearest band reach the target, each farther band
+then gets the least effort, at least e0, at which its own queries do. Near queries so never
+pay for far ones; a far query pays its first pass and one longer pass.
+
+"Reach the target": the mean recall@k of the band's index answers, less one standard error
+(so that queries beyond the sample reach it too), is at least the target. Answers that came
+back short do not count: the exact pass answers those.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from prodvec.recall.measure import LADDER, Measured, Pass
+
+#: Fewest sampled queries a band is made for: fewer, and its mean says little.
+MIN_BAND_QUERIES = 10
+MAX_BANDS = 3
+
+
+@dataclass(frozen=True)
+class Figures:
+    """What a group of index answers reached."""
+
+    queries: int  # index answers (short answers went exact and are not counted)
+    exact: int  # answers that came back short, so the exact pass answered
+    recall: float | None  # mean recall@k; None when no answer counted
+    worst_decile: float | None  # mean recall of the worst tenth of them (at least one)
+    p50_ms: float | None  # median time of the index passes
+    ef_search: int | None  # median candidate list used
+
+
+@dataclass(frozen=True)
+class TunedBand:
+    max_distance: float | None  # None: no bound
+    ef_search: int | None  # the least candidate list (a LADDER step); None: as planned
+    figures: Figures
+
+
+def figures(items: Sequence[Measured], answers: Sequence[Pass]) -> Figures:
+    recalls = [r for item, answer in zip(items, answers, strict=True) if (r := item.recall(answer)) is not None]
+    worst = sorted(recalls)[: max(1, len(recalls) // 10)]
+    return Figures(
+        queries=len(recalls),
+        exact=len(answers) - len(recalls),
+        recall=float(np.mean(recalls)) if recalls else None,
+        worst_decile=float(np.mean(worst)) if recalls else None,
+        p50_ms=float(np.median([a.seconds for a in answers])) * 1000 if answers else None,
+        ef_search=int(np.median([a.ef_search for a in answers])) if answers else None,
+    )
+
+
+def meets(items: Sequence[Measured], answers: Sequence[Pass], target: float) -> bool:
+    recalls = [r for item, answer in zip(items, answers, strict=True) if (r := item.recall(answer)) is not None]
+    if not recalls:
+        return True
+    error = float(np.std(recalls)) / np.sqrt(len(recalls))
+    return float(np.mean(recalls)) - error >= target
+
+
+def edges(items: Sequence[Measured]) -> list[float]:
+    """The bands' upper distances but the last's: equal shares of the queries by the distance
+    of their nearest candidate at the planned effort (of those its pass found any for)."""
+    distances = sorted(item.passes[None].first for item in items if item.passes[None].hits)
+    if not distances:
+        return []
+    bands = max(1, min(MAX_BANDS, len(distances) // MIN_BAND_QUERIES))
+    cut = [float(np.quantile(distances, b / bands)) for b in range(1, bands)]
+    return sorted(set(cut))
+
+
+def tune(items: Sequence[Measured], target: float, ladder: Sequence[int | None] = LADDER) -> list[TunedBand]:
+    """One kind's bands, nearest first: the least efforts that meet ``target`` on ``items``
+    (measured at every step of ``ladder``). Where even the last step falls short, the band
+    gets the last step and its measured recall says by how much."""
+    bounds = edges(items)
+
+    def band_of(item: Measured, first_effort: int | None) -> int:
+        distance = item.passes[first_effort].first
+        return next((b for b, bound in enumerate(bounds) if distance <= bound), len(bounds))
+
+    def placed(first_effort: int | None, band: int) -> list[Measured]:
+        return [item for item in items if item.recall(item.passes[first_effort]) is not None
+                and band_of(item, first_effort) == band]
+
+    first = ladder[-1]
+    for level in ladder:
+        near = placed(level, 0)
+        if meets(near, [item.passes[level] for item in near], target):
+            first = level
+            break
+    chosen: list[int | None] = [first]
+    for band in range(1, len(bounds) + 1):
+        group = placed(first, band)
+        steps = ladder[ladder.index(chosen[-1]):]
+        chosen.append(next((e for e in steps if meets(group, [i.passes[e] for i in group], target)), ladder[-1]))
+    tuned = []
+    for band, level in enumerate(chosen):
+        group = placed(first, band)
+        # A band's answer: its first pass, and a longer one where the band asks for more.
+        answers = [_answer(item, first, level) for item in group]
+        bound = bounds[band] if band < len(bounds) else None
+        tuned.append(TunedBand(bound, level, figures(group, answers)))
+    return tuned
+
+
+def answers_at(items: Sequence[Measured], bands: Sequence[TunedBand]) -> list[Pass]:
+    """Each item's answer under these bands, as a search would get it (its passes' time summed)."""
+    bounds = [band.max_distance for band in bands[:-1]]
+    first = bands[0].ef_search
+    result = []
+    for item in items:
+        distance = item.passes[first].first
+        band = next((b for b, bound in enumerate(bounds) if bound is not None and distance <= bound), len(bounds))
+        result.append(_answer(item, first, bands[band].ef_search))
+    return result
+
+
+def _answer(item: Measured, first: int | None, level: int | None) -> Pass:
+    opening = item.passes[first]
+    if opening.hits < item.k or item.passes[level].ef_search <= opening.ef_search:
+        return opening
+    wider = item.passes[level]
+    return Pass(wider.ef_search, wider.hits, wider.correct, wider.first, opening.seconds + wider.seconds)
