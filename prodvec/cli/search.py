@@ -74,6 +74,11 @@ def _search(args: argparse.Namespace) -> int:
     else:
         print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
         print("(exact: every matching product was compared)" if result.exact
-              else "(from the HNSW index: approximate nearest, k hits found)")
+              else "(from the HNSW index: approximate nearest, k hits found; " + _recall_note(result.recall) + ")")
     return 0
 
+
+def _recall_note(recall: float | None) -> str:
+    if recall is None:
+        return "recall not measured on this catalog yet: `prodvec recall`"
+    return f"recall@10 measured {recall:.3f} for searches like this one"
