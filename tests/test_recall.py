@@ -206,3 +206,45 @@ def test_meeting_the_target_leaves_a_standard_error_of_margin() -> None:
     assert meets(*items([0.9] + [1.0] * 9), 0.95)  # 0.99 less 0.01
     assert not meets(*items([0.9] * 5 + [1.0] * 5), 0.95)  # 0.95 on the sample, less 0.016
     assert meets([], [], 0.95)  # every answer went exact
+
+
+# ---- the watch --------------------------------------------------------------------------------
+
+def test_watch_remeasures_on_schedule_and_after_big_imports(caplog: pytest.LogCaptureFixture) -> None:
+    from prodvec.recall import watch
+
+    schedule = watch.Schedule(every_seconds=3600, growth=0.1)
+    assert not watch.due(1000, 1050, last_at=0, now=60, schedule=schedule)
+    assert watch.due(1000, 1200, last_at=0, now=60, schedule=schedule)  # a big import
+    assert watch.due(1000, 1000, last_at=0, now=3600, schedule=schedule)
+    sizes = iter([1000, 1000, 1000, 1500, 1500])
+    measured: list[int] = []
+    rows = [{"kind": "unfiltered", "band": 1, "recall": 0.9, "target": 0.95},
+            {"kind": "scan", "band": 0, "recall": 0.99, "target": None}]
+    with caplog.at_level("WARNING", logger="prodvec.recall.watch"):
+        watch.watch(lambda: measured.append(1), lambda: next(sizes), lambda: rows, schedule,
+                    target=0.98, sleep=lambda seconds: None, rounds=2)
+    assert len(measured) == 2
+    warnings = [record.getMessage() for record in caplog.records]
+    assert len(warnings) == 2 and all("unfiltered band 1: recall@10 0.900 < target 0.95" in w for w in warnings)
+
+
+def test_recall_gauges_are_read_at_each_scrape() -> None:
+    import datetime
+    import urllib.request
+
+    from prodvec.recall import watch
+
+    rows: list[dict] = []
+    server = watch.serve_metrics(lambda: rows, port=0, host="127.0.0.1")
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        assert "prodvec_search_recall{" not in urllib.request.urlopen(url, timeout=10).read().decode()
+        rows.append({"kind": "unfiltered", "band": 0, "recall": 0.97, "target": 0.95, "ef_search": 64,
+                     "measured_at": datetime.datetime.now(datetime.timezone.utc)})
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+        assert 'prodvec_search_recall{band="0",kind="unfiltered"} 0.97' in text
+        assert 'prodvec_search_ef_search{band="0",kind="unfiltered"} 64.0' in text
+    finally:
+        server.shutdown()
+        server.server_close()
