@@ -15,8 +15,9 @@ CREATE TABLE prodvec_recall_settings (
     -- The band holds queries whose nearest candidate (the first pass's first hit) lies within
     -- this cosine distance; NULL: no bound (the farthest band).
     max_distance real CHECK (max_distance BETWEEN 0 AND 2),
-    -- The least hnsw.ef_search searches of this band get; NULL: as the planner sizes it.
-    ef_search integer CHECK (ef_search BETWEEN 1 AND 1000),
+    -- The least hnsw.ef_search searches of this band get; NULL: as the planner sizes it;
+    -- 0: none reaches the target (pgvector allows up to 1000), the exact pass answers them.
+    ef_search integer CHECK (ef_search BETWEEN 0 AND 1000),
     -- Mean recall@k of the sample's index answers in the band, and of their worst tenth;
     -- NULL: none of the band's sampled queries was answered by the index.
     recall real CHECK (recall BETWEEN 0 AND 1),

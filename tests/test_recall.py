@@ -26,8 +26,9 @@ from prodvec.recall import store
 from prodvec.recall.measure import Measured, Pass
 from prodvec.recall.report import Options, measure_recall
 from prodvec.recall.sample import Probe
-from prodvec.recall.tune import meets, tune
+from prodvec.recall.tune import Figures, TunedBand, meets, tune
 from prodvec.search import plan
+from prodvec.search.effort import EXACT, Band
 from prodvec.search.execute import IndexSettings
 
 TARGET = 0.95
@@ -149,6 +150,18 @@ def test_exact_and_recall_follow_the_path(db_url: str, spread_catalog: Catalog, 
         result = Product.similar_to(near, session=db)
         assert result.strategy == "hnsw" and not result.exact
         assert result.recall == pytest.approx(stored["unfiltered"]["recall"])
+        # A tuning whose farthest band goes exact: far queries get exact answers, near ones the index's.
+        store.save_tuned(db, "unfiltered", [
+            TunedBand(0.2, None, Figures(10, 0, 0.99, 0.9, 1.0, 40)),
+            TunedBand(None, EXACT, Figures(0, 10, None, None, 50.0, EXACT))], target=0.95, products=4000)
+        assert plan.table_facts(db).recall_bands["unfiltered"] == (Band(0.2, None, 0.99), Band(None, EXACT, None))
+        tuned = Product.similar_to(near, session=db)
+        assert tuned[0].distance <= 0.2 and tuned.strategy == "hnsw" and tuned.recall == pytest.approx(0.99)
+        (far,) = far_queries(spread_catalog, 1, seed=3)
+        answer = Product.similar_to(far, session=db)
+        assert answer[0].distance > 0.2
+        assert answer.strategy == "hnsw+exact" and answer.exact and answer.recall is None
+        assert recall_of(answer, spread_catalog, far, np.ones(len(spread_catalog.ids), bool)) == 1.0
         # A selective filter: the exact pass compared every match, no recall to carry.
         selective = Product.similar_to(near, session=db, where=[Product.category == "bags", Product.price < 5])
         assert selective.strategy == "exact" and selective.exact and selective.recall is None
@@ -173,7 +186,8 @@ def test_recall_cli_show_and_bad_options(db_url: str, catalog: Catalog, capsys: 
 
 def _measured(first: float, recall_at: dict[int | None, float]) -> Measured:
     probe = Probe("unfiltered", "own", np.ones(4, np.float32), None, ())
-    item = Measured(probe, "unfiltered", IndexSettings(40, None), 10, 0.5)
+    item = Measured(probe, "unfiltered", IndexSettings(40, None), 10, 0.5, exact_seconds=0.1)
+    item.passes[EXACT] = Pass(EXACT, 10, 10, first, 0.1)
     for level, recall in recall_at.items():
         ef = 40 if level is None else max(40, level)
         item.passes[level] = Pass(ef, 10, round(recall * 10), first, ef / 1000)
@@ -195,6 +209,14 @@ def test_tune_gives_near_queries_the_least_effort_and_far_ones_what_they_need() 
     hopeless = [_measured(0.7, {None: 0.5, 64: 0.6, 100: 0.6, 160: 0.7}) for _ in range(10)]
     (band,) = tune(hopeless, 0.95, ladder)
     assert band.ef_search == 160 and band.figures.recall == pytest.approx(0.7)
+    # ... unless the ladder ends with the exact pass: far queries go exact, near ones not.
+    bands = tune(near + middle + hopeless, 0.95, (*ladder, EXACT))
+    assert [band.ef_search for band in bands] == [None, 64, EXACT]
+    assert bands[2].figures.exact == 10 and bands[2].figures.recall is None
+    # Their time: the first pass and the exact one.
+    assert bands[2].figures.p50_ms == pytest.approx(40 + 100)
+    (band,) = tune(hopeless, 0.95, (*ladder, EXACT))  # not even the nearest: everything exact, no first pass
+    assert band.ef_search == EXACT and band.figures.p50_ms == pytest.approx(100)
 
 
 def test_meeting_the_target_leaves_a_standard_error_of_margin() -> None:

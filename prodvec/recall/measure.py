@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from prodvec.recall.sample import Probe
 from prodvec.search import effort, execute, plan
-from prodvec.search.effort import Band, Kind
+from prodvec.search.effort import EXACT, Band, Kind
 from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.result import Hit
 from prodvec.search.statements import compile_filter
@@ -24,8 +24,8 @@ from prodvec.search.statements import compile_filter
 #: Distances of different rows tie within this (halfvec).
 TIE = 1e-4
 #: Efforts tried when tuning: the least candidate list (hnsw.ef_search) a pass gets; None:
-#: as the planner sizes it. Steps of ~1.6x, up to pgvector's limit.
-LADDER: tuple[int | None, ...] = (None, 40, 64, 100, 160, 250, 400, 640, 1000)
+#: as the planner sizes it. Steps of ~1.6x, up to pgvector's limit; then the exact pass.
+LADDER: tuple[int | None, ...] = (None, 40, 64, 100, 160, 250, 400, 640, 1000, EXACT)
 
 
 @dataclass(frozen=True)
@@ -46,14 +46,16 @@ class Measured:
     planned: IndexSettings
     k: int
     kth: float  # the true k-th distance
+    exact_seconds: float  # the exact pass's time: what a query answered exactly pays
     passes: dict[int | None, Pass] = field(default_factory=dict)  # by effort (LADDER)
     #: As searches run now (stored bands): the band it fell in, its answer and time.
     band: int | None = None
     answer: Pass | None = None
 
     def recall(self, answer: Pass) -> float | None:
-        """Recall@k of an index answer; None when it came back short (exact answers)."""
-        return answer.correct / self.k if answer.hits >= self.k else None
+        """Recall@k of an index answer; None for exact answers (it came back short, or its
+        band is answered exactly)."""
+        return answer.correct / self.k if answer.hits >= self.k and answer.ef_search != EXACT else None
 
 
 def run(
@@ -78,10 +80,13 @@ def run(
         query = Query(probe.vector, compile_filter(probe.where, dialect), k, probe.exclude_id)
         matches = plan.estimated_matches(session, query, facts) if not query.filter.empty else 0
         kind, planned = plan.index_plan(query, facts, matches)
+        started = time.perf_counter()
         truth = execute.exact(session, query)
+        exact_seconds = time.perf_counter() - started
         if len(truth) < k:
             continue
-        item = Measured(probe, kind, planned, k, truth[-1].distance)
+        item = Measured(probe, kind, planned, k, truth[-1].distance, exact_seconds)
+        item.passes[EXACT] = Pass(EXACT, k, k, truth[0].distance, exact_seconds)
         if efforts is not None:
             _ladder(session, query, item, efforts)
         else:
@@ -97,6 +102,8 @@ def run(
 def _ladder(session: Session, query: Query, item: Measured, efforts: Sequence[int | None]) -> None:
     by_ef: dict[int, Pass] = {}  # efforts the planner's own candidate list already exceeds are one pass
     for level in efforts:
+        if level == EXACT:  # run already: the truth
+            continue
         settings = effort.with_effort(item.planned, level)
         if settings.ef_search not in by_ef:
             by_ef[settings.ef_search] = _timed(session, query, settings, item.kth)
@@ -107,9 +114,14 @@ def _current(session: Session, query: Query, item: Measured, bands: tuple[Band, 
     started = time.perf_counter()
     hits, band = effort.index_answer(session, query, item.planned, bands)
     seconds = time.perf_counter() - started
-    used = effort.with_effort(item.planned, band.ef_search if band else None)
     item.band = bands.index(band) if band else None
-    item.answer = _pass(hits, used.ef_search, item.kth, seconds)
+    if band is not None and band.ef_search == EXACT:
+        item.answer = Pass(EXACT, item.k, item.k, item.passes[EXACT].first, seconds + item.exact_seconds)
+        return
+    used = effort.with_effort(item.planned, band.ef_search if band else None)
+    # Short: the exact pass answers, and the search pays for it too.
+    extra = item.exact_seconds if len(hits) < item.k else 0.0
+    item.answer = _pass(hits, used.ef_search, item.kth, seconds + extra)
 
 
 def _timed(session: Session, query: Query, settings: IndexSettings, kth: float) -> Pass:

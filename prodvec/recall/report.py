@@ -17,7 +17,7 @@ from prodvec.recall import measure, store, tune
 from prodvec.recall.measure import Measured, Pass
 from prodvec.recall.sample import SOURCES, draw
 from prodvec.search import execute, plan
-from prodvec.search.effort import KINDS
+from prodvec.search.effort import EXACT, KINDS
 from prodvec.sql import queries
 
 DEFAULT_TARGET = 0.95
@@ -82,8 +82,8 @@ def tune_recall(session: Session, options: Options, target: float = DEFAULT_TARG
             "by_source": {"before": _by_source(group, before), "after": _by_source(group, after)},
             "bands": [{"band": number, "max_distance": band.max_distance, "min_ef_search": band.ef_search,
                        **asdict(band.figures)} for number, band in enumerate(bands)],
-            "sql_ef_search": max((a.ef_search for a in after), default=None),
-            "sql": _sql_settings(kind, max((a.ef_search for a in after), default=None)),
+            "sql_ef_search": _sql_ef_search(bands, after),
+            "sql": _sql_settings(kind, _sql_ef_search(bands, after)),
         }
     return {"target": target, **_report(items, probes, started, kinds)}
 
@@ -123,11 +123,20 @@ def _by_source(items: Sequence[Measured], answers: Sequence[Pass]) -> dict[str, 
     return result
 
 
-def _sql_settings(kind: str, ef_search: int | None) -> str | None:
+def _sql_ef_search(bands: Sequence[tune.TunedBand], answers: Sequence[Pass]) -> int | None:
+    """The one candidate list plain SQL needs for every query to reach the target: the
+    farthest band's; None where that band goes exact (no candidate list reaches it)."""
+    if any(band.ef_search == EXACT for band in bands):
+        return None
+    return max((answer.ef_search for answer in answers), default=None)
+
+
+def _sql_settings(kind: str, ef_search: int | None) -> str:
     """What plain pgvector SQL needs for this kind's recall: one effort for every query, the
     farthest band's (SQL cannot look at its first candidates and go again)."""
     if ef_search is None:
-        return None
+        return ("no hnsw.ef_search reaches the target for the farthest queries: order by the distance "
+                "plus 0 (ORDER BY embedding <=> q + 0), which the index cannot serve, for an exact answer")
     if kind == "scan":
         return f"SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = {ef_search};"
     return f"SET hnsw.ef_search = {ef_search};"

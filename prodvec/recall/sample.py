@@ -101,7 +101,7 @@ def _query(
     if source == "own":
         return vectors[row], ids[row]
     if source == "turned":
-        away = rng.standard_normal(vectors.shape[1]).astype(np.float32)
+        away = np.asarray(rng.standard_normal(vectors.shape[1]), dtype=np.float32)
         away -= (away @ vectors[row]) * vectors[row]  # orthogonal to the product
         cosine = rng.uniform(*TURNED_COSINE)
         return _unit(cosine * vectors[row] + np.sqrt(1 - cosine**2) * _unit(away)), None

@@ -10,16 +10,21 @@ pay for far ones; a far query pays its first pass and one longer pass.
 
 "Reach the target": the mean recall@k of the band's index answers, less one standard error
 (so that queries beyond the sample reach it too), is at least the target. Answers that came
-back short do not count: the exact pass answers those.
+back short do not count: the exact pass answers those. The ladder's last step is the exact
+pass itself: a band that no candidate list brings to the target (queries far from every
+product on a clustered catalog can be such) is answered exactly, and the report shows what
+that costs.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from prodvec.recall.measure import LADDER, Measured, Pass
+from prodvec.search.effort import EXACT
 
 #: Fewest sampled queries a band is made for: fewer, and its mean says little.
 MIN_BAND_QUERIES = 10
@@ -30,18 +35,18 @@ MAX_BANDS = 3
 class Figures:
     """What a group of index answers reached."""
 
-    queries: int  # index answers (short answers went exact and are not counted)
-    exact: int  # answers that came back short, so the exact pass answered
+    queries: int  # index answers (exact ones are not counted)
+    exact: int  # answers the exact pass gave: the index came back short, or the band goes exact
     recall: float | None  # mean recall@k; None when no answer counted
     worst_decile: float | None  # mean recall of the worst tenth of them (at least one)
     p50_ms: float | None  # median time of the index passes
-    ef_search: int | None  # median candidate list used
+    ef_search: int | None  # median candidate list used (EXACT: mostly exact answers)
 
 
 @dataclass(frozen=True)
 class TunedBand:
     max_distance: float | None  # None: no bound
-    ef_search: int | None  # the least candidate list (a LADDER step); None: as planned
+    ef_search: int | None  # the least candidate list (a LADDER step); None: as planned; EXACT
     figures: Figures
 
 
@@ -91,12 +96,12 @@ def tune(items: Sequence[Measured], target: float, ladder: Sequence[int | None] 
         return [item for item in items if item.recall(item.passes[first_effort]) is not None
                 and band_of(item, first_effort) == band]
 
-    first = ladder[-1]
-    for level in ladder:
-        near = placed(level, 0)
-        if meets(near, [item.passes[level] for item in near], target):
-            first = level
-            break
+    index_levels = [level for level in ladder if level != EXACT]
+    reached = [level for level in index_levels
+               if meets(near := placed(level, 0), [item.passes[level] for item in near], target)]
+    if not reached and EXACT in ladder:  # not even the nearest queries: every search goes exact
+        return [TunedBand(None, EXACT, figures(items, [item.passes[EXACT] for item in items]))]
+    first = reached[0] if reached else index_levels[-1]
     chosen: list[int | None] = [first]
     for band in range(1, len(bounds) + 1):
         group = placed(first, band)
@@ -125,8 +130,16 @@ def answers_at(items: Sequence[Measured], bands: Sequence[TunedBand]) -> list[Pa
 
 
 def _answer(item: Measured, first: int | None, level: int | None) -> Pass:
+    """What a search gets: its first pass, then (farther bands) a longer one or the exact
+    pass; a pass that came back short is followed by the exact pass. Times add up."""
+    if first == EXACT:  # every band goes exact: no index pass first
+        return item.passes[EXACT]
     opening = item.passes[first]
-    if opening.hits < item.k or item.passes[level].ef_search <= opening.ef_search:
-        return opening
+    if opening.hits < item.k:
+        return dataclasses.replace(opening, seconds=opening.seconds + item.exact_seconds)
+    if level == EXACT:
+        return dataclasses.replace(item.passes[EXACT], seconds=opening.seconds + item.exact_seconds)
     wider = item.passes[level]
-    return Pass(wider.ef_search, wider.hits, wider.correct, wider.first, opening.seconds + wider.seconds)
+    if wider.ef_search <= opening.ef_search:
+        return opening
+    return dataclasses.replace(wider, seconds=opening.seconds + wider.seconds)

@@ -25,6 +25,8 @@ from prodvec.search.result import Hit
 #: a broad filter; one quick look under a selective one; a category's own index.
 Kind = Literal["unfiltered", "scan", "quick_look", "category"]
 KINDS: tuple[Kind, ...] = ("unfiltered", "scan", "quick_look", "category")
+#: A band's effort when no candidate list reaches the target: its queries are answered exactly.
+EXACT = 0
 #: pgvector's own upper bound for hnsw.ef_search.
 EF_SEARCH_LIMIT = 1000
 #: An iterative scan's budget under a tuned effort: at least this many candidate lists.
@@ -35,7 +37,9 @@ SCAN_BUDGET_PER_EF_SEARCH = 10
 class Band:
     #: Queries whose nearest candidate lies within this cosine distance; None: no bound.
     max_distance: float | None
-    ef_search: int | None  # the least candidate list for these queries; None: as planned
+    #: The least candidate list for these queries; None: as planned; EXACT: the exact pass
+    #: answers them (no candidate list reached the target).
+    ef_search: int | None
     #: Mean recall@k of the index's answers to the sample's queries in this band; None: the
     #: index answered none of them.
     recall: float | None
@@ -54,14 +58,19 @@ def index_answer(
 ) -> tuple[list[Hit], Band | None]:
     """The index pass at the nearest band's effort; if k hits place the query in a band tuned
     to more, a second pass at that effort. Returns the hits (fewer than k: the pass came back
-    short, exact must answer) and the query's band (None: nothing measured for this kind)."""
+    short, or the band is answered exactly: exact must answer) and the query's band (None:
+    nothing measured for this kind)."""
     if not bands:
         return execute.index(session, query, planned), None
+    if bands[0].ef_search == EXACT:  # every band: the index cannot reach the target at all
+        return [], bands[0]
     first = with_effort(planned, bands[0].ef_search)
     hits = execute.index(session, query, first)
     if len(hits) < query.k:
         return hits, None
     band = band_of(bands, hits[0].distance)
+    if band.ef_search == EXACT:
+        return [], band
     wider = with_effort(planned, band.ef_search)
     if wider.ef_search > first.ef_search:
         hits = execute.index(session, query, wider)

@@ -165,7 +165,8 @@ def _check_model(vector: QueryVector, result: SearchResult) -> None:
     if vector.model is not None and others:
         raise QueryError(
             f"the query was encoded with {vector.model} (PRODVEC_MODEL, PRODVEC_CATALOG_VIEWS) but products "
-            f"it found were embedded with {', '.join(sorted(str(model) for model in others))}: their distances mean nothing. Search "
+            f"it found were embedded with {', '.join(sorted(str(model) for model in others))}: their distances "
+            "mean nothing. Search "
             "with PRODVEC_MODEL and PRODVEC_CATALOG_VIEWS set as when the embeddings were made, or re-embed "
             "the products (`prodvec requeue`, then `prodvec worker`)"
         )
