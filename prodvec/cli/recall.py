@@ -33,6 +33,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--vectors", type=Path, help="also sample these recorded query vectors (.npy, N×D)")
     parser.add_argument("--texts", type=Path,
                         help="also sample these text queries, one a line, encoded by PRODVEC_MODEL (CLIP models)")
+    parser.add_argument("--index-only", action="store_true",
+                        help="with --tune: never answer a band exactly; where no hnsw.ef_search (up to 1000) reaches "
+                        "the target, keep 1000 and report the recall it reaches (exact answers cost a scan of the "
+                        "matching products: see the report's p50)")
     parser.add_argument("--database-default", action="store_true",
                         help="with --tune: ALTER DATABASE ... SET hnsw.ef_search to the unfiltered figure, for "
                         "plain SQL in new sessions (prodvec's own searches set theirs per query)")
@@ -57,7 +61,8 @@ def _recall(args: argparse.Namespace) -> int:
         raise ConfigError(f"--target is a recall between 0 and 1, not {target}")
     if args.queries < 1 or args.seconds <= 0:
         raise ConfigError("--queries and --seconds must be positive")
-    options = Options(per_case=args.queries, seconds=args.seconds, seed=args.seed, given=_given(args))
+    options = Options(per_case=args.queries, seconds=args.seconds, seed=args.seed, given=_given(args),
+                      exact_fallback=not args.index_only)
     if args.show:
         with session() as db:
             _print_stored(store.stored(db), as_json=args.json)

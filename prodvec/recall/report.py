@@ -30,6 +30,9 @@ class Options:
     k: int = 10
     seed: int = 0
     given: Sequence[np.ndarray] = ()  # query vectors the application recorded (or encoded texts)
+    #: Tuning may answer a band exactly when no hnsw.ef_search reaches the target; False: the
+    #: index always answers, at most at ef_search 1000, below the target where it must.
+    exact_fallback: bool = True
 
 
 def measure_recall(session: Session, options: Options, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -65,13 +68,14 @@ def tune_recall(session: Session, options: Options, target: float = DEFAULT_TARG
     facts = plan.table_facts(session)
     probes = draw(session, facts, per_case=options.per_case, seed=options.seed, given=options.given)
     items = measure.run(session, probes, k=options.k, deadline=started + options.seconds,
-                        efforts=measure.LADDER, progress=progress)
+                        efforts=measure.LADDER if options.exact_fallback else measure.LADDER[:-1],
+                        progress=progress)
     kinds: dict[str, Any] = {}
     for kind in KINDS:
         group = [item for item in items if item.kind == kind]
         if not group:
             continue
-        bands = tune.tune(group, target)
+        bands = tune.tune(group, target, measure.LADDER if options.exact_fallback else measure.LADDER[:-1])
         store.save_tuned(session, kind, bands, target=target, products=facts.indexed_rows or 0)
         before = [item.passes[None] for item in group]
         after = tune.answers_at(group, bands)
