@@ -8,6 +8,10 @@ pass answers instead, so the result always holds min(k, matching products) hits.
 With max_distance that is every match within it, up to k, as far as the search got: an exact
 pass compares all matches; an index pass that found k matches walked past the distance.
 
+An index pass runs at the effort `prodvec recall --tune` stored for its kind of search and
+the query's distance from the catalog (effort.py), and its answer carries the recall@10
+measured there (SearchResult.recall; None before any measurement).
+
 The index settings are SET LOCAL inside a savepoint of the session's transaction that is
 rolled back after the query, which puts the caller's own settings back (execute.py).
 
