@@ -16,8 +16,10 @@ a product's vector turned away from it (cosine 0.1-0.6, as sample.py turns them)
 of two products of different categories. Filters: none, a price range keeping half the
 catalog (an iterative scan), one category under its median price (~2.5%: a quick look).
 Truth: numpy brute force over the stored halfvec values. Each query runs through
-Product.similar_to's path (prodvec.search.similar_to) before tuning (as planned) and after
-(the stored effort); the tuning's and a re-measurement's time are the "measuring time".
+Product.similar_to's path (prodvec.search.similar_to) before tuning (as planned), after
+`--tune --index-only` (ef_search up to 1000, never exact) and after `--tune` (bands that no
+ef_search brings to the target answered exactly); the tunings' and a re-measurement's time
+are the "measuring time".
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.models import Product
 from prodvec.recall.report import Options, measure_recall, tune_recall
 from prodvec.search import plan, similar_to
+from prodvec.search.effort import EXACT
 
 K = 10
 TIE = 1e-4
@@ -183,11 +186,17 @@ def main() -> None:
             shutil.rmtree(pgdata.parent, ignore_errors=True)
     print(f"\n{args.rows:,} rows, k={K}, target {args.target}, {args.queries} fresh queries per filter and "
           f"placement; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"{'catalog':>7} {'filter':>14} {'queries':>7} {'recall before':>13} {'after':>6} {'min before':>10} "
-          f"{'after':>6} {'p50 ms before':>13} {'after':>6}  strategies after / recall figure carried")
+    print("recall@10 / lowest query's recall / p50 ms, each in the phases " + ", ".join(PHASES))
+    print(f"{'catalog':>7} {'filter':>19} {'n':>4}  {'recall@10':^20}   {'min':^17}   {'p50 ms':^23}  "
+          "strategies tuned / recall carried")
     for line in lines:
         print(line)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+#: The phases each catalog's queries run in: untuned, tuned with the index always answering
+#: (--index-only), tuned with the exact pass for bands no ef_search brings to the target.
+PHASES = ("before", "index-only", "tuned")
 
 
 def evaluate(url: str, spread: str, catalog: Catalog, args: argparse.Namespace) -> list[str]:
@@ -198,47 +207,62 @@ def evaluate(url: str, spread: str, catalog: Catalog, args: argparse.Namespace) 
     kths = [truth_kth(stored, q, mask(q, catalog, low, high)) for q in queries]
     del stored
     engine = create_engine(sqlalchemy_url(url))
-    lines = []
+    results = {}
     with Session(engine) as session:
         session.execute(text("DELETE FROM prodvec_recall_settings"))  # a kept --pgdata: start untuned
         session.commit()
-        plan.forget()
-        run_queries(session, catalog, queries[:20], kths[:20], low, high)  # warm up
-        before = run_queries(session, catalog, queries, kths, low, high)
-        timer = time.perf_counter()
-        tuned = tune_recall(session, Options(per_case=args.per_case, seconds=900, seed=args.seed), args.target)
-        tune_seconds = time.perf_counter() - timer
+        for phase in PHASES:
+            if phase != "before":
+                timer = time.perf_counter()
+                options = Options(per_case=args.per_case, seconds=900, seed=args.seed,
+                                  exact_fallback=phase == "tuned")
+                tuned = tune_recall(session, options, args.target)
+                print(f"\n{spread}, {phase}: tuning took {time.perf_counter() - timer:.0f} s "
+                      f"({tuned['queries']} sampled queries)")
+                _print_tuning(tuned)
+            plan.forget()
+            run_queries(session, catalog, queries[:20], kths[:20], low, high)  # warm up
+            results[phase] = run_queries(session, catalog, queries, kths, low, high)
         timer = time.perf_counter()
         measured = measure_recall(session, Options(per_case=args.per_case, seconds=900, seed=args.seed + 1))
-        measure_seconds = time.perf_counter() - timer
-        plan.forget()
-        run_queries(session, catalog, queries[:20], kths[:20], low, high)
-        after = run_queries(session, catalog, queries, kths, low, high)
+        print(f"\n{spread}: re-measuring (`prodvec recall`, tuned) took {time.perf_counter() - timer:.0f} s "
+              f"({measured['queries']} queries): " + ", ".join(
+                  f"{kind} {figures['recall']:.3f}" if figures["recall"] is not None else f"{kind} all exact"
+                  for kind, figures in measured["kinds"].items()))
     engine.dispose()
-    print(f"\n{spread}: tuning {tune_seconds:.0f} s ({tuned['queries']} queries), re-measuring "
-          f"{measure_seconds:.0f} s ({measured['queries']} queries)")
-    for kind, figures in tuned["kinds"].items():
-        bands = ", ".join(f"≤{b['max_distance']:.3f}" if b["max_distance"] is not None else "rest"
-                          for b in figures["bands"])
-        efforts = ", ".join(str(b["min_ef_search"] or "planned") for b in figures["bands"])
-        print(f"  {kind}: bands {bands}; ef_search {efforts}; sample recall {figures['before']['recall']:.3f} → "
-              f"{figures['after']['recall']:.3f}, p50 {figures['before']['p50_ms']:.2f} → "
-              f"{figures['after']['p50_ms']:.2f} ms; plain SQL: {figures['sql']}")
-    for kind, figures in measured["kinds"].items():
-        print(f"  re-measured {kind}: recall {figures['recall']:.3f} (worst decile {figures['worst_decile']:.3f})")
+    lines = []
     for name in FILTERS:
         for placement in ("near", "far"):
             picked = [i for i, q in enumerate(queries) if q.filter == name and q.placement == placement]
-            b = [before[i] for i in picked]
-            a = [after[i] for i in picked]
-            strategies = Counter(s for _, _, s, _ in a)
-            figures = sorted({round(r, 3) for _, _, _, r in a if r is not None})
-            lines.append(
-                f"{spread:>7} {name + ' ' + placement:>14} {len(picked):>7} {np.mean([r for r, *_ in b]):13.3f} "
-                f"{np.mean([r for r, *_ in a]):6.3f} {min(r for r, *_ in b):10.2f} {min(r for r, *_ in a):6.2f} "
-                f"{np.median([s for _, s, *_ in b]) * 1000:13.2f} {np.median([s for _, s, *_ in a]) * 1000:6.2f}  "
-                f"{dict(strategies)} {figures}")
+            cells = {phase: [results[phase][i] for i in picked] for phase in PHASES}
+            recall = " ".join(f"{np.mean([r for r, *_ in cells[phase]]):6.3f}" for phase in PHASES)
+            worst = " ".join(f"{min(r for r, *_ in cells[phase]):5.2f}" for phase in PHASES)
+            p50 = " ".join(f"{np.median([s for _, s, *_ in cells[phase]]) * 1000:7.2f}" for phase in PHASES)
+            strategies = Counter(strategy for _, _, strategy, _ in cells["tuned"])
+            carried = sorted({round(r, 3) for *_, r in cells["tuned"] if r is not None})
+            lines.append(f"{spread:>7} {name + ' ' + placement:>19} {len(picked):>4}  {recall}   {worst}   {p50}  "
+                         f"{dict(strategies)} {carried}")
     return lines
+
+
+def _bound(max_distance: float | None) -> str:
+    return "rest" if max_distance is None else f"≤{max_distance:.3f}"
+
+
+def _print_tuning(tuned: dict) -> None:
+    for kind, figures in tuned["kinds"].items():
+        bands = "; ".join(
+            f"{_bound(b['max_distance'])}: "
+            f"{'exact' if b['min_ef_search'] == EXACT else b['min_ef_search'] or 'planned'}"
+            f" (n={b['queries'] + b['exact']}, p50 {b['p50_ms']:.1f} ms"
+            + (f", recall {b['recall']:.3f})" if b["recall"] is not None else ")")
+            for b in figures["bands"])
+        before, after = figures["before"], figures["after"]
+        recall = f"{after['recall']:.3f}" if after["recall"] is not None else "-"
+        print(f"  {kind}: {bands}")
+        print(f"    sample: recall of index answers {before['recall']:.3f} → {recall} "
+              f"(exact answers {before['exact']} → {after['exact']} of {before['queries'] + before['exact']}), "
+              f"p50 {before['p50_ms']:.2f} → {after['p50_ms']:.2f} ms; plain SQL: {figures['sql']}")
 
 
 if __name__ == "__main__":
