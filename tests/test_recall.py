@@ -186,24 +186,27 @@ def test_recall_cli_show_and_bad_options(db_url: str, catalog: Catalog, capsys: 
 
 def _measured(first: float, recall_at: dict[int | None, float]) -> Measured:
     probe = Probe("unfiltered", "own", np.ones(4, np.float32), None, ())
-    item = Measured(probe, "unfiltered", IndexSettings(40, None), 10, 0.5, exact_seconds=0.1)
-    item.passes[EXACT] = Pass(EXACT, 10, 10, first, 0.1)
+    item = Measured(probe, "unfiltered", IndexSettings(40, None), 10, 0.5, exact_seconds=0.1, matches=5000)
+    item.passes[EXACT] = Pass(EXACT, 10, 10, first, 0.1, 5000)
     for level, recall in recall_at.items():
         ef = 40 if level is None else max(40, level)
-        item.passes[level] = Pass(ef, 10, round(recall * 10), first, ef / 1000)
+        item.passes[level] = Pass(ef, 10, round(recall * 10), first, ef / 1000, ef)
     return item
 
 
 def test_tune_gives_near_queries_the_least_effort_and_far_ones_what_they_need() -> None:
+    # A pass at ef_search e takes e ms and compares e products; the exact pass 100 ms, 5,000.
     ladder = (None, 64, 100, 160)
-    near = [_measured(0.05 + i / 1000, {None: 1.0, 64: 1.0, 100: 1.0, 160: 1.0}) for i in range(10)]
-    middle = [_measured(0.3 + i / 1000, {None: 0.8, 64: 1.0, 100: 1.0, 160: 1.0}) for i in range(10)]
-    far = [_measured(0.7 + i / 1000, {None: 0.5, 64: 0.7, 100: 0.9, 160: 1.0}) for i in range(10)]
+    near = [_measured(0.05, {None: 1.0, 64: 1.0, 100: 1.0, 160: 1.0}) for _ in range(10)]
+    middle = [_measured(0.3, {None: 0.8, 64: 1.0, 100: 1.0, 160: 1.0}) for _ in range(10)]
+    far = [_measured(0.7, {None: 0.5, 64: 0.7, 100: 0.9, 160: 1.0}) for _ in range(10)]
+    # One band at 100 would compare fewer products in all (its mean, 0.967, meets the target),
+    # but leave the far third at 0.9; one at 160, or near and middle at 64, slow near queries.
     bands = tune(near + middle + far, 0.95, ladder)
     assert [band.ef_search for band in bands] == [None, 64, 160]
     assert [band.figures.queries for band in bands] == [10, 10, 10]
-    assert bands[0].max_distance is not None and 0.059 <= bands[0].max_distance < 0.3
-    assert bands[-1].max_distance is None
+    assert 0.05 <= bands[0].max_distance < 0.3 <= bands[1].max_distance < 0.7 and bands[2].max_distance is None
+    assert [band.figures.p50_ms for band in bands] == [pytest.approx(40), pytest.approx(104), pytest.approx(200)]
     assert all(band.figures.recall == 1.0 for band in bands)
     # Out of reach: the last step, with the recall it reaches.
     hopeless = [_measured(0.7, {None: 0.5, 64: 0.6, 100: 0.6, 160: 0.7}) for _ in range(10)]

@@ -8,6 +8,7 @@ distances tie within TIE): any of several tied products is right.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ class Pass:
     correct: int  # of them, within the true k-th distance
     first: float  # the nearest hit's distance (2.0 when none came back)
     seconds: float
+    #: Products compared: the candidate list of each index pass, every match for an exact one.
+    work: float
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Measured:
     k: int
     kth: float  # the true k-th distance
     exact_seconds: float  # the exact pass's time: what a query answered exactly pays
+    matches: float  # products the filter keeps (as estimated): what an exact pass compares
     passes: dict[int | None, Pass] = field(default_factory=dict)  # by effort (LADDER)
     #: As searches run now (stored bands): the band it fell in, its answer and time.
     band: int | None = None
@@ -78,15 +82,17 @@ def run(
         if time.monotonic() >= deadline:
             break
         query = Query(probe.vector, compile_filter(probe.where, dialect), k, probe.exclude_id)
-        matches = plan.estimated_matches(session, query, facts) if not query.filter.empty else 0
+        # What an exact pass compares: the filter's matches, or the whole catalog.
+        matches = float(plan.estimated_matches(session, query, facts)) if not query.filter.empty \
+            else (facts.indexed_rows or 0.0)
         kind, planned = plan.index_plan(query, facts, matches)
         started = time.perf_counter()
         truth = execute.exact(session, query)
         exact_seconds = time.perf_counter() - started
         if len(truth) < k:
             continue
-        item = Measured(probe, kind, planned, k, truth[-1].distance, exact_seconds)
-        item.passes[EXACT] = Pass(EXACT, k, k, truth[0].distance, exact_seconds)
+        item = Measured(probe, kind, planned, k, truth[-1].distance, exact_seconds, matches)
+        item.passes[EXACT] = Pass(EXACT, k, k, truth[0].distance, exact_seconds, matches)
         if efforts is not None:
             _ladder(session, query, item, efforts)
         else:
@@ -116,12 +122,14 @@ def _current(session: Session, query: Query, item: Measured, bands: tuple[Band, 
     seconds = time.perf_counter() - started
     item.band = bands.index(band) if band else None
     if band is not None and band.ef_search == EXACT:
-        item.answer = Pass(EXACT, item.k, item.k, item.passes[EXACT].first, seconds + item.exact_seconds)
+        item.answer = Pass(EXACT, item.k, item.k, item.passes[EXACT].first, seconds + item.exact_seconds,
+                           item.matches)
         return
     used = effort.with_effort(item.planned, band.ef_search if band else None)
     # Short: the exact pass answers, and the search pays for it too.
-    extra = item.exact_seconds if len(hits) < item.k else 0.0
-    item.answer = _pass(hits, used.ef_search, item.kth, seconds + extra)
+    short = len(hits) < item.k
+    answer = _pass(hits, used.ef_search, item.kth, seconds + (item.exact_seconds if short else 0.0))
+    item.answer = dataclasses.replace(answer, work=answer.work + (item.matches if short else 0.0))
 
 
 def _timed(session: Session, query: Query, settings: IndexSettings, kth: float) -> Pass:
@@ -132,4 +140,4 @@ def _timed(session: Session, query: Query, settings: IndexSettings, kth: float) 
 
 def _pass(hits: list[Hit], ef_search: int, kth: float, seconds: float) -> Pass:
     correct = sum(hit.distance <= kth + TIE for hit in hits)
-    return Pass(ef_search, len(hits), correct, hits[0].distance if hits else 2.0, seconds)
+    return Pass(ef_search, len(hits), correct, hits[0].distance if hits else 2.0, seconds, ef_search)

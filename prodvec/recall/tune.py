@@ -1,12 +1,14 @@
 """The least effort that meets a recall target, per kind of index search and distance band.
 
-Bands split a kind's sampled queries by how far their nearest candidate lies (at the
-planned effort) into up to three groups of equal size: queries near the catalog, far, and
-in between. A search places its query the same way, from its first pass (effort.py), so the
-tuning runs those two steps too: for the least first-pass effort e0 (of the ladder) at which
-the queries its first pass places in the nearest band reach the target, each farther band
-then gets the least effort, at least e0, at which its own queries do. Near queries so never
-pay for far ones; a far query pays its first pass and one longer pass.
+Bands split a kind's sampled queries by how far their nearest candidate lies (at the planned
+effort): queries near the catalog, far, and in between, up to three bands, cut where the
+nearest third of the sample does least work, then the middle one, then the farthest, while
+each third keeps the target. A search places its query the same way, from
+its first pass (effort.py), so the tuning runs those two steps too: for the least first-pass
+effort e0 (of the ladder) at which the queries its first pass places in the nearest band
+reach the target, each farther band then gets the least effort, at least e0, at which its
+own queries do. Near queries so need not pay for far ones; a far query pays its first pass
+and one longer pass (or the exact pass).
 
 "Reach the target": the mean recall@k of the band's index answers, less one standard error
 (so that queries beyond the sample reach it too), is at least the target. Answers that came
@@ -18,7 +20,8 @@ that costs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,22 +74,73 @@ def meets(items: Sequence[Measured], answers: Sequence[Pass], target: float) -> 
     return float(np.mean(recalls)) - error >= target
 
 
-def edges(items: Sequence[Measured]) -> list[float]:
-    """The bands' upper distances but the last's: equal shares of the queries by the distance
-    of their nearest candidate at the planned effort (of those its pass found any for)."""
-    distances = sorted(item.passes[None].first for item in items if item.passes[None].hits)
-    if not distances:
-        return []
-    bands = max(1, min(MAX_BANDS, len(distances) // MIN_BAND_QUERIES))
-    cut = [float(np.quantile(distances, b / bands)) for b in range(1, bands)]
-    return sorted(set(cut))
+def cuts(items: Sequence[Measured]) -> Iterator[list[float]]:
+    """Ways to cut the queries into up to MAX_BANDS bands by the distance of their nearest
+    candidate at the planned effort (of those its pass found any for): at its deciles, each
+    band holding at least MIN_BAND_QUERIES of them; one band first."""
+    distances = np.sort([item.passes[None].first for item in items if item.passes[None].hits])
+    yield []
+    if len(distances) < 2 * MIN_BAND_QUERIES:
+        return
+    deciles = sorted({float(d) for d in np.quantile(distances, np.arange(1, 10) / 10)})
+
+    def enough(low: float, high: float) -> bool:
+        return int(np.sum((distances > low) & (distances <= high))) >= MIN_BAND_QUERIES
+
+    for count in range(1, MAX_BANDS):
+        for bounds in itertools.combinations(deciles, count):
+            edges = [-np.inf, *bounds, np.inf]
+            if all(enough(low, high) for low, high in itertools.pairwise(edges)):
+                yield list(bounds)
 
 
 def tune(items: Sequence[Measured], target: float, ladder: Sequence[int | None] = LADDER) -> list[TunedBand]:
-    """One kind's bands, nearest first: the least efforts that meet ``target`` on ``items``
-    (measured at every step of ``ladder``). Where even the last step falls short, the band
-    gets the last step and its measured recall says by how much."""
-    bounds = edges(items)
+    """One kind's bands, nearest first, with the least efforts that meet ``target`` on
+    ``items`` (measured at every step of ``ladder``). Of the ways to cut them into bands
+    (cuts()) that keep the target for the near, middle and far thirds of the sample alike,
+    the one that asks least work (products compared) of the near third, then of the middle,
+    then of the far one, then has fewest bands: near queries never pay for far ones. Where
+    even the last step falls short, the band gets it and its recall says by how much."""
+    thirds = _thirds(items)
+    groups = _groups(items, thirds)
+    best = tune_bands(items, target, ladder, thirds)
+    best_cost = _cost(best, items, groups)
+    for bounds in cuts(items):
+        bands = tune_bands(items, target, ladder, bounds)
+        answers = answers_at(items, bands)
+        cost = _cost(bands, items, groups)
+        if cost < best_cost and all(meets([items[i] for i in group], [answers[i] for i in group], target)
+                                    for group in groups):
+            best, best_cost = bands, cost
+    return best
+
+
+def _cost(bands: Sequence[TunedBand], items: Sequence[Measured], groups: Sequence[Sequence[int]]) -> tuple[float, ...]:
+    answers = answers_at(items, bands)
+    work = [float(np.mean([answers[i].work for i in group])) if group else 0.0 for group in groups]
+    return (*work, len(bands))
+
+
+def _thirds(items: Sequence[Measured]) -> list[float]:
+    """Bounds that cut the queries into up to MAX_BANDS equal shares by their nearest
+    candidate's distance at the planned effort (fewer where the sample is small)."""
+    distances = sorted(item.passes[None].first for item in items if item.passes[None].hits)
+    shares = max(1, min(MAX_BANDS, len(distances) // MIN_BAND_QUERIES))
+    return sorted({float(np.quantile(distances, b / shares)) for b in range(1, shares)})
+
+
+def _groups(items: Sequence[Measured], bounds: Sequence[float]) -> list[list[int]]:
+    """Item positions per share; a query whose planned pass found nothing counts as far."""
+    groups: list[list[int]] = [[] for _ in range(len(bounds) + 1)]
+    for i, item in enumerate(items):
+        distance = item.passes[None].first if item.passes[None].hits else np.inf
+        groups[next((b for b, bound in enumerate(bounds) if distance <= bound), len(bounds))].append(i)
+    return groups
+
+
+def tune_bands(items: Sequence[Measured], target: float, ladder: Sequence[int | None],
+               bounds: Sequence[float]) -> list[TunedBand]:
+    """The least efforts that meet ``target``, for bands cut at ``bounds``."""
 
     def band_of(item: Measured, first_effort: int | None) -> int:
         distance = item.passes[first_effort].first
@@ -131,15 +185,16 @@ def answers_at(items: Sequence[Measured], bands: Sequence[TunedBand]) -> list[Pa
 
 def _answer(item: Measured, first: int | None, level: int | None) -> Pass:
     """What a search gets: its first pass, then (farther bands) a longer one or the exact
-    pass; a pass that came back short is followed by the exact pass. Times add up."""
+    pass; a pass that came back short is followed by the exact pass. Times and work add up."""
     if first == EXACT:  # every band goes exact: no index pass first
         return item.passes[EXACT]
     opening = item.passes[first]
+    exact = item.passes[EXACT]
     if opening.hits < item.k:
-        return dataclasses.replace(opening, seconds=opening.seconds + item.exact_seconds)
+        return dataclasses.replace(opening, seconds=opening.seconds + exact.seconds, work=opening.work + exact.work)
     if level == EXACT:
-        return dataclasses.replace(item.passes[EXACT], seconds=opening.seconds + item.exact_seconds)
+        return dataclasses.replace(exact, seconds=opening.seconds + exact.seconds, work=opening.work + exact.work)
     wider = item.passes[level]
     if wider.ef_search <= opening.ef_search:
         return opening
-    return dataclasses.replace(wider, seconds=opening.seconds + wider.seconds)
+    return dataclasses.replace(wider, seconds=opening.seconds + wider.seconds, work=opening.work + wider.work)
