@@ -115,7 +115,7 @@ def test_tuned_effort_meets_the_target_for_every_kind_and_spares_near_queries(
     # The sparse graph misses for far queries at the planned effort: tuning has work to do.
     assert min(before[name, "far"] for name in ("unfiltered", "price_half")) < TARGET
 
-    assert main(["recall", "--tune", "--target", str(TARGET), "--queries", "45", "--json"]) == 0
+    assert main(["recall", "--tune", "--target", str(TARGET), "--queries", "60", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     kinds = {"unfiltered", "scan", "category"} if category_indexes else {"unfiltered", "scan", "quick_look"}
     assert kinds <= set(report["kinds"])
@@ -228,8 +228,9 @@ def test_meeting_the_target_leaves_a_standard_error_of_margin() -> None:
         return made, [item.passes[None] for item in made]
 
     assert meets(*items([0.96] * 10), 0.95)  # no spread: the mean itself
-    assert meets(*items([0.9] + [1.0] * 9), 0.95)  # 0.99 less 0.01
-    assert not meets(*items([0.9] * 5 + [1.0] * 5), 0.95)  # 0.95 on the sample, less 0.016
+    assert meets(*items([0.9] + [1.0] * 9), 0.95)  # 0.99 less 2 x 0.01
+    assert not meets(*items([0.9] + [1.0] * 9), 0.975)
+    assert not meets(*items([0.9] * 5 + [1.0] * 5), 0.95)  # 0.95 on the sample, less 2 x 0.016
     assert meets([], [], 0.95)  # every answer went exact
 
 

@@ -10,8 +10,8 @@ reach the target, each farther band then gets the least effort, at least e0, at 
 own queries do. Near queries so need not pay for far ones; a far query pays its first pass
 and one longer pass (or the exact pass).
 
-"Reach the target": the mean recall@k of the band's index answers, less one standard error
-(so that queries beyond the sample reach it too), is at least the target. Answers that came
+"Reach the target": the mean recall@k of the band's index answers, less STANDARD_ERRORS
+standard errors (so that queries beyond the sample reach it too), is at least the target. Answers that came
 back short do not count: the exact pass answers those. The ladder's last step is the exact
 pass itself: a band that no candidate list brings to the target (queries far from every
 product on a clustered catalog can be such) is answered exactly, and the report shows what
@@ -32,6 +32,9 @@ from prodvec.search.effort import EXACT
 #: Fewest sampled queries a band is made for: fewer, and its mean says little.
 MIN_BAND_QUERIES = 10
 MAX_BANDS = 3
+#: The sample's mean must clear the target by this many standard errors: with one, fresh far
+#: queries fell below it now and then (tests/test_recall.py, 4,000 products, 15 per third).
+STANDARD_ERRORS = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def meets(items: Sequence[Measured], answers: Sequence[Pass], target: float) -> 
     if not recalls:
         return True
     error = float(np.std(recalls)) / np.sqrt(len(recalls))
-    return float(np.mean(recalls)) - error >= target
+    return float(np.mean(recalls)) - STANDARD_ERRORS * error >= target
 
 
 def cuts(items: Sequence[Measured]) -> Iterator[list[float]]:
