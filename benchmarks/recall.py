@@ -13,7 +13,9 @@ minutes per catalog), so the "category" kind is not measured here.
 Queries, fresh (not the tuning's sample): "near": a new product of a random cluster (the
 benchmark's generator) and products' own vectors (more like this, itself excluded); "far":
 a product's vector turned away from it (cosine 0.1-0.6, as sample.py turns them) and the mix
-of two products of different categories. Filters: none, a price range keeping half the
+of two products of one category (as sample.py mixes them: mixing two categories makes queries
+whose neighbours split between two regions of the graph, which no ef_search up to 1000 finds
+both of, so tuning sends them exact). Filters: none, a price range keeping half the
 catalog (an iterative scan), one category under its median price (~2.5%: a quick look).
 Truth: numpy brute force over the stored halfvec values. Each query runs through
 Product.similar_to's path (prodvec.search.similar_to) before tuning (as planned), after
@@ -89,7 +91,7 @@ def make_queries(catalog: Catalog, per_cell: int, seed: int) -> list[Query]:
                 cluster = int(rng.integers(CATEGORIES * CLUSTERS_PER_CATEGORY))
                 queries.append(_query("near", name, catalog.generator(cluster, 1)[0], None, catalog, rng,
                                       category=cluster // CLUSTERS_PER_CATEGORY))
-        for i in range(per_cell):  # far: turned away, or two categories mixed
+        for i in range(per_cell):  # far: turned away, or two products of one category mixed
             row = int(rng.integers(rows))
             if i % 2:
                 away = rng.standard_normal(stored.shape[1]).astype(np.float32)
@@ -97,7 +99,8 @@ def make_queries(catalog: Catalog, per_cell: int, seed: int) -> list[Query]:
                 cosine = rng.uniform(0.1, 0.6)
                 vector = cosine * stored[row] + np.sqrt(1 - cosine**2) * _unit(away)
             else:
-                other = int(rng.choice(np.flatnonzero(catalog.category != catalog.category[row])))
+                others = np.flatnonzero(catalog.category == catalog.category[row])
+                other = int(rng.choice(others[others != row]))
                 vector = stored[row] + stored[other]
             queries.append(_query("far", name, _unit(vector), None, catalog, rng))
     return queries

@@ -56,11 +56,13 @@ def as_at_scale(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def far_queries(catalog: Catalog, n: int, seed: int) -> list[np.ndarray]:
-    """Between two clusters, and turned away from a product: far from every product."""
+    """Between two products of one category, and turned away from a product: off the catalog."""
     rng = np.random.default_rng(seed)
     queries = []
     for i in range(n):
-        a, b = rng.choice(len(catalog.ids), 2, replace=False)
+        a = int(rng.integers(len(catalog.ids)))
+        same = np.flatnonzero(catalog.category == catalog.category[a])
+        b = int(rng.choice(same[same != a]))
         if i % 2:
             mixed = catalog.vectors[a] + catalog.vectors[b]
         else:
