@@ -63,11 +63,25 @@ class Catalog:
 
 @pytest.fixture
 def catalog(conn: psycopg.Connection) -> Catalog:
-    rng = np.random.default_rng(20261126)
+    return insert_catalog(conn)
+
+
+def insert_catalog(conn: psycopg.Connection, per_cluster: int = PER_CLUSTER, seed: int = 20261126,
+                   latent: int | None = None) -> Catalog:
+    """Clustered products inserted with their embeddings (and a few still waiting for theirs).
+    ``latent``: products of a cluster vary along this many directions only (as photos of one
+    kind of product do), plus a little noise; None: along every direction alike."""
+    rng = np.random.default_rng(seed)
     centres = rng.standard_normal((len(CLUSTERS), DIMENSIONS))
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    cluster = np.repeat(np.arange(len(CLUSTERS)), PER_CLUSTER)
-    raw = centres[cluster] + 0.6 * rng.standard_normal((len(cluster), DIMENSIONS)) / np.sqrt(DIMENSIONS)
+    cluster = np.repeat(np.arange(len(CLUSTERS)), per_cluster)
+    if latent is None:
+        raw = centres[cluster] + 0.6 * rng.standard_normal((len(cluster), DIMENSIONS)) / np.sqrt(DIMENSIONS)
+    else:
+        bases = rng.standard_normal((len(CLUSTERS), latent, DIMENSIONS)) / np.sqrt(latent * DIMENSIONS)
+        variation = np.einsum("nl,nld->nd", rng.standard_normal((len(cluster), latent)), bases[cluster])
+        noise = 0.1 * rng.standard_normal((len(cluster), DIMENSIONS)) / np.sqrt(DIMENSIONS)
+        raw = centres[cluster] + 0.6 * variation + noise
     stored = (raw / np.linalg.norm(raw, axis=1, keepdims=True)).astype(np.float16)
     category = np.array([CLUSTERS[c] for c in cluster], dtype=object)
     swapped = rng.random(len(cluster)) < 0.05  # a few products filed under another category

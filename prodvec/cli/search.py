@@ -133,7 +133,7 @@ def _search(args: argparse.Namespace) -> int:
         raise QueryError(cli_advice(str(exc))) from exc
     if args.json:
         print_json({"hits": rows, "strategy": result.strategy, "exact": result.exact,
-                    "candidates": result.candidates, "k": args.k})
+                    "recall": result.recall, "candidates": result.candidates, "k": args.k})
         return 0
     print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
     if not rows:
@@ -143,6 +143,11 @@ def _search(args: argparse.Namespace) -> int:
         print("(exact: every matching product was compared)" if len(rows) == args.k
               else f"(exact: only {len(rows)} products match)")
     else:
-        print("(from the HNSW index: approximate nearest, k hits found)")
+        print("(from the HNSW index: approximate nearest, k hits found; " + _recall_note(result.recall) + ")")
     return 0
 
+
+def _recall_note(recall: float | None) -> str:
+    if recall is None:
+        return "recall not measured on this catalog yet: `prodvec recall`"
+    return f"recall@10 measured {recall:.3f} for searches like this one"

@@ -120,6 +120,12 @@ def fetch(session: Session, sql: str, params: dict[str, Any]) -> list[tuple[Any,
         return conn.execute(sql, params).fetchall()
 
 
+def run(session: Session, sql: str, params: dict[str, Any]) -> None:
+    """One statement that returns no rows, in the session's transaction."""
+    with _connection(session, sql) as conn:
+        conn.execute(sql, params)
+
+
 def _driver_connection(session: Session) -> psycopg.Connection[Any]:
     """The psycopg connection under the session's transaction, pgvector's types registered.
 

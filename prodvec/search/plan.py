@@ -16,13 +16,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from prodvec.search import execute
+from prodvec.search.effort import EF_SEARCH_LIMIT, Band, Kind
 from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.statements import statement
 from prodvec.sql import queries
@@ -50,8 +51,6 @@ QUICK_LOOK_MAX_SHARE = 0.2
 #: hnsw.ef_search bounds (pgvector allows 1..1000; 40 is its default). Past 200 the first
 #: search costs more than it gains, measured at 5% and 1% selectivity.
 EF_SEARCH_MIN, EF_SEARCH_MAX = 40, 200
-#: pgvector's own upper bound for hnsw.ef_search.
-EF_SEARCH_LIMIT = 1000
 #: A pass's candidate list is sized to hold this many times k matches at the filter's
 #: selectivity (within EF_SEARCH_MIN..EF_SEARCH_MAX).
 CANDIDATES_PER_HIT = 2
@@ -80,7 +79,8 @@ CATEGORY_INDEX_MIN_SHARE_FROM_TABLE = 0.1
 #: (measured at 100k rows: a far 5% query at recall 0 with 40, none below 1.0 with 100).
 CATEGORY_EF_SEARCH_MIN = 100
 #: Seconds table facts and planner estimates are reused per database: dimensions change only
-#: with a migration, and counts only size the plan, so a slightly stale one costs nothing.
+#: with a migration, and counts only size the plan, so a slightly stale one costs nothing;
+#: a new tuning (`prodvec recall --tune`) reaches other processes' searches within this time.
 FACTS_TTL_SECONDS = 60.0
 
 
@@ -95,6 +95,9 @@ class TableFacts:
     #: The (category, price) index carries the vectors (migrations/0005): exact passes over
     #: category and price filters read it alone, ~3x faster than from the table.
     vectors_in_filter_index: bool
+    #: Per kind of index search, its distance bands with their tuned effort and measured
+    #: recall, nearest first (prodvec_recall_settings, `prodvec recall`); none: as planned.
+    recall_bands: dict[str, tuple[Band, ...]] = field(default_factory=dict)
 
     def category_index_rows(self, category: str | None) -> float | None:
         """Products in the category's own index, None when it has none."""
@@ -113,6 +116,7 @@ class TableFacts:
 class Plan:
     estimate: int  # products the filter keeps, as the planner estimates
     exact_cap: int | None  # try an exact pass first, over at most this many products
+    kind: Kind  # the kind of index search, for its tuned effort and measured recall
     index: IndexSettings  # for the index pass: the plan, or the exact pass's overflow
 
 
@@ -172,35 +176,75 @@ def table_facts(session: Session) -> TableFacts:
         {category: float(products) for category, products in category_indexes.items()},
         {category: float(share) for category, share in category_shares.items()},
         bool(vectors_in_filter_index),
+        _recall_bands(session),
     )
     _facts.put(key, facts)
     return facts
 
 
+def _recall_bands(session: Session) -> dict[str, tuple[Band, ...]]:
+    bands: dict[str, list[Band]] = {}
+    for kind, _, max_distance, ef_search, recall, _ in execute.fetch(session, queries("recall.sql")["bands"], {}):
+        bands.setdefault(kind, []).append(Band(max_distance, ef_search, recall))
+    return {kind: tuple(kind_bands) for kind, kind_bands in bands.items()}
+
+
 def choose(session: Session, query: Query, facts: TableFacts) -> Plan:
-    total = max(facts.indexed_rows or 0.0, 1.0)
-    # One category's own index serves searches of the column it indexes (embedding) only.
-    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
+    if query.filter.empty:
+        return Plan(int(max(facts.indexed_rows or 0.0, 1.0)), None, *index_plan(query, facts, 0))
+    estimate = estimated_matches(session, query, facts)
+    if estimate <= EXACT_MAX_ROWS and _serving_category_index(query, facts, estimate) is None:
+        cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
+        # Should the cap be hit, at least cap products match: size the index pass for that.
+        return Plan(estimate, cap, *_main_index(query, facts, cap + 1))
+    return Plan(estimate, None, *index_plan(query, facts, estimate))
+
+
+def index_plan(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, IndexSettings]:
+    """The kind of index search the planner makes for a filter keeping ``matches`` products,
+    and its settings, once the index is to answer (`prodvec recall` measures each kind)."""
     if query.filter.empty:
         # No filter: the index's first search holds the k nearest (but the query product).
         ef_search = min(EF_SEARCH_LIMIT, max(EF_SEARCH_MIN, query.k + 1))
-        return Plan(int(total), None, IndexSettings(ef_search=ef_search, max_scan_tuples=None))
-    # A filter that is only categories keeps what their indexes hold, or what the statistics
-    # say they hold (as the planner would reckon): no need to ask it.
-    in_categories = [facts.category_rows(category) for category in query.filter.categories]
-    pinned_rows = sum(in_categories) if in_categories and None not in in_categories else None  # type: ignore[arg-type]
+        return "unfiltered", IndexSettings(ef_search=ef_search, max_scan_tuples=None)
+    in_category = _serving_category_index(query, facts, matches)
+    if in_category is not None:
+        return "category", category_index_settings(query.k, matches, in_category)
+    return _main_index(query, facts, matches)
+
+
+def estimated_matches(session: Session, query: Query, facts: TableFacts) -> int:
+    """How many products the filter keeps: what the categories' indexes hold (or the
+    statistics say they hold, as the planner would reckon) for a filter that is only
+    categories, otherwise the planner's estimate."""
+    pinned_rows = _pinned_rows(query, facts)
     if query.filter.categories_only and pinned_rows is not None:
-        estimate = int(pinned_rows)
-    else:
-        estimate = _planner_estimate(session, query)
+        return int(pinned_rows)
+    return _planner_estimate(session, query)
+
+
+def _pinned_rows(query: Query, facts: TableFacts) -> float | None:
+    """Products in the categories the filter pins, None when it pins none or one is unknown."""
+    in_categories = [facts.category_rows(category) for category in query.filter.categories]
+    if not in_categories or None in in_categories:
+        return None
+    return sum(rows for rows in in_categories if rows is not None)
+
+
+def _serving_category_index(query: Query, facts: TableFacts, matches: float) -> float | None:
+    """Products in the category index that should serve the filter, None when none should."""
+    # One category's own index serves searches of the column it indexes (embedding) only.
+    in_category = facts.category_index_rows(query.filter.category) if query.vector_column == "embedding" else None
     min_share = CATEGORY_INDEX_MIN_SHARE if facts.vectors_in_filter_index else CATEGORY_INDEX_MIN_SHARE_FROM_TABLE
-    if in_category and (estimate > EXACT_MAX_ROWS or estimate >= min_share * in_category):
-        return Plan(estimate, None, category_index_settings(query.k, estimate, in_category))
-    if estimate <= EXACT_MAX_ROWS:
-        cap = EXACT_CAP_FACTOR * EXACT_MAX_ROWS
-        # Should the cap be hit, at least cap products match: size the index pass for that.
-        return Plan(estimate, cap, index_settings(query.k, cap + 1, total, in_categories=pinned_rows))
-    return Plan(estimate, None, index_settings(query.k, estimate, total, in_categories=pinned_rows))
+    if in_category and (matches > EXACT_MAX_ROWS or matches >= min_share * in_category):
+        return in_category
+    return None
+
+
+def _main_index(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, IndexSettings]:
+    total = max(facts.indexed_rows or 0.0, 1.0)
+    settings = index_settings(query.k, matches, total, in_categories=_pinned_rows(query, facts))
+    return ("quick_look" if settings.max_scan_tuples is None else "scan"), settings
 
 
 def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:

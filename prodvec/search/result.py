@@ -27,12 +27,17 @@ class SearchResult(Sequence[Hit]):
     with k hits, which are the true k nearest only as far as the index's recall goes.
     ``candidates``: how many products the planner estimated the filter keeps (it chose the
     strategy; misestimates cost time, never completeness).
+    ``recall``: for an index answer, the mean recall@10 `prodvec recall` measured on this
+    catalog for this kind of search (unfiltered, iterative scan, quick look, category index)
+    and queries as far from the catalog as this one; None for exact answers, and for index
+    answers before any measurement.
     """
 
     hits: tuple[Hit, ...]
     exact: bool
     strategy: Strategy
     candidates: int
+    recall: float | None = None
 
     @overload
     def __getitem__(self, index: int) -> Hit: ...

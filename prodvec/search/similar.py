@@ -8,6 +8,10 @@ pass answers instead, so the result always holds min(k, matching products) hits.
 With max_distance that is every match within it, up to k, as far as the search got: an exact
 pass compares all matches; an index pass that found k matches walked past the distance.
 
+An index pass runs at the effort `prodvec recall --tune` stored for its kind of search and
+the query's distance from the catalog (effort.py), and its answer carries the recall@10
+measured there (SearchResult.recall; None before any measurement).
+
 The index settings are SET LOCAL inside a savepoint of the session's transaction that is
 rolled back after the query, which puts the caller's own settings back (execute.py).
 
@@ -33,7 +37,7 @@ from sqlalchemy.orm import Session
 
 from prodvec.errors import QueryError
 from prodvec.images.views import merge_views
-from prodvec.search import execute, plan
+from prodvec.search import effort, execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
@@ -130,10 +134,14 @@ def _search(
     results = [search(view, column, max_distance=None) for view in views for column in columns]
     penalties = policy.penalties(len(views), len(columns)).ravel()
     products = {hit.product.id: hit.product for result in results for hit in result}
-    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k, penalties)
+    fused = merge_views([[(hit.product.id, hit.distance) for hit in result] for result in results], k,
+                        penalties.tolist())
     hits = tuple(Hit(products[key], distance) for key, distance in fused
                  if max_distance is None or distance <= max_distance)
-    return SearchResult(hits, all(r.exact for r in results), results[0].strategy, results[0].candidates)
+    # The fused answer is as good as its weakest index answer.
+    recalls = [r.recall for r in results if r.recall is not None]
+    return SearchResult(hits, all(r.exact for r in results), results[0].strategy, results[0].candidates,
+                        min(recalls) if recalls else None)
 
 
 def _search_vector(
@@ -158,17 +166,19 @@ def _search_vector(
         hits = execute.exact_capped(session, query, chosen.exact_cap)
         if hits is not None:
             return _result(hits, "exact", chosen, max_distance)
-    hits = execute.index(session, query, chosen.index)
+    # At the effort `prodvec recall --tune` found for this kind of search and the query's distance.
+    hits, band = effort.index_answer(session, query, chosen.index, facts.recall_bands.get(chosen.kind, ()))
     if len(hits) == k:
-        return _result(hits, "hnsw", chosen, max_distance)
+        return _result(hits, "hnsw", chosen, max_distance, recall=band.recall if band else None)
     # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.
     return _result(execute.exact(session, query), "hnsw+exact", chosen, max_distance)
 
 
-def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None) -> SearchResult:
+def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance: float | None,
+            recall: float | None = None) -> SearchResult:
     # The k nearest within max_distance are the k nearest, cut at max_distance.
     kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
-    return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate)
+    return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate, recall)
 
 
 def _check_model(vector: QueryVector, result: SearchResult) -> None:
@@ -177,7 +187,8 @@ def _check_model(vector: QueryVector, result: SearchResult) -> None:
     if vector.model is not None and others:
         raise QueryError(
             f"the query was encoded with {vector.model} (PRODVEC_MODEL, PRODVEC_CATALOG_VIEWS) but products "
-            f"it found were embedded with {', '.join(sorted(others))}: their distances mean nothing. Search "
+            f"it found were embedded with {', '.join(sorted(str(model) for model in others))}: their distances "
+            "mean nothing. Search "
             "with PRODVEC_MODEL and PRODVEC_CATALOG_VIEWS set as when the embeddings were made, or re-embed "
             "the products (`prodvec requeue`, then `prodvec worker`)"
         )
