@@ -2,14 +2,16 @@
 
 DATABASE_URL      use this PostgreSQL (>= 15 with pgvector >= 0.8); unset: the embedded server
 PRODVEC_HOME      where the embedded server keeps its data (default: per-user data dir)
-PRODVEC_MODEL     encoder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k or timm:efficientnet_lite0
+PRODVEC_MODEL     encoder spec, e.g. open_clip:ViT-B-32:laion2b_s34b_b79k or timm:efficientnet_lite0: the
+                  first model of a new catalog; afterwards the database's active model (`prodvec model`)
+                  is used, and a PRODVEC_MODEL that names another is refused
 PRODVEC_DEVICE    torch device (default: cuda when available, else cpu)
 PRODVEC_ROBUST_QUERIES  1/0: search query photos as several views too (default 1,
                   benchmarks/quality.md: it finds rotated and noisy photos, clean ones lose nothing)
 PRODVEC_CATALOG_VIEWS   single/multi: vectors stored per product (default single: the photo;
                   multi: the whole photo fitted in the encoder's crop and a coarse thumbnail, which
-                  finds noisy, tiny and off-centre photos better, benchmarks/quality.md). Workers and
-                  searches must agree; after a change, `prodvec requeue` re-embeds the catalog
+                  finds noisy, tiny and off-centre photos better, benchmarks/quality.md). Recorded with
+                  the active model like PRODVEC_MODEL: set it for a new catalog, unset afterwards
 """
 from __future__ import annotations
 
@@ -42,6 +44,10 @@ class Settings:
     device: str | None
     robust_queries: bool
     catalog_views: CatalogViews
+    #: Whether PRODVEC_MODEL / PRODVEC_CATALOG_VIEWS were set (False: ``model`` / ``catalog_views``
+    #: are the defaults, which the database's active model overrides: prodvec.db.active_model).
+    model_set: bool = False
+    catalog_views_set: bool = False
 
     @property
     def pgdata(self) -> Path:
@@ -50,7 +56,12 @@ class Settings:
     @property
     def catalog_policy(self) -> ViewPolicy:
         """The view policy of PRODVEC_CATALOG_VIEWS: what the worker stores, how image queries search it."""
-        return MULTI_VIEW if self.catalog_views == "multi" else SINGLE_VIEW
+        return catalog_policy(self.catalog_views)
+
+
+def catalog_policy(catalog_views: CatalogViews) -> ViewPolicy:
+    """The view policy of a catalog's views: what the worker stores, how image queries search it."""
+    return MULTI_VIEW if catalog_views == "multi" else SINGLE_VIEW
 
 
 def load_settings() -> Settings:
@@ -63,6 +74,8 @@ def load_settings() -> Settings:
         device=os.environ.get("PRODVEC_DEVICE") or None,
         robust_queries=_flag("PRODVEC_ROBUST_QUERIES", ROBUST_QUERIES_DEFAULT),
         catalog_views=_catalog_views(),
+        model_set=bool(os.environ.get("PRODVEC_MODEL")),
+        catalog_views_set=bool(os.environ.get("PRODVEC_CATALOG_VIEWS", "").strip()),
     )
 
 

@@ -12,6 +12,11 @@ class ConfigError(ProdvecError):
     """A setting (environment variable, CLI flag) is missing or malformed."""
 
 
+class ModelMismatch(ConfigError):
+    """PRODVEC_MODEL or PRODVEC_CATALOG_VIEWS name another model than the catalog's active one
+    (recorded in the database): its vectors and this process's would be compared meaninglessly."""
+
+
 class DatabaseError(ProdvecError):
     """The database cannot be reached, started or does not have what prodvec needs."""
 

@@ -62,8 +62,9 @@ class Product(Base):
         It holds min(k, matching products) hits: the planner picks exact or HNSW per query and
         falls back to exact when the index comes back short. ``result.exact``: every matching
         product was compared (False: the HNSW index answered).
-        Image queries go through ``encoder`` (default: PRODVEC_MODEL's), the one that embedded the
-        catalog, as views of its ``policy`` (default: PRODVEC_CATALOG_VIEWS's); ``robust`` (default
+        Image queries go through ``encoder`` (default: the catalog's active model, recorded in the
+        database), the one that embedded the catalog, as views of its ``policy`` (default: the active
+        model's catalog views); ModelMismatch when PRODVEC_MODEL names another; ``robust`` (default
         PRODVEC_ROBUST_QUERIES, on) searches turned and coarse views of the photo too.
         QueryError for a query that cannot be answered (unknown sku, no embedding yet...).
         """

@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 from pgvector.psycopg import register_vector
 
+from prodvec.db.active_model import ActiveModel, read_active_model
 from prodvec.db.connection import with_dbname
 from prodvec.db.embedded import ensure_server
 from prodvec.demo.run import CATALOG_DIR, DEMO_DATABASE
@@ -73,6 +74,8 @@ def _check_hits(pgdata: Path, *, sneakers: list[tuple[str, float]], like_sku: li
     with psycopg.connect(with_dbname(ensure_server(pgdata), DEMO_DATABASE)) as conn:
         register_vector(conn)
         rows = conn.execute("SELECT sku, category, price, stock, embedding FROM products ORDER BY sku").fetchall()
+        # The demo records the encoder it took (the fallback) as its catalog's active model.
+        assert read_active_model(conn) == ActiveModel("timm:efficientnet_lite0", 1280, "single")
     skus = np.array([row[0] for row in rows])
     category = np.array([row[1] for row in rows])
     price = np.array([float(row[2]) for row in rows])

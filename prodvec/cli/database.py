@@ -88,19 +88,36 @@ def _url(args: argparse.Namespace) -> int:
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    from prodvec.db.migrate import upgrade
-    from prodvec.encode import spec_dimensions
+    import psycopg
+
+    from prodvec.db.active_model import choose_model, read_active_model, record_active_model
+    from prodvec.db.migrate import upgrade_schema
 
     settings = load_settings()
-    dimensions = spec_dimensions(settings.model)
     url = database_url(settings)
-    try:
-        check_weights(settings.model, settings.device)
-    except WeightsUnavailable as exc:
-        raise WeightsUnavailable(f"{exc}; then run `prodvec migrate` again (the schema was left as it was)") from exc
-    changed = upgrade(url, dimensions, reset_embeddings=args.reset_embeddings)
-    note = f" (embedding column resized to {dimensions}; all products queued)" if changed else ""
-    print(f"schema up to date; embeddings are {dimensions}-d for {settings.model}{note}")
+    with psycopg.connect(url) as conn:
+        recorded = read_active_model(conn)  # None for a new catalog (or a schema before 0007)
+    model = choose_model(recorded, settings, change=args.reset_embeddings)
+    if model != recorded:
+        try:
+            check_weights(model.spec, settings.device)
+        except WeightsUnavailable as exc:
+            raise WeightsUnavailable(
+                f"{exc}; then run `prodvec migrate` again (the database was left as it was)"
+            ) from exc
+    upgrade_schema(url)
+    with psycopg.connect(url) as conn:
+        if recorded is None:  # the migration records a catalog embedded before the active model was
+            recorded = read_active_model(conn)
+            model = choose_model(recorded, settings, change=args.reset_embeddings)
+        changed = record_active_model(conn, model, drop_embeddings=args.reset_embeddings)
+    if not changed:
+        note = ""
+    elif recorded is None:
+        note = " (recorded)"
+    else:
+        note = f" (was {recorded}: every vector dropped, all products queued; run `prodvec worker`)"
+    print(f"schema up to date; active model {model}{note}")
     return 0
 
 

@@ -9,6 +9,7 @@ import sys
 from prodvec import queue as jobs
 from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
+from prodvec.db.active_model import catalog_settings
 from prodvec.db.connection import connect, database_url
 from prodvec.errors import ConfigError
 
@@ -75,10 +76,10 @@ def _worker(args: argparse.Namespace) -> int:
         raise ConfigError("--bulk goes with --once: a long-running worker must keep the index in place")
     settings = load_settings()
     url = database_url(settings)
-    if args.once:
-        # A database that does not answer: say so now, before the model loads, and exit (a
-        # long-running worker waits for it instead, reconnecting).
-        connect(url).close()
+    # The catalog's active model (a new catalog records the settings' now, its first embed).
+    # A database that does not answer: say so now, before the model loads, and exit.
+    with connect(url) as conn:
+        settings = catalog_settings(conn, settings, record=True)
     overrides = {
         name: value
         for name, value in (

@@ -1,7 +1,9 @@
 """Schema migrations: alembic runs the plain SQL files in migrations/, in order."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -50,23 +52,34 @@ def alembic_config(url: str):  # -> alembic.config.Config
     return config
 
 
+def upgrade_schema(url: str) -> None:
+    """`alembic upgrade head`: the schema, whatever the model."""
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
 def upgrade(url: str, dimensions: int, *, reset_embeddings: bool = False) -> bool:
     """`alembic upgrade head`, then size the embedding column for the model.
 
     Returns True when the column's dimensions changed (every product is requeued then).
     """
-    from alembic import command
+    upgrade_schema(url)
+    with psycopg.connect(url) as conn, raised_as_schema_mismatch():
+        changed = conn.execute(
+            "SELECT prodvec_set_embedding_dimensions(%s, %s)", (dimensions, reset_embeddings)
+        ).fetchone()
+    return bool(changed and changed[0])
 
-    command.upgrade(alembic_config(url), "head")
-    with psycopg.connect(url) as conn:
-        try:
-            changed = conn.execute(
-                "SELECT prodvec_set_embedding_dimensions(%s, %s)", (dimensions, reset_embeddings)
-            ).fetchone()[0]
-        except psycopg.errors.RaiseException as exc:
-            hint = exc.diag.message_hint or ""
-            raise SchemaMismatch(f"{exc.diag.message_primary}. {hint}".strip()) from exc
-    return bool(changed)
+
+@contextlib.contextmanager
+def raised_as_schema_mismatch() -> Iterator[None]:
+    """The schema functions' RAISE EXCEPTIONs (message and hint) as SchemaMismatch."""
+    try:
+        yield
+    except psycopg.errors.RaiseException as exc:
+        hint = exc.diag.message_hint or ""
+        raise SchemaMismatch(f"{exc.diag.message_primary}. {hint}".strip()) from exc
 
 
 def embedding_dimensions(conn: psycopg.Connection, column: str = "embedding") -> int | None:

@@ -19,8 +19,9 @@ from prodvec.catalog import import_catalog
 from prodvec.cli.output import print_table
 from prodvec.cli.search import hit_rows
 from prodvec.config import OFFLINE_MODEL, Settings, load_settings
+from prodvec.db.active_model import ActiveModel, record_active_model
 from prodvec.db.connection import connect, database_url, with_dbname
-from prodvec.db.migrate import upgrade
+from prodvec.db.migrate import upgrade_schema
 from prodvec.encode import Encoder, load_encoder
 from prodvec.errors import WeightsUnavailable
 from prodvec.worker.pipeline import Worker
@@ -36,8 +37,10 @@ def run_demo() -> int:
     print(f"database: embedded PostgreSQL, {url}")
 
     encoder = _demo_encoder(settings.model, settings.device)
-    upgrade(url, encoder.dimensions)
+    upgrade_schema(url)
     with connect(url) as conn:
+        # The encoder it took (maybe the offline fallback) is the demo catalog's active model.
+        record_active_model(conn, ActiveModel(encoder.spec, encoder.dimensions, settings.catalog_views))
         report = import_catalog(conn, CATALOG_DIR / "catalog.csv", progress=False)
     print(f"imported {report.inserted} products from {CATALOG_DIR / 'catalog.csv'}")
 

@@ -72,9 +72,9 @@ def resolve(
     """One vector per query, in order. Images go through ``encoder`` together, as views of the
     catalog's view ``policy`` (with their robust views when ``robust``), texts too.
 
-    Each of the three left None is read from the settings (PRODVEC_MODEL and PRODVEC_DEVICE,
-    PRODVEC_CATALOG_VIEWS, PRODVEC_ROBUST_QUERIES), and only when an image or text query needs
-    it: vector, product and already encoded queries need no encoder.
+    Each of the three left None is read from the settings (the catalog's active model and
+    PRODVEC_DEVICE, its catalog views, PRODVEC_ROBUST_QUERIES), and only when an image or text
+    query needs it: vector, product and already encoded queries need no encoder.
     """
     resolved: dict[int, QueryVector] = {}
     images: dict[int, Image.Image | bytes] = {}
@@ -101,7 +101,7 @@ def resolve(
     if stored:
         resolved.update(zip(stored, _stored_vectors(session, list(stored.values())), strict=True))
     if texts or images:
-        encoding = _QueryEncoding.completed(encoder, policy, robust, images=bool(images))
+        encoding = _QueryEncoding.completed(session, encoder, policy, robust, images=bool(images))
         if texts:
             resolved.update(zip(texts, encoding.encode_texts(list(texts.values())), strict=True))
         if images:
@@ -119,16 +119,21 @@ class _QueryEncoding:
 
     @classmethod
     def completed(
-        cls, encoder: Encoder | None, policy: ViewPolicy | None, robust: bool | None, *, images: bool
+        cls, session: Session, encoder: Encoder | None, policy: ViewPolicy | None, robust: bool | None, *,
+        images: bool
     ) -> _QueryEncoding:
         """The values given, the settings for those left None that the queries need (the caller
-        passed none: the public search call is the edge that reads them). ``robust`` matters
-        to image queries only."""
+        passed none: the public search call is the edge that reads them), the encoder and
+        policy those of the catalog's active model (ModelMismatch when the settings name
+        another). ``robust`` matters to image queries only."""
         if encoder is None or policy is None or (images and robust is None):
             from prodvec.config import load_settings
+            from prodvec.db.active_model import catalog_settings, session_connection
             from prodvec.encode import load_encoder
 
             settings = load_settings()
+            if encoder is None or policy is None:
+                settings = catalog_settings(session_connection(session), settings)
             encoder = encoder if encoder is not None else load_encoder(settings.model, settings.device)
             policy = policy if policy is not None else settings.catalog_policy
             robust = robust if robust is not None else settings.robust_queries
