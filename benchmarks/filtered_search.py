@@ -305,7 +305,7 @@ class Cell:
         self.placements.append(placement)
 
     def seconds_of(self, placement: str) -> list[float]:
-        return [s for s, where in zip(self.seconds, self.placements) if where == placement]
+        return [s for s, where in zip(self.seconds, self.placements, strict=False) if where == placement]
 
 
 def p(values: list[float], q: float) -> float:
@@ -361,9 +361,10 @@ def evaluate(
             run_prodvec(session, case.vector, case.filter.clauses())
         for case, (right, need) in zip(cases, truths, strict=True):
             runs = run_in_random_order(case, {
-                "naive": lambda: run_sql(conn, NAIVE, case),
-                "iterative": lambda: run_sql(conn, ITERATIVE, case, "SET LOCAL hnsw.iterative_scan = relaxed_order"),
-                "prodvec": lambda: run_prodvec(session, case.vector, case.filter.clauses()),
+                "naive": lambda case=case: run_sql(conn, NAIVE, case),
+                "iterative": lambda case=case: run_sql(
+                    conn, ITERATIVE, case, "SET LOCAL hnsw.iterative_scan = relaxed_order"),
+                "prodvec": lambda case=case: run_prodvec(session, case.vector, case.filter.clauses()),
             })
             for method, measured in runs.items():
                 record(method, case, measured, right, need)
@@ -377,8 +378,9 @@ def evaluate(
             run_prodvec(session, case.vector, case.filter.clauses())
         plan.forget()  # but no estimates from the warm-up: each filter's first query asks the planner
         for case, (right, need) in zip(cases, truths, strict=True):
-            (measured,) = run_in_random_order(
-                case, {"prodvec+cat": lambda: run_prodvec(session, case.vector, case.filter.clauses())}).values()
+            (measured,) = run_in_random_order(case, {
+                "prodvec+cat": lambda case=case: run_prodvec(session, case.vector, case.filter.clauses()),
+            }).values()
             record("prodvec+cat", case, measured, right, need)
         conn.execute(drop_category_indexes)  # dropped again: --pgdata reuse
         plan.forget()

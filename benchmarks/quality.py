@@ -178,7 +178,7 @@ class Bench:
         photos = [self.catalog_photos[i] for i in self.dup_positions]
         if fault == "clean":
             return photos
-        return [faults.perturb(photo, fault, seed=int(i)) for photo, i in zip(photos, self.dup_positions)]
+        return [faults.perturb(photo, fault, seed=int(i)) for photo, i in zip(photos, self.dup_positions, strict=False)]
 
     def _catalog(self, config: Config) -> np.ndarray:
         names = config.policy.catalog_view_names
@@ -328,10 +328,10 @@ def chart(rows: dict[Config, Scores], path: Path, setup: Setup) -> None:
     import matplotlib.pyplot as plt
 
     shown = {"plain": rows[PLAIN], "robust today": rows[TODAY], "multi-view": rows[MULTI]}
-    names = list(rows[PLAIN].faults) + ["average"]
+    names = [*list(rows[PLAIN].faults), "average"]
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 4.2), dpi=120)
-    for i, ((label, scores), colour) in enumerate(zip(shown.items(), ("#9aa5b1", "#7fa7d0", "#2f6fb0"))):
+    for i, ((label, scores), colour) in enumerate(zip(shown.items(), ("#9aa5b1", "#7fa7d0", "#2f6fb0"), strict=False)):
         ax.bar(x + (i - 1) * 0.27, [*scores.faults.values(), scores.average], 0.27, label=label, color=colour)
     ax.axhline(TARGET_EACH, color="#c0392b", linestyle=":", linewidth=1, label=f"target per fault {TARGET_EACH}")
     ax.axhline(TARGET_AVERAGE, color="#c0392b", linestyle="--", linewidth=1, label=f"target average {TARGET_AVERAGE}")

@@ -78,7 +78,8 @@ def test_catalog_views_migration_goes_down_and_up(pg_server: str) -> None:
 
 def test_migrate_is_idempotent_and_minimal_inserts_work(conn: psycopg.Connection, db_url: str) -> None:
     assert upgrade(db_url, 512) is False
-    conn.execute("INSERT INTO products (sku, title, category, price, stock, image) VALUES ('a', 't', 'c', 1, 2, '/a.jpg')")
+    conn.execute(
+        "INSERT INTO products (sku, title, category, price, stock, image) VALUES ('a', 't', 'c', 1, 2, '/a.jpg')")
     conn.execute(
         "INSERT INTO products (sku, title, category, price, stock, image, embedding) "
         "VALUES ('b', 't', 'c', 1, 2, '/b.jpg', array_fill(0.5, ARRAY[512])::halfvec)"

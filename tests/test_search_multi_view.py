@@ -94,7 +94,7 @@ def _assert_fused_top_k(result, catalog: Catalog, views: np.ndarray, mask: np.nd
     expected = np.sort(truth)[:k]
     assert len(result) == k
     assert np.allclose([hit.distance for hit in result], expected, atol=TIE)
-    by_id = dict(zip(catalog.ids.tolist(), truth.tolist()))
+    by_id = dict(zip(catalog.ids.tolist(), truth.tolist(), strict=False))
     for hit in result:
         assert hit.distance == pytest.approx(by_id[hit.product.id], abs=TIE)
 
@@ -106,7 +106,8 @@ def test_multi_view_query_is_the_exact_fusion_of_both_columns(
     views = query_views if robust else query_views[:1]
     _assert_fused_top_k(result, catalog, views, np.ones(PRODUCTS, bool), 10)
     # Some hits are that near only through their coarse vector: embedding_coarse was searched too.
-    photo_only = dict(zip(catalog.ids.tolist(), fused_distances(views[None], catalog.vectors[:, :1], MULTI_VIEW)[0]))
+    photo_distances = fused_distances(views[None], catalog.vectors[:, :1], MULTI_VIEW)[0]
+    photo_only = dict(zip(catalog.ids.tolist(), photo_distances, strict=True))
     assert any(hit.distance < photo_only[hit.product.id] - TIE for hit in result)
 
     cheap = Product.similar_to(query_photo, session=db, k=7, where=[Product.price <= 120], robust=robust)
@@ -128,7 +129,7 @@ def test_multi_view_query_through_the_indexes(db: Session, catalog: Catalog, que
     assert result.strategy.startswith("hnsw") and len(result) == 10
     truth = fused_distances(query_views[None], catalog.vectors, MULTI_VIEW)[0]
     truth[catalog.price > 150] = np.inf
-    by_id = dict(zip(catalog.ids.tolist(), truth.tolist()))
+    by_id = dict(zip(catalog.ids.tolist(), truth.tolist(), strict=False))
     found = [hit.distance for hit in result]
     assert found == sorted(found)
     for hit in result:  # a pair the index missed can only make a product look farther
@@ -169,5 +170,5 @@ def test_catalog_views_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     assert embedding_model("timm:efficientnet_lite0", MULTI_VIEW) == "timm:efficientnet_lite0+multi-view"
     assert embedding_model("timm:efficientnet_lite0", SINGLE_VIEW) == "timm:efficientnet_lite0"
     monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "double")
-    with pytest.raises(ConfigError, match="PRODVEC_CATALOG_VIEWS='double': use single .* or multi"):
+    with pytest.raises(ConfigError, match=r"PRODVEC_CATALOG_VIEWS='double': use single .* or multi"):
         load_settings()

@@ -37,7 +37,10 @@ def execute_sql_file(name: str) -> None:
     sql = (MIGRATIONS_DIR / name).read_text()
     # psycopg's own cursor, no parameters: no placeholder parsing (the SQL has literal %s),
     # so the file runs exactly as psql runs it, in the revision's transaction.
-    with op.get_bind().connection.dbapi_connection.cursor() as cursor:
+    driver = op.get_bind().connection.driver_connection
+    if not isinstance(driver, psycopg.Connection):
+        raise ConfigError("prodvec migrations run on psycopg 3 connections (postgresql+psycopg://)")
+    with driver.cursor() as cursor:
         cursor.execute(sql)
 
 

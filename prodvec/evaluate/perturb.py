@@ -119,7 +119,8 @@ DESCRIPTIONS: dict[str, str] = {
     "occlusion": f"a block of random colour, {OCCLUDER_SIDE:.0%} of the photo's side, centred in its middle half",
     "rotation": f"turned {ROTATION_DEGREES[0]:g}–{ROTATION_DEGREES[1]:g}° either way, white corners",
     "darker": f"dim warm light: channel gains {DARK_LIGHT[0]}, gamma {DARK_LIGHT[1]}",
-    "brighter": f"washed-out cool light: shadows lifted to {BRIGHT_FLOOR:.0%}, gains {BRIGHT_LIGHT[0]}, gamma {BRIGHT_LIGHT[1]}",
+    "brighter": (f"washed-out cool light: shadows lifted to {BRIGHT_FLOOR:.0%}, gains {BRIGHT_LIGHT[0]}, "
+                 f"gamma {BRIGHT_LIGHT[1]}"),
     "small": f"a thumbnail {SMALL_SIDE} px on its longer side",
     "noise": f"Gaussian sensor noise, σ = {NOISE_SIGMA:g} of 255, per pixel and channel",
     "jpeg": f"JPEG at quality {JPEG_QUALITY}",
