@@ -29,7 +29,7 @@ def products(session: Session, rows: Sequence[Sequence[Any]]) -> list[Product]:
             # As the ORM's own loader does: loaded values go straight into the instance dict,
             # with no change history (half the time of the constructor, which records changes).
             product = _CLASS_MANAGER.new_instance()
-            product.__dict__.update(zip(_ATTRIBUTES, row, strict=True))
+            product.__dict__.update(zip(_ATTRIBUTES, row[: len(_ATTRIBUTES)], strict=True))
             make_transient_to_detached(product)  # persistent once added, nothing to flush
             session.add(product)
         found.append(product)
