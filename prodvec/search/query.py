@@ -60,6 +60,11 @@ class QueryVector:
     #: query is searched against products.embedding only.
     policy: ViewPolicy | None = None
 
+    @classmethod
+    def from_views(cls, views: np.ndarray, *, model: str, policy: ViewPolicy) -> QueryVector:
+        """An image query from its encoded views (V×D, the photo view first), as encode_queries gives them."""
+        return cls(views[0], extra_views=tuple(views[1:]), model=model, policy=policy)
+
 
 def resolve(session: Session, queries: Sequence[QueryInput], *, robust: bool | None) -> list[QueryVector]:
     """One vector per query, in order. Images go through the encoder together (with their
@@ -146,7 +151,7 @@ def _encode_images(images: list[Image.Image], *, robust: bool | None) -> list[Qu
     encoder, policy = _encoder(), _catalog_policy()
     per_image = encode_queries(encoder, images, robust=robust, policy=policy, batch_size=ENCODE_BATCH)  # N×V×D
     model = embedding_model(encoder.spec, policy)
-    return [QueryVector(views[0], extra_views=tuple(views[1:]), model=model, policy=policy) for views in per_image]
+    return [QueryVector.from_views(views, model=model, policy=policy) for views in per_image]
 
 
 def _encode_texts(texts: list[str]) -> list[QueryVector]:

@@ -1,0 +1,47 @@
+"""What the routes share for the life of the process: settings, the connection pool, the
+query batcher, the image_url fetcher and the thumbnail cache (built by app.py's lifespan)."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import psycopg
+from fastapi import Request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from prodvec.service.batching import QueryBatcher
+from prodvec.service.fetch_guard import ImageFetcher
+from prodvec.service.images import ThumbnailCache
+from prodvec.service.settings import ServiceSettings
+
+
+@dataclass
+class ServiceState:
+    settings: ServiceSettings
+    database_url: str
+    engine: Engine  # the connection pool: ORM sessions and plain psycopg connections alike
+    batcher: QueryBatcher
+    fetcher: ImageFetcher
+    thumbnails: ThumbnailCache
+    schema_head: str  # the alembic revision a current schema is at
+
+    def session(self) -> Session:
+        return Session(self.engine)
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection]:
+        """A pooled psycopg connection (pgvector types registered), in one transaction."""
+        pooled = self.engine.raw_connection()
+        try:
+            conn: psycopg.Connection = pooled.driver_connection
+            with conn.transaction():
+                yield conn
+        finally:
+            pooled.close()  # back to the pool
+
+
+def service_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
