@@ -23,8 +23,6 @@
   let query = null;
   let inFlight = null;
   let previewUrl = null;
-  const thumbUrls = [];  // blob URLs of the grid's photos (with a key), revoked with the grid
-  const queryThumbUrls = [];
 
   // ---- talking to the API -------------------------------------------------------------------
 
@@ -182,8 +180,7 @@
   function describeQuery() {
     els.clear.hidden = !query;
     els.queryThumb.hidden = query?.kind !== "similar" || !query.imageUrl;
-    for (const url of queryThumbUrls.splice(0)) URL.revokeObjectURL(url);
-    if (!els.queryThumb.hidden) loadThumb(els.queryThumb, query.imageUrl, queryThumbUrls);
+    if (!els.queryThumb.hidden) loadThumb(els.queryThumb, query.imageUrl);
     if (!query) {
       els.heading.textContent = "Find similar products";
       els.sub.textContent = "Start with a product photo: the closest items in the catalog appear here.";
@@ -219,7 +216,7 @@
 
   function renderMeta(answer, count) {
     const parts = [Object.assign(document.createElement("span"), {
-      textContent: `${count} ${count === 1 ? "result" : "results"}`,
+      className: "count", textContent: `${count} ${count === 1 ? "result" : "results"}`,
     })];
     const how = document.createElement("span");
     how.className = `badge ${answer.exact ? "badge-exact" : "badge-index"}`;
@@ -240,7 +237,7 @@
       took.dataset.tookMs = String(answer.took_ms);
       parts.push(took);
     }
-    els.meta.replaceChildren(...parts.flatMap((part, i) => (i ? [sep(), part] : [part])));
+    els.meta.replaceChildren(...parts);
     els.meta.hidden = false;
   }
 
@@ -249,12 +246,6 @@
     span.dataset.field = field;
     span.append(`${label} `, Object.assign(document.createElement("code"), { textContent: value }));
     return span;
-  }
-
-  function sep() {
-    const dot = Object.assign(document.createElement("span"), { className: "muted", textContent: "·" });
-    dot.setAttribute("aria-hidden", "true");
-    return dot;
   }
 
   function card(hit) {
@@ -296,37 +287,20 @@
     return node;
   }
 
-  // Thumbnails come from the hit's image_url (/images/{sku}); an <img> cannot send the key header, so with a key set
-  // the photo is fetched and shown from a blob.
-  async function loadThumb(img, url, blobUrls = thumbUrls) {
+  // Thumbnails: the hit's image_url (/images/{sku}, open without a key); none or a broken one: a blank tile.
+  function loadThumb(img, url) {
     const failed = () => {
       const box = img.closest(".thumb");
       if (box) box.classList.add("no-image");
       else img.hidden = true;
     };
-    if (!url) {
-      failed();
-      return;
-    }
     img.addEventListener("error", failed, { once: true });
-    if (!apiKey()) {
-      img.src = url;
-      return;
-    }
-    try {
-      const response = await fetch(url, { headers: { "X-API-Key": apiKey() } });
-      if (!response.ok) throw new Error(String(response.status));
-      const blobUrl = URL.createObjectURL(await response.blob());
-      blobUrls.push(blobUrl);
-      img.src = blobUrl;
-    } catch {
-      failed();
-    }
+    if (url) img.src = url;
+    else failed();
   }
 
   function clearGrid() {
     els.grid.replaceChildren();
-    for (const url of thumbUrls.splice(0)) URL.revokeObjectURL(url);
   }
 
   function setBusy(busy) {
@@ -389,6 +363,13 @@
   });
 
   els.photo.addEventListener("change", () => usePhoto(els.photo.files[0]));
+  // Chromium opens a focused file input on Space only; the drop zone looks like a button, so Enter too.
+  els.photo.addEventListener("keydown", (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      els.photo.click();
+    }
+  });
   els.dropzone.addEventListener("dragover", (event) => {
     event.preventDefault();
     els.dropzone.classList.add("is-over");
