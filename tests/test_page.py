@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import TEST_MODEL
-from tests.test_service import ServiceCatalog, base_url, service_catalog  # noqa: F401  (fixtures)
+from tests.test_service import ServiceCatalog, base_url, running, service_catalog, settings_for  # noqa: F401
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need Playwright: pip install -e '.[dev]' (or pip install playwright)"
@@ -169,6 +169,12 @@ def test_filters_keep_only_matching_products(browser: Any, served: Served, scree
     assert all(int(card["stock"]) > 0 and Decimal(card["price"]) <= cap for card in cards)
     assert page.locator("#filter-count").inner_text() == "2 on"
     page.screenshot(path=screenshots / "desktop-filtered.png", animations="disabled")
+
+    assert not served.skus(max_price=Decimal("1"))  # nothing that cheap: the page says so
+    page.fill("#max-price", "1")
+    _search(page, lambda: page.press("#max-price", "Enter"))
+    assert _grid(page) == []
+    assert page.locator("#empty-none").is_visible() and page.locator("#meta .count").inner_text() == "0 results"
     assert not problems
     page.close()
 
@@ -208,6 +214,9 @@ def test_an_api_error_is_shown_as_its_message(browser: Any, served: Served, scre
 
 def test_everything_works_from_the_keyboard(browser: Any, served: Served) -> None:
     page, problems = _open(browser, served, DESKTOP)
+    # Playwright starts intercepting file dialogs when the first listener comes: early, so the
+    # Enter that opens the picker below cannot race it.
+    page.on("filechooser", lambda chooser: None)
     reached: list[str] = []
     for _ in range(40):
         page.keyboard.press("Tab")
@@ -226,7 +235,7 @@ def test_everything_works_from_the_keyboard(browser: Any, served: Served) -> Non
         assert control in reached, f"Tab never reaches #{control}: {reached}"
 
     page.focus("#photo")
-    with page.expect_file_chooser() as chooser:
+    with page.expect_file_chooser() as chooser:  # interception is on: the no-op listener above
         page.keyboard.press("Enter")
     _search(page, lambda: chooser.value.set_files(served.photo("FM-00004")))
     assert _grid(page)[0]["sku"] == "FM-00004"
@@ -263,3 +272,30 @@ def test_phone_width_has_no_horizontal_scroll(browser: Any, served: Served, scre
     page.screenshot(path=screenshots / "phone-filters.png", animations="disabled")
     assert not problems
     page.close()
+
+
+def test_a_server_with_keys_asks_for_one(browser: Any, service_catalog: ServiceCatalog, test_encoder: Any) -> None:
+    from prodvec.service.app import create_app
+
+    key = "page-test-key"
+    app = create_app(settings_for(service_catalog.url, api_keys=(key,)), encoder=test_encoder)
+    with running(app) as keyed_url:
+        page = browser.new_page(viewport=DESKTOP)
+        page.goto(keyed_url + "/")
+        dialog = page.locator("#key-dialog")
+        dialog.wait_for(state="visible")  # the categories answered 401: the page asks at once
+
+        page.fill("#key-input", "not-the-key")
+        with page.expect_response(lambda response: "/v1/categories" in response.url) as refused:
+            page.keyboard.press("Enter")
+        assert refused.value.status == 403
+        dialog.wait_for(state="visible")
+        assert refused.value.json()["error"] in page.locator("#key-hint").text_content()
+
+        page.fill("#key-input", key)
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#categories .chip-toggle", state="attached")
+        assert page.locator("#key-button-label").inner_text() == "Key set"
+        answer = _search(page, lambda: page.set_input_files("#photo", service_catalog.photo("FM-00004")))
+        assert _grid(page)[0]["sku"] == answer["hits"][0]["sku"] == "FM-00004"
+        page.close()

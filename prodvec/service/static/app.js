@@ -9,14 +9,17 @@
   const els = {
     photo: $("photo"), dropzone: $("dropzone"), preview: $("preview"), dropFile: $("dropzone-file"),
     textForm: $("text-form"), text: $("text"), queryHeading: $("query-heading"),
-    filterForm: $("filter-form"), filterBox: $("filters"), filterCount: $("filter-count"), categories: $("categories"), minPrice: $("min-price"), maxPrice: $("max-price"),
-    inStock: $("in-stock"), k: $("k"), reset: $("reset"),
-    results: $("results"), queryThumb: $("query-thumb"), heading: $("results-heading"), sub: $("results-sub"), clear: $("clear-query"),
-    meta: $("meta"), error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
-    grid: $("grid"), empty: $("empty"), cardTemplate: $("card-template"),
+    filterForm: $("filter-form"), filterBox: $("filters"), filterCount: $("filter-count"),
+    categories: $("categories"), minPrice: $("min-price"), maxPrice: $("max-price"), inStock: $("in-stock"),
+    k: $("k"), reset: $("reset"),
+    results: $("results"), queryThumb: $("query-thumb"), heading: $("results-heading"), sub: $("results-sub"),
+    clear: $("clear-query"), meta: $("meta"),
+    error: $("error"), errorTitle: $("error-title"), errorMessage: $("error-message"),
+    grid: $("grid"), empty: $("empty"), emptyStart: $("empty-start"), emptyNone: $("empty-none"),
+    cardTemplate: $("card-template"),
     queue: $("queue"), queueAge: $("queue-age"),
     keyButton: $("key-button"), keyLabel: $("key-button-label"), keyDialog: $("key-dialog"), keyForm: $("key-form"),
-    keyInput: $("key-input"), keyHint: $("key-hint"), keyForget: $("key-forget"),
+    keyInput: $("key-input"), keyHint: $("key-hint"), keyForget: $("key-forget"), keyCancel: $("key-cancel"),
   };
 
   // What the results show: {kind: "image", file} | {kind: "text", text} | {kind: "similar", sku, title}.
@@ -55,30 +58,17 @@
     } catch {
       body = null;
     }
-    if (!response.ok) throw new ApiError(response.status, errorMessage(response, body, text));
+    if (!response.ok) throw new ApiError(response.status, errorMessage(response, body));
     return body;
   }
 
-  // The API answers errors as JSON with a message; FastAPI's validation errors are a list.
-  function errorMessage(response, body, text) {
-    let message = "";
-    if (body && typeof body === "object") {
-      const detail = body.error ?? body.detail;
-      if (typeof detail === "string") message = detail;
-      else if (Array.isArray(detail)) message = detail.map(validationText).join("; ");
-      else if (detail && typeof detail === "object") message = detail.message || detail.msg || "";
-    }
-    if (!message && text && text.length < 300 && !text.trimStart().startsWith("<")) message = text.trim();
+  // The API answers every error as {"error": "what to do"}; a proxy in between may answer otherwise.
+  function errorMessage(response, body) {
+    let message = typeof body?.error === "string" ? body.error : "";
     if (!message) message = `The server answered ${response.status} ${response.statusText}.`;
     const retry = response.headers.get("Retry-After");
     if (response.status === 503 && retry) message += ` Try again in ${retry} s.`;
     return message;
-  }
-
-  function validationText(item) {
-    if (!item || typeof item !== "object") return String(item);
-    const where = Array.isArray(item.loc) ? item.loc.filter((part) => part !== "body" && part !== "query").join(".") : "";
-    return where ? `${where}: ${item.msg}` : String(item.msg ?? "");
   }
 
   // ---- filters ------------------------------------------------------------------------------
@@ -104,8 +94,7 @@
 
   async function loadCategories() {
     try {
-      const body = await api("/v1/categories");
-      const list = body || [];
+      const list = await api("/v1/categories");
       els.categories.replaceChildren(...list.map(categoryChip));
       if (!list.length) els.categories.replaceChildren(note("No categories in the catalog yet."));
     } catch (err) {
@@ -204,13 +193,7 @@
     const hits = answer.hits || [];
     clearGrid();
     els.grid.append(...hits.map(card));
-    els.empty.hidden = hits.length > 0;
-    if (!hits.length) {
-      els.empty.querySelector("p").innerHTML = "";
-      els.empty.querySelector("p").append(
-        Object.assign(document.createElement("strong"), { textContent: "No products match these filters." }),
-        " Widen the price range, pick more categories or turn off “In stock only”.");
-    }
+    showEmpty(hits.length ? null : els.emptyNone);
     renderMeta(answer, hits.length);
   }
 
@@ -252,28 +235,20 @@
     const node = els.cardTemplate.content.firstElementChild.cloneNode(true);
     node.dataset.sku = hit.sku;
     const set = (field, text) => { node.querySelector(`[data-field="${field}"]`).textContent = text; };
-    set("category", prettyCategory(hit.category ?? ""));
+    set("category", prettyCategory(hit.category));
     set("title", hit.title || hit.sku);
     set("sku", hit.sku);
-    set("price", formatPrice(hit.price));
+    set("price", Number(hit.price).toFixed(2));
     const distance = node.querySelector('[data-field="distance"]');
     distance.textContent = `distance ${Number(hit.distance).toFixed(3)}`;
     distance.title = "Cosine distance to the query: 0 is the same direction, 2 the opposite";
     distance.dataset.value = String(hit.distance);
     const stock = node.querySelector('[data-field="stock"]');
-    if (hit.stock === null || hit.stock === undefined) {
-      stock.textContent = "Stock unknown";
-      stock.classList.add("unknown");
-    } else if (Number(hit.stock) > 0) {
-      stock.textContent = `${hit.stock} in stock`;
-      stock.classList.add("in");
-    } else {
-      stock.textContent = "Out of stock";
-      stock.classList.add("out");
-    }
+    stock.textContent = hit.stock > 0 ? `${hit.stock} in stock` : "Out of stock";
+    stock.classList.add(hit.stock > 0 ? "in" : "out");
     stock.dataset.value = String(hit.stock);
     node.querySelector('[data-field="price"]').dataset.value = String(hit.price);
-    node.querySelector('[data-field="category"]').dataset.value = String(hit.category ?? "");
+    node.querySelector('[data-field="category"]').dataset.value = hit.category;
     const img = node.querySelector(".thumb img");
     img.alt = hit.title || hit.sku;
     loadThumb(img, hit.image_url);
@@ -299,6 +274,13 @@
     else failed();
   }
 
+  // The empty state: before any search (emptyStart), nothing matched (emptyNone) or none (null).
+  function showEmpty(which) {
+    els.empty.hidden = !which;
+    els.emptyStart.hidden = which !== els.emptyStart;
+    els.emptyNone.hidden = which !== els.emptyNone;
+  }
+
   function clearGrid() {
     els.grid.replaceChildren();
   }
@@ -307,7 +289,7 @@
     els.results.setAttribute("aria-busy", String(busy));
     els.grid.classList.toggle("is-loading", busy);
     if (busy && !els.grid.children.length) {
-      els.empty.hidden = true;
+      showEmpty(null);
       els.meta.hidden = false;
       els.meta.textContent = "Searching…";
     }
@@ -321,7 +303,7 @@
     els.errorTitle.textContent = titles[err.status] || (err.status >= 500 ? "Server error" : "Search failed");
     els.errorMessage.textContent = err.message;
     els.error.hidden = false;
-    els.empty.hidden = true;
+    showEmpty(null);
     if (err.status === 401 || err.status === 403) askForKey(err.message);
   }
 
@@ -427,7 +409,7 @@
     clearGrid();
     hideError();
     els.meta.hidden = true;
-    els.empty.hidden = false;
+    showEmpty(els.emptyStart);
     forgetPhoto();
     describeQuery();
     els.photo.focus();
@@ -467,6 +449,7 @@
     if (els.keyDialog.open) return;
     if (reason) els.keyHint.textContent = `${reason} The key is kept in this tab only and sent as the X-API-Key header.`;
     els.keyInput.value = apiKey();
+    els.keyForget.hidden = !apiKey();
     els.keyDialog.showModal();
   }
 
@@ -478,6 +461,7 @@
     showKeyState();
     refresh();
   });
+  els.keyCancel.addEventListener("click", () => els.keyDialog.close());
   els.keyForget.addEventListener("click", () => {
     sessionStorage.removeItem(KEY_STORAGE);
     els.keyInput.value = "";
@@ -490,12 +474,6 @@
   function prettyCategory(name) {
     const words = String(name).replace(/_/g, " ");
     return words.charAt(0).toUpperCase() + words.slice(1);
-  }
-
-  function formatPrice(price) {
-    if (price === null || price === undefined || price === "") return "—";
-    const value = Number(price);
-    return Number.isFinite(value) ? value.toFixed(2) : String(price);
   }
 
   function formatMs(ms) {
