@@ -6,7 +6,7 @@ loads the model once and opens the connection pool.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -115,7 +115,7 @@ def _engine(url: str, settings: ServiceSettings) -> Engine:
 def _add_error_handlers(app: FastAPI) -> None:
     """Every error, ours or the framework's, answers ``{"error": message}`` with its status."""
 
-    def error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status, headers=headers)
 
     @app.exception_handler(ApiError)

@@ -109,10 +109,10 @@ class QueryBatcher:
             raise
 
     def _run(self) -> None:
-        while (first := self._waiting.get()) is not None:
-            batch = [first, *self._more(first)]
-            stop = batch[-1] is None
-            batch = [item for item in batch if item is not None]
+        stop = False
+        while not stop and (first := self._waiting.get()) is not None:
+            more, stop = self._more()
+            batch = [first, *more]
             live = [item for item in batch if item.done.set_running_or_notify_cancel()]
             try:
                 if live:
@@ -120,22 +120,21 @@ class QueryBatcher:
             finally:
                 with self._lock:
                     self._admitted -= len(batch)
-            if stop:
-                break
 
-    def _more(self, first: _Query) -> list[_Query | None]:
-        """Queries that arrive within the window (or are already queued), up to max_batch."""
+    def _more(self) -> tuple[list[_Query], bool]:
+        """Queries that arrive within the window (or are already queued), up to max_batch; and
+        whether close() was called meanwhile."""
         deadline = time.monotonic() + self.window_seconds
-        more: list[_Query | None] = []
+        more: list[_Query] = []
         while len(more) + 1 < self.max_batch:
             try:
                 item = self._waiting.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
-            more.append(item)
             if item is None:
-                break
-        return more
+                return more, True
+            more.append(item)
+        return more, False
 
     def _encode(self, batch: list[_Query]) -> None:
         started = time.perf_counter()

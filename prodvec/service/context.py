@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import cast
 
 import psycopg
 from fastapi import Request
@@ -35,7 +36,7 @@ class ServiceState:
         """A pooled psycopg connection (pgvector types registered), in one transaction."""
         pooled = self.engine.raw_connection()
         try:
-            conn: psycopg.Connection = pooled.driver_connection
+            conn = cast(psycopg.Connection, pooled.driver_connection)
             with conn.transaction():
                 yield conn
         finally:

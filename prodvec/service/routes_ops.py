@@ -1,6 +1,9 @@
 """Operations: /healthz (the process lives), /readyz (it can answer searches), /v1/status (the queue)."""
 from __future__ import annotations
 
+from typing import cast
+
+import psycopg
 from alembic.runtime.migration import MigrationContext
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -40,7 +43,8 @@ async def status(request: Request) -> schemas.Status:
     counts = await run_in_threadpool(read)
     batcher = state.batcher
     return schemas.Status(
-        **counts.as_dict(), model=batcher.model, device=str(batcher.encoder.device),
+        total=counts.total, embedded=counts.embedded, pending=counts.pending, failed=counts.failed,
+        oldest_pending_seconds=counts.oldest_pending_seconds, model=batcher.model, device=str(batcher.encoder.device),
         encoder=schemas.EncoderQueue(queued=batcher.queued, limit=batcher.limit, passes=batcher.passes,
                                      queries=batcher.queries),
     )
@@ -51,12 +55,12 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
     try:
         with state.engine.connect() as connection:
             revision = MigrationContext.configure(connection).get_current_revision()
-            dimensions = embedding_dimensions(connection.connection.driver_connection)
+            dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
     except DBAPIError as exc:
-        problem = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
+        unreachable = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
         return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
-                                 problem=problem)
-    problem = None
+                                 problem=unreachable)
+    problem: str | None = None
     if revision != state.schema_head:
         problem = f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`"
     elif dimensions != encoder.dimensions:
