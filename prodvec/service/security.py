@@ -10,48 +10,50 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from prodvec.errors import ConfigError
 from prodvec.service.errors import Forbidden, Unauthorized
 from prodvec.service.settings import ServiceSettings
 
 _HOW = "send it in the X-API-Key header or as Authorization: Bearer <key>"
+# Read by FastAPI's security helpers, so OpenAPI (and /docs' Authorize button) shows both ways.
+_HEADER = APIKeyHeader(name="X-API-Key", auto_error=False, description="an API key")
+_BEARER = HTTPBearer(auto_error=False, description="the same key as a bearer token")
 
 
-def require_read_key(request: Request) -> None:
+def presented_key(
+    header: Annotated[str | None, Security(_HEADER)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_BEARER)],
+) -> str | None:
+    """The key the request carries, if any (a dependency)."""
+    key = (header or "").strip() or (bearer.credentials.strip() if bearer else "")
+    return key or None
+
+
+def require_read_key(request: Request, key: Annotated[str | None, Security(presented_key)]) -> None:
     """Dependency of the read routes: a valid key when the server has keys, else nothing."""
     settings: ServiceSettings = request.app.state.settings
     if not settings.reads_need_key:
         return
-    key = presented_key(request)
     if key is None:
         raise Unauthorized(f"this server needs an API key: {_HOW}")
     if not key_matches(key, (*settings.api_keys, *settings.admin_keys)):
         raise Forbidden("the API key is not valid here: use one of the keys in the server's PRODVEC_API_KEYS")
 
 
-def require_admin_key(request: Request) -> None:
+def require_admin_key(request: Request, key: Annotated[str | None, Security(presented_key)]) -> None:
     """Dependency of the write routes: always one of PRODVEC_ADMIN_KEYS."""
     settings: ServiceSettings = request.app.state.settings
-    key = presented_key(request)
     if key is None:
         raise Unauthorized(f"writes need an admin key: {_HOW}")
     if not settings.admin_keys:
         raise Forbidden("writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set")
     if not key_matches(key, settings.admin_keys):
         raise Forbidden("the key is not an admin key: writes need one of the server's PRODVEC_ADMIN_KEYS")
-
-
-def presented_key(request: Request) -> str | None:
-    key = request.headers.get("x-api-key", "").strip()
-    if key:
-        return key
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
 
 
 def key_matches(key: str, keys: tuple[str, ...]) -> bool:
