@@ -31,7 +31,7 @@ from PIL import Image
 
 from prodvec.catalog import import_catalog
 from prodvec.config import load_settings
-from prodvec.db.connection import connect, with_dbname
+from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.images.views import SINGLE_VIEW
 from prodvec.service.app import create_app
 from prodvec.service.settings import ServiceSettings
@@ -353,6 +353,20 @@ def test_a_20_mb_upload_is_refused_and_the_server_goes_on(client: httpx.Client, 
     assert upload(client, png_bytes(service_catalog.photo("FM-00001"))).status_code == 200
 
 
+def test_a_streamed_upload_is_cut_off_at_the_limit(client: httpx.Client):
+    """No Content-Length (chunked): the body is counted as it arrives and refused past 10 MB."""
+    def body() -> Iterator[bytes]:
+        yield b"--cut\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.jpg\"\r\n\r\n"
+        for _ in range(20):
+            yield b"\xff" * (1024 * 1024)
+        yield b"\r\n--cut--\r\n"
+
+    response = client.post("/v1/search", content=body(),
+                           headers={"Content-Type": "multipart/form-data; boundary=cut"})
+    assert_error(response, 413, "10 MB")
+    assert client.get("/healthz").status_code == 200
+
+
 def test_not_an_image_whatever_its_name(client: httpx.Client):
     text = b"these are not the pixels you are looking for\n" * 20
     assert_error(upload(client, text, name="shoe.jpg"), 415, "not a photo")
@@ -382,6 +396,18 @@ def test_bad_queries_are_400(client: httpx.Client):
     assert_error(client.post("/v1/search", json={"vector": [0.1, 0.2, 0.3]}), 400, "dimensions")
     assert_error(client.post("/v1/search", json={"text": "   "}), 400, "blank")
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", "text": "shoe"}), 422, "exactly one of")
+
+
+def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
+    """An unmigrated database: the server starts, /healthz lives, /readyz says to migrate."""
+    name = f"t_service_bare_{uuid.uuid4().hex[:8]}"
+    ensure_database(pg_server, name)
+    with running(create_app(settings_for(with_dbname(pg_server, name)), encoder=test_encoder)) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["database"] is True and ready.json()["schema_current"] is False, ready.json()["problem"]
+        assert "prodvec migrate" in ready.json()["problem"]
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

@@ -81,6 +81,7 @@ def test_admin_put_queues_the_product_and_the_worker_makes_it_searchable(
     assert (answer["created"], answer["changed"], answer["queued"]) == (True, True, True)
     assert answer["product"]["embedded"] is False and answer["product"]["queue"] == "pending"
     assert keyed.get("/v1/status", headers=admin).json()["pending"] == 1
+    assert_error(keyed.get(f"/v1/products/{sku}/similar", headers=admin), 409, "queued")
     before = upload(keyed, png_bytes(photo), headers=admin)
     assert sku not in [hit["sku"] for hit in before.json()["hits"]]
 

@@ -57,9 +57,13 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
             revision = MigrationContext.configure(connection).get_current_revision()
             dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
     except DBAPIError as exc:
-        unreachable = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
-        return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
-                                 problem=unreachable)
+        if isinstance(exc.orig, psycopg.OperationalError):
+            unreachable = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
+            return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
+                                     problem=unreachable)
+        # Reached, but a new connection cannot set up pgvector's types: no schema yet.
+        return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
+                                 problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
     problem: str | None = None
     if revision != state.schema_head:
         problem = f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`"

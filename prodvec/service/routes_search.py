@@ -26,7 +26,7 @@ from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.errors import BadRequest, NotAnImage, NotFound, TimedOut
+from prodvec.service.errors import BadRequest, Conflict, NotAnImage, NotFound, TimedOut
 from prodvec.service.images import query_photo, thumbnail_path
 from prodvec.service.security import require_read_key
 
@@ -141,6 +141,10 @@ def _search_database(
             product = session.scalar(select(Product).where(Product.sku == query))
             if product is None:
                 raise NotFound(f"no product with sku {query!r}: check the sku (GET /v1/products/{{sku}})")
+            if product.embedded_at is None:  # written with its vector, which stays until a new one replaces it
+                raise Conflict(f"product {query!r} has no embedding yet: "
+                               + ("it is queued; retry once the worker has embedded it" if product.image
+                                  else "it has no photo to embed"))
             query = product
         try:
             result = similar_to(session, query, k=options.k, where=where_clauses(options),
