@@ -6,11 +6,13 @@ loads the model once and opens the connection pool.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib.resources import files
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -55,6 +57,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = await run_in_threadpool(_open, settings, encoder, ImageFetcher(
             settings.fetch_allow, settings.max_upload_bytes, resolver=resolver, connector=connector))
+        state.decode_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
         app.state.service = state
         log.info("serving %s on %s", state.batcher.model, state.batcher.encoder.device)
         try:

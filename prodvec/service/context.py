@@ -2,19 +2,23 @@
 query batcher, the image_url fetcher and the thumbnail cache (built by app.py's lifespan)."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
+import anyio
+import anyio.to_thread
 import psycopg
 from fastapi import Request
+from PIL import Image
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.fetch_guard import ImageFetcher
-from prodvec.service.images import ThumbnailCache
+from prodvec.service.images import ThumbnailCache, query_photo
 from prodvec.service.settings import ServiceSettings
 
 
@@ -27,6 +31,14 @@ class ServiceState:
     fetcher: ImageFetcher
     thumbnails: ThumbnailCache
     schema_head: str  # the alembic revision a current schema is at
+    #: Photos decoded at once (set in the lifespan, inside the event loop): a burst of large
+    #: uploads waits its turn instead of holding a decoded full-size image per request thread.
+    decode_slots: anyio.CapacityLimiter | None = None
+
+    async def decode_photo(self, data: bytes, *, source: str = "the uploaded file") -> Image.Image:
+        """Upload or fetched bytes → an RGB image for the encoder, off the event loop, bounded."""
+        decode = functools.partial(query_photo, data, target_size=self.batcher.encoder.input_size, source=source)
+        return await anyio.to_thread.run_sync(decode, limiter=self.decode_slots)
 
     def session(self) -> Session:
         return Session(self.engine)

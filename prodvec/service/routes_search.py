@@ -27,7 +27,7 @@ from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.errors import BadRequest, Conflict, NotAnImage, NotFound, TimedOut
-from prodvec.service.images import query_photo, thumbnail_path
+from prodvec.service.images import thumbnail_path
 from prodvec.service.security import require_read_key
 
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
@@ -85,7 +85,7 @@ async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.Sear
             raise BadRequest("the field 'image' must be a file: send it as a file part (curl -F image=@photo.jpg)")
         options = _validated(schemas.PhotoSearch, fields)
         data = await upload.read()
-    photo = await run_in_threadpool(query_photo, data, target_size=state.batcher.encoder.input_size)
+    photo = await state.decode_photo(data)
     return photo, options
 
 
@@ -117,8 +117,7 @@ async def _search(
         query = await state.batcher.encode_image(photo, robust=options.robust)
     elif isinstance(options, schemas.SearchRequest) and options.image_url is not None:
         data = await run_in_threadpool(state.fetcher.fetch, options.image_url)
-        fetched = await run_in_threadpool(query_photo, data, target_size=state.batcher.encoder.input_size,
-                                          source="the photo at image_url")
+        fetched = await state.decode_photo(data, source="the photo at image_url")
         query = await state.batcher.encode_image(fetched, robust=options.robust)
     elif isinstance(options, schemas.SearchRequest) and options.text is not None:
         if not options.text.strip():
