@@ -36,7 +36,9 @@ class TooLarge(ApiError):
     status = 413
 
 
-class NotAnImage(ApiError):
+class UnsupportedMedia(ApiError):
+    """Not a photo this server reads (whatever the file name says), or a body type it does not take."""
+
     status = 415
 
 

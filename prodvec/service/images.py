@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from prodvec.errors import ImageError
 from prodvec.images.decode import MAX_PIXELS, decode
 from prodvec.images.load import load_bytes
-from prodvec.service.errors import BadRequest, FetchFailed, NotAnImage, TooLarge
+from prodvec.service.errors import BadRequest, FetchFailed, TooLarge, UnsupportedMedia
 
 #: Formats a query photo may have (content, not file name). PIL's rarer decoders (EPS calls
 #: Ghostscript, for one) are not offered to strangers' bytes.
@@ -50,7 +50,7 @@ def query_photo(data: bytes, *, target_size: int, source: str = "the uploaded fi
             f"send a photo under {MAX_PIXELS // 1_000_000} megapixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise NotAnImage(
+        raise UnsupportedMedia(
             f"{source} is not a photo this server reads (whatever its name says): "
             "send a JPEG, PNG, WebP, GIF, BMP or TIFF image"
         ) from None
@@ -63,7 +63,7 @@ def query_photo(data: bytes, *, target_size: int, source: str = "the uploaded fi
     try:
         return decode(data, target_size=target_size)
     except ImageError as exc:
-        raise NotAnImage(f"{source} cannot be decoded ({exc.reason}): send an intact photo") from None
+        raise UnsupportedMedia(f"{source} cannot be decoded ({exc.reason}): send an intact photo") from None
 
 
 def thumbnail_etag(image: str, updated_at: datetime) -> str:

@@ -26,7 +26,7 @@ from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.errors import BadRequest, Conflict, NotAnImage, NotFound, TimedOut
+from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnsupportedMedia
 from prodvec.service.images import thumbnail_path
 from prodvec.service.security import require_read_key
 
@@ -62,7 +62,7 @@ async def search(request: Request) -> schemas.SearchResponse:
     else:
         if not await request.body():
             raise BadRequest(f"the request body is empty: {_HOW}")
-        raise NotAnImage(f"cannot read a {content_type or 'untyped'} body: {_HOW}")
+        raise UnsupportedMedia(f"cannot read a {content_type or 'untyped'} body: {_HOW}")
     return await _answer(request, state, query, options)
 
 
