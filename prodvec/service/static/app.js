@@ -298,7 +298,8 @@
   function showError(err) {
     const titles = {
       0: "Server unreachable", 401: "API key needed", 403: "API key refused", 404: "Not found",
-      413: "Photo too large", 415: "Not an image", 422: "Check the filters", 503: "Server busy",
+      409: "Not embedded yet", 413: "Photo too large", 415: "Not an image", 422: "Check the filters",
+      503: "Server busy", 504: "Search timed out",
     };
     els.errorTitle.textContent = titles[err.status] || (err.status >= 500 ? "Server error" : "Search failed");
     els.errorMessage.textContent = err.message;
