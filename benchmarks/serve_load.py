@@ -257,7 +257,9 @@ async def run_clients(base: str, send: Send, *, clients: int, count: int, second
     """``clients`` clients sending back to back until ``count`` requests are sent or ``seconds`` pass."""
     load = Load()
     numbers = itertools.count()
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    # Idle connections expire here before uvicorn closes them (its keep-alive: 5 s), so that a
+    # request never goes out on a connection the server is closing at that moment (a ReadError).
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients, keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=120) as client:
         started = time.perf_counter()
         deadline = started + seconds
@@ -268,7 +270,7 @@ async def run_clients(base: str, send: Send, *, clients: int, count: int, second
                 try:
                     response = await send(client, i)
                 except httpx.HTTPError as exc:
-                    load.failures.append(f"{type(exc).__name__}: {exc}")
+                    load.failures.append(f"{type(exc).__name__} after {time.perf_counter() - sent:.1f} s: {exc}")
                     continue
                 load.statuses[response.status_code] += 1
                 if response.status_code == 200 and isinstance(response.json().get("hits"), list):
