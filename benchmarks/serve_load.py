@@ -224,7 +224,9 @@ def stop(server: subprocess.Popen[bytes]) -> None:
 
 
 def tail(log: Path, lines: int = 30) -> str:
-    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    """The log's last lines but uvicorn's access lines (one per request)."""
+    kept = [line for line in log.read_text(errors="replace").splitlines() if ' HTTP/1.1" ' not in line]
+    return "\n".join(kept[-lines:])
 
 
 def resident_mb(server: subprocess.Popen[bytes]) -> float:
@@ -306,6 +308,8 @@ async def overload_wave(base: str, photos: list[bytes], queries: list[SkuQuery],
                         seconds=sizes.overload_seconds)
     beside = run_clients(base, search_sku(queries), clients=1, count=count, seconds=sizes.overload_seconds)
     images, skus = await asyncio.gather(flood, beside)
+    images.failures = [f"image client: {failure}" for failure in images.failures]
+    skus.failures = [f"sku client: {failure}" for failure in skus.failures]
     return images, skus
 
 
@@ -475,7 +479,8 @@ def measure(base: str, url: str, server: subprocess.Popen[bytes], log: Path, enc
         batched += np.subtract(encoder_counts(base), before)
         one.append(clients(search_image(photos), 1, sizes.image_queries, sizes.phase_seconds))
         print(f"image round {round_ + 1}: bare encoder {bare[-1]:.2f} q/s, {sizes.image_clients} clients "
-              f"{many[-1].rate:.2f} q/s, 1 client {one[-1].rate:.2f} q/s", flush=True)
+              f"{many[-1].rate:.2f} q/s ({ratio(many[-1].rate, bare[-1]):.2f} of the bare encoder in the same "
+              f"round), 1 client {one[-1].rate:.2f} q/s", flush=True)
     many_best = max(many, key=lambda load: load.rate)
     one_best = max(one, key=lambda load: load.rate)
 
@@ -497,6 +502,7 @@ def measure(base: str, url: str, server: subprocess.Popen[bytes], log: Path, enc
 
     if failures:
         print(f"\nFAILED: {len(failures)} request(s) neither answered nor refused with 503, e.g. {failures[0]}")
+        print(f"the server's log ends:\n{tail(log)}")
     if not refused:
         print("\nFAILED: no 503 during the overload phase: the queue limit did not bound the work")
     if no_retry_after:
