@@ -496,7 +496,8 @@ def measure(base: str, url: str, server: subprocess.Popen[bytes], log: Path, enc
     refused = sum(images.statuses[503] for images, _ in waves)
     no_retry_after = sum(load.refused_without_retry_after for wave in waves for load in wave)
     grown = memory[-1] > memory[0] * (1 + MEMORY_GROWTH_LIMIT)
-    report(sizes, http_1, local_1, same, sku_many, bare, many_best, one_best, waves, memory, len(pixels[0]))
+    paired = [ratio(load.rate, rate) for load, rate in zip(many, bare, strict=True)]  # the same round's load on both
+    report(sizes, http_1, local_1, same, sku_many, bare, paired, many_best, one_best, waves, memory, len(pixels[0]))
     print(f"the server's encoder took {batched[0] / max(batched[1], 1):.1f} queries a pass on average while "
           f"{sizes.image_clients} clients sent photos (GET /v1/status)")
 
@@ -515,7 +516,8 @@ def measure(base: str, url: str, server: subprocess.Popen[bytes], log: Path, enc
 
 
 def report(sizes: Sizes, http_1: list[float], local_1: list[float], same: int, sku_many: Load, bare: list[float],
-           many: Load, one: Load, waves: list[tuple[Load, Load]], memory: list[float], views: int) -> None:
+           paired: list[float], many: Load, one: Load, waves: list[tuple[Load, Load]], memory: list[float],
+           views: int) -> None:
     def row(label: str, rate: float, seconds: list[float] | None = None) -> None:
         p50, p99 = (percentile_ms(seconds, 50), percentile_ms(seconds, 99)) if seconds else (float("nan"),) * 2
         print(f"{label:<58}{rate:>9.1f}{p50:>10.1f}{p99:>10.1f}")
@@ -534,9 +536,10 @@ def report(sizes: Sizes, http_1: list[float], local_1: list[float], same: int, s
     http_p50, local_p50 = percentile_ms(http_1, 50), percentile_ms(local_1, 50)
     print(f"sku p50 HTTP / in-process = {ratio(http_p50, local_p50):.2f} (target <= 2); same skus both ways in "
           f"{same}/{len(local_1)} searches")
-    print(f"image q/s {sizes.image_clients} clients / bare encoder = {ratio(many.rate, max(bare)):.2f} "
-          f"(target >= 0.8); {sizes.image_clients} clients / 1 client = {ratio(many.rate, one.rate):.2f}; "
-          f"best of {sizes.rounds} round(s)")
+    print(f"image q/s {sizes.image_clients} clients / bare encoder in the same round: "
+          f"{', '.join(f'{r:.2f}' for r in paired)} (median {float(np.median(paired)):.2f}; target >= 0.8); "
+          f"best / best {ratio(many.rate, max(bare)):.2f}; {sizes.image_clients} clients / 1 client = "
+          f"{ratio(many.rate, one.rate):.2f} (best of {sizes.rounds} round(s) each)")
     for number, (images, skus) in enumerate(waves, 1):
         statuses = images.statuses + skus.statuses
         print(f"overload wave {number}: {sum(statuses.values())} requests in {images.seconds:.1f} s, statuses "
