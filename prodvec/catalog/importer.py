@@ -166,6 +166,17 @@ def _sync(
     conn.execute(_SQL["drop_sync_skus"])
 
 
+def upsert_rows(conn: psycopg.Connection, rows: list[CatalogRow]) -> tuple[int, int]:
+    """Insert or update rows already checked by `parse_row` (skus distinct), in one transaction,
+    through the same staging table and upsert as an import: (inserted, updated). The service's
+    PUT /v1/products/{sku} writes this way, so its products are queued exactly as imported ones."""
+    with conn.transaction():
+        conn.execute(_SQL["create_staging"])
+        counts = _write_chunk(conn, rows)
+        conn.execute(_SQL["drop_staging"])
+    return counts
+
+
 def _repeated_skus(path: Path, fmt: CatalogFormat, show: bool, ignore_unknown: bool) -> dict[str, int]:
     """sku -> line of its last row, for the skus on more than one line (first pass, skus only).
     Header and unknown-key errors come up here, before anything is written."""

@@ -60,6 +60,11 @@ class QueryVector:
     #: query is searched against products.embedding only.
     policy: ViewPolicy | None = None
 
+    @classmethod
+    def from_views(cls, views: np.ndarray, *, model: str, policy: ViewPolicy) -> QueryVector:
+        """An image query from its encoded views (V×D, the photo view first), as encode_queries gives them."""
+        return cls(views[0], extra_views=tuple(views[1:]), model=model, policy=policy)
+
 
 def resolve(
     session: Session,
@@ -154,7 +159,7 @@ class _QueryEncoding:
             self.encoder, images, robust=self.robust, policy=self.policy, batch_size=ENCODE_BATCH
         )
         return [
-            QueryVector(views[0], extra_views=tuple(views[1:]), model=self.model, policy=self.policy)
+            QueryVector.from_views(views, model=self.model, policy=self.policy)
             for views in per_image
         ]
 

@@ -1,0 +1,170 @@
+"""The FastAPI application: routers, one error shape, the static page, and the lifespan that
+loads the model once and opens the connection pool.
+
+    uvicorn --factory prodvec.service.app:app_from_environment   # what `prodvec serve` runs
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from importlib.resources import files
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+import prodvec
+from prodvec.encode import Encoder
+from prodvec.errors import DatabaseUnavailable, ProdvecError
+from prodvec.service import routes_ops, routes_products, routes_search
+from prodvec.service.batching import QueryBatcher
+from prodvec.service.body_limit import BodyLimit
+from prodvec.service.context import ServiceState
+from prodvec.service.errors import ApiError
+from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
+from prodvec.service.images import ThumbnailCache
+from prodvec.service.settings import ServiceSettings, service_settings
+
+log = logging.getLogger("prodvec.service")
+STATIC_DIR = Path(str(files("prodvec.service") / "static"))
+
+
+def app_from_environment() -> FastAPI:
+    """The app as configured by the environment: the factory `prodvec serve` hands uvicorn."""
+    return create_app(service_settings())
+
+
+def create_app(
+    settings: ServiceSettings,
+    *,
+    encoder: Encoder | None = None,
+    resolver: Resolver = system_resolver,
+    connector: Connector = system_connector,
+) -> FastAPI:
+    """The service. ``encoder``: an already loaded one (tests); default PRODVEC_MODEL's, loaded
+    at startup. ``resolver``/``connector``: how image_url hosts are resolved and reached."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = await run_in_threadpool(_open, settings, encoder, ImageFetcher(
+            settings.fetch_allow, settings.max_upload_bytes, resolver=resolver, connector=connector))
+        state.decode_slots = anyio.CapacityLimiter(os.cpu_count() or 1)
+        app.state.service = state
+        log.info("serving %s on %s", state.batcher.model, state.batcher.encoder.device)
+        try:
+            yield
+        finally:
+            await run_in_threadpool(state.batcher.close)
+            state.engine.dispose()
+
+    app = FastAPI(
+        title="prodvec", version=prodvec.__version__, lifespan=lifespan,
+        description="Product image search inside PostgreSQL: a photo, a text or a sku in, similar products out, "
+                    "with category, price and stock filters. Errors are JSON: {\"error\": \"what to do\"}.",
+    )
+    app.state.settings = settings
+    app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
+    for router in (routes_search.router, routes_products.reads, routes_products.writes, routes_products.images,
+                   routes_ops.router):
+        app.include_router(router)
+    _add_error_handlers(app)
+    _add_page(app)
+    return app
+
+
+def _open(settings: ServiceSettings, encoder: Encoder | None, fetcher: ImageFetcher) -> ServiceState:
+    from alembic.script import ScriptDirectory
+
+    from prodvec.db.active_model import catalog_settings
+    from prodvec.db.connection import connect, database_url
+    from prodvec.db.migrate import alembic_config
+    from prodvec.encode import load_encoder
+
+    url = database_url(settings.prodvec)
+    with connect(url) as conn:  # the catalog's active model, as every other process uses it
+        catalog = catalog_settings(conn, settings.prodvec)
+    loaded = encoder or load_encoder(catalog.model, catalog.device)
+    batcher = QueryBatcher(
+        loaded, policy=catalog.catalog_policy, robust=catalog.robust_queries,
+        limit=settings.queue_limit, window_seconds=settings.batch_window_seconds, max_batch=settings.max_batch,
+    )
+    head = ScriptDirectory.from_config(alembic_config(url)).get_current_head() or ""
+    return ServiceState(settings=settings, database_url=url, engine=_engine(url, settings), batcher=batcher,
+                        fetcher=fetcher, thumbnails=ThumbnailCache(), schema_head=head)
+
+
+def _engine(url: str, settings: ServiceSettings) -> Engine:
+    """The connection pool. Statements stop at the request timeout, so no search holds a
+    connection (and a thread) after its client was answered 504."""
+    from pgvector.psycopg import register_vector
+
+    from prodvec.db.connection import sqlalchemy_url
+
+    timeout_ms = round(settings.request_timeout_seconds * 1000)
+    engine = create_engine(
+        sqlalchemy_url(url), pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
+        pool_pre_ping=True, connect_args={"options": f"-c statement_timeout={timeout_ms}"},
+    )
+    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
+    return engine
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error, ours or the framework's, answers ``{"error": message}`` with its status."""
+
+    def error(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error(exc.status, str(exc), exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for item in exc.errors():
+            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
+            problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
+        return error(422, "invalid request: " + "; ".join(problems))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"no such endpoint {request.url.path}: see /docs" if exc.detail == "Not Found" else exc.detail
+        return error(exc.status_code, str(message), exc.headers)
+
+    @app.exception_handler(DBAPIError)
+    async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        log.warning("database error: %s", exc.orig)
+        return error(503, "the database is unavailable or too slow right now: retry in a moment",
+                     {"Retry-After": "5"})
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:  # logged by the server
+        return error(500, "internal server error: the server log has the details; please report it")
+
+    @app.exception_handler(ProdvecError)
+    async def prodvec_error(request: Request, exc: ProdvecError) -> JSONResponse:
+        if isinstance(exc, DatabaseUnavailable):
+            return error(503, str(exc), {"Retry-After": "5"})
+        return error(400, str(exc))
+
+
+def _add_page(app: FastAPI) -> None:
+    """The page at / and its files at /static (prodvec/service/static, package data)."""
+    app.mount("/static", StaticFiles(directory=STATIC_DIR, check_dir=False), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            raise HTTPException(404, "the page is not installed (prodvec/service/static/index.html): use the API")
+        return FileResponse(index)

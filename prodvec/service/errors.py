@@ -1,0 +1,60 @@
+"""The service's errors: each carries its HTTP status; all are answered as ``{"error": message}``."""
+from __future__ import annotations
+
+from prodvec.errors import ProdvecError
+
+
+class ApiError(ProdvecError):
+    """An error with an HTTP status; its message says what to do."""
+
+    status = 400
+    headers: dict[str, str] = {}  # noqa: RUF012  # overridden per instance where needed
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class Unauthorized(ApiError):
+    status = 401
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
+
+
+class Forbidden(ApiError):
+    status = 403
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class TooLarge(ApiError):
+    status = 413
+
+
+class UnsupportedMedia(ApiError):
+    """Not a photo this server reads (whatever the file name says), or a body type it does not take."""
+
+    status = 415
+
+
+class FetchFailed(ApiError):
+    """image_url could not be fetched: the other server's problem, or the way to it."""
+
+    status = 502
+
+
+class Overloaded(ApiError):
+    status = 503
+
+    def __init__(self, message: str, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(message)
+        self.headers = {"Retry-After": str(retry_after_seconds)}
+
+
+class TimedOut(ApiError):
+    status = 504

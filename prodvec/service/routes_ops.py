@@ -1,0 +1,76 @@
+"""Operations: /healthz (the process lives), /readyz (it can answer searches), /v1/status (the queue)."""
+from __future__ import annotations
+
+from typing import cast
+
+import psycopg
+from alembic.runtime.migration import MigrationContext
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
+from starlette.concurrency import run_in_threadpool
+
+from prodvec import queue as jobs
+from prodvec.db.migrate import embedding_dimensions
+from prodvec.service import schemas
+from prodvec.service.context import ServiceState, service_state
+from prodvec.service.security import require_read_key
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", summary="The process is alive")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=schemas.Readiness, summary="Database reachable, schema current, model loaded",
+            responses={503: {"model": schemas.Readiness, "description": "not ready: see problem"}})
+async def readyz(request: Request) -> JSONResponse:
+    readiness = await run_in_threadpool(_readiness, service_state(request))
+    return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
+
+
+@router.get("/v1/status", response_model=schemas.Status, dependencies=[Depends(require_read_key)],
+            responses=schemas.ERROR_RESPONSES, summary="Products embedded, pending, failed; the encoder queue")
+async def status(request: Request) -> schemas.Status:
+    state = service_state(request)
+
+    def read() -> jobs.QueueStatus:
+        with state.connection() as conn:
+            return jobs.status(conn)
+
+    counts = await run_in_threadpool(read)
+    batcher = state.batcher
+    return schemas.Status(
+        total=counts.total, up_to_date=counts.up_to_date, pending=counts.pending, retrying=counts.retrying,
+        failed=counts.failed, no_image=counts.no_image, not_queued=counts.not_queued, embedded=counts.embedded,
+        oldest_pending_seconds=counts.oldest_pending_seconds, model=batcher.model, device=str(batcher.encoder.device),
+        supports_text=batcher.encoder.supports_text,
+        encoder=schemas.EncoderQueue(queued=batcher.queued, limit=batcher.limit, passes=batcher.passes,
+                                     queries=batcher.queries),
+    )
+
+
+def _readiness(state: ServiceState) -> schemas.Readiness:
+    encoder = state.batcher.encoder
+    try:
+        with state.engine.connect() as connection:
+            revision = MigrationContext.configure(connection).get_current_revision()
+            dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
+    except DBAPIError as exc:
+        if isinstance(exc.orig, psycopg.OperationalError):
+            unreachable = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
+            return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
+                                     problem=unreachable)
+        # Reached, but a new connection cannot set up pgvector's types: no schema yet.
+        return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
+                                 problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
+    problem: str | None = None
+    if revision != state.schema_head:
+        problem = f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`"
+    elif dimensions != encoder.dimensions:
+        problem = (f"products.embedding has {dimensions} dimensions but {encoder.spec} makes {encoder.dimensions}: "
+                   "set PRODVEC_MODEL to the catalog's model, or run `prodvec migrate --reset-embeddings`")
+    return schemas.Readiness(ready=problem is None, database=True, schema_current=problem is None,
+                             model_loaded=True, problem=problem)

@@ -1,0 +1,179 @@
+"""POST /v1/search (a photo, a text, a sku, a vector or an image_url) and GET /v1/products/{sku}/similar.
+
+Photos and texts are encoded by the shared query batcher, then searched with prodvec's own
+filtered search (``prodvec.search.similar_to``: complete, planned per query) in the thread pool,
+so the event loop keeps answering while the encoder and the database work.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from decimal import Decimal
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from PIL import Image
+from pydantic import ValidationError
+from sqlalchemy import ColumnElement, select
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from prodvec.errors import QueryError
+from prodvec.models import Product
+from prodvec.search import SearchResult, similar_to
+from prodvec.search.query import QueryInput
+from prodvec.service import schemas
+from prodvec.service.context import ServiceState, service_state
+from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnsupportedMedia
+from prodvec.service.images import thumbnail_path
+from prodvec.service.security import require_read_key
+
+router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
+
+_FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_HOW = ("POST a JSON object with one of sku, text, vector or image_url (and filters), "
+        "or a multipart/form-data form with the photo in the field 'image'")
+_FORM_FIELDS = {
+    "image": {"type": "string", "format": "binary", "description": "the query photo"},
+    **{name: field for name, field in schemas.PhotoSearch.model_json_schema()["properties"].items()},
+    "sku": {"type": "string"}, "text": {"type": "string"}, "image_url": {"type": "string"},
+}
+_SEARCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": schemas.SearchRequest.model_json_schema()},
+    "multipart/form-data": {"schema": {"type": "object", "properties": _FORM_FIELDS}},
+}}}
+
+
+@router.post("/v1/search", response_model=schemas.SearchResponse, responses=schemas.ERROR_RESPONSES,
+             openapi_extra=_SEARCH_BODY, summary="Products like a photo, a text, a sku, a vector or an image_url")
+async def search(request: Request) -> schemas.SearchResponse:
+    state = service_state(request)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type in _FORM_TYPES:
+        query, options = await _from_form(request)
+    elif content_type == "application/json":
+        body = await request.body()
+        if not body.strip():
+            raise BadRequest(f"the request body is empty: {_HOW}")
+        options = _validated(schemas.SearchRequest, body)
+        query = None
+    else:
+        if not await request.body():
+            raise BadRequest(f"the request body is empty: {_HOW}")
+        raise UnsupportedMedia(f"cannot read a {content_type or 'untyped'} body: {_HOW}")
+    return await _answer(request, state, query, options)
+
+
+@router.get("/v1/products/{sku}/similar", response_model=schemas.SearchResponse, responses=schemas.ERROR_RESPONSES,
+            summary="More like this product (itself excluded)")
+async def similar(request: Request, sku: str, filters: Annotated[schemas.Filters, Query()]) -> schemas.SearchResponse:
+    options = schemas.SearchRequest(sku=sku, **filters.model_dump())
+    return await _answer(request, service_state(request), None, options)
+
+
+async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.SearchRequest | schemas.PhotoSearch]:
+    state = service_state(request)
+    async with request.form(max_files=1, max_fields=64) as form:
+        fields: dict[str, Any] = {key: form.getlist(key) if key == "category" else form[key]
+                                  for key in form if key != "image"}
+        upload = form.get("image")
+        if upload is None:
+            return None, _validated(schemas.SearchRequest, fields)
+        if not isinstance(upload, UploadFile):
+            raise BadRequest("the field 'image' must be a file: send it as a file part (curl -F image=@photo.jpg)")
+        options = _validated(schemas.PhotoSearch, fields)
+        data = await upload.read()
+    photo = await state.decode_photo(data)
+    return photo, options
+
+
+def _validated(model: type[schemas.PhotoSearch], data: bytes | dict[str, Any]) -> Any:
+    try:
+        return model.model_validate_json(data) if isinstance(data, bytes) else model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False)) from None
+
+
+async def _answer(
+    request: Request, state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch
+) -> schemas.SearchResponse:
+    started = time.perf_counter()
+    try:
+        return await asyncio.wait_for(_search(request, state, photo, options, started),
+                                      state.settings.request_timeout_seconds)
+    except asyncio.TimeoutError:
+        raise TimedOut(
+            f"the search took longer than {state.settings.request_timeout_seconds:g} s: retry, or narrow it"
+        ) from None
+
+
+async def _search(
+    request: Request, state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch, started: float
+) -> schemas.SearchResponse:
+    query: QueryInput
+    if photo is not None:
+        query = await state.batcher.encode_image(photo, robust=options.robust)
+    elif isinstance(options, schemas.SearchRequest) and options.image_url is not None:
+        data = await run_in_threadpool(state.fetcher.fetch, options.image_url)
+        fetched = await state.decode_photo(data, source="the photo at image_url")
+        query = await state.batcher.encode_image(fetched, robust=options.robust)
+    elif isinstance(options, schemas.SearchRequest) and options.text is not None:
+        if not options.text.strip():
+            raise BadRequest("the text is blank: describe what to find")
+        query = await state.batcher.encode_text(options.text)
+    elif isinstance(options, schemas.SearchRequest) and options.vector is not None:
+        query = np.asarray(options.vector, dtype=np.float32)
+    else:
+        assert isinstance(options, schemas.SearchRequest) and options.sku is not None  # one query: validated
+        query = options.sku
+    root = request.scope.get("root_path", "")
+    return await run_in_threadpool(_search_database, state, query, options, root, started)
+
+
+def _search_database(
+    state: ServiceState, query: QueryInput, options: schemas.PhotoSearch, root: str, started: float
+) -> schemas.SearchResponse:
+    with state.session() as session:
+        if isinstance(query, str):  # a sku: its own stored vector, itself excluded
+            product = session.scalar(select(Product).where(Product.sku == query))
+            if product is None:
+                raise NotFound(f"no product with sku {query!r}: check the sku (GET /v1/products/{{sku}})")
+            if product.embedded_at is None:  # written with its vector, which stays until a new one replaces it
+                raise Conflict(f"product {query!r} has no embedding yet: "
+                               + ("it is queued; retry once the worker has embedded it" if product.image
+                                  else "it has no photo to embed"))
+            query = product
+        try:
+            result = similar_to(session, query, k=options.k, where=where_clauses(options),
+                                max_distance=options.max_distance)
+        except QueryError as exc:
+            raise BadRequest(str(exc)) from None
+        return _response(result, state.batcher.model, root, started)
+
+
+def where_clauses(filters: schemas.Filters) -> list[ColumnElement[bool]]:
+    """The filters as SQL clauses on Product, as prodvec.search takes them."""
+    clauses: list[ColumnElement[bool]] = []
+    if filters.category:
+        clauses.append(Product.category.in_(filters.category))
+    if filters.min_price is not None:
+        clauses.append(Product.price >= Decimal(str(filters.min_price)))
+    if filters.max_price is not None:
+        clauses.append(Product.price <= Decimal(str(filters.max_price)))
+    if filters.in_stock:
+        clauses.append(Product.stock > 0)
+    return clauses
+
+
+def _response(result: SearchResult, model: str, root: str, started: float) -> schemas.SearchResponse:
+    hits = [
+        schemas.Hit(sku=hit.product.sku, title=hit.product.title, category=hit.product.category,
+                    price=float(hit.product.price), stock=hit.product.stock, distance=round(hit.distance, 6),
+                    image_url=thumbnail_path(root, hit.product.sku) if hit.product.image else None)
+        for hit in result
+    ]
+    return schemas.SearchResponse(hits=hits, exact=result.exact, strategy=result.strategy, model=model,
+                                  took_ms=round((time.perf_counter() - started) * 1000, 2),
+                                  candidates=result.candidates)
