@@ -16,7 +16,7 @@ on its own copy of that database, its blocks in order, as a reader would paste t
 
 A block that cannot run here as written carries `<!-- not run: REASON -->` on the line before
 it; such blocks are counted and kept few. A page with `<!-- needs: serve -->` (anywhere in it)
-gets a `prodvec serve` on a free loopback port for its blocks, its URL in $PRODVEC_URL.
+gets a `prodvec serve` on 127.0.0.1:8000 (the address the pages name) for its blocks.
 
 `code_blocks(page)` and `run_page(page, workdir, env)` are the reusable parts.
 """
@@ -49,8 +49,11 @@ CATALOG_ROWS = 24
 MAX_NOT_RUN = 6
 SHELLS = ("sh", "shell", "bash")
 SHOWN = ("text", "csv", "json", "yaml", "toml")
-#: What `<!-- needs: serve -->` starts; {port} is a free loopback port.
-SERVE_COMMAND = ("prodvec", "serve", "--host", "127.0.0.1", "--port", "{port}")
+#: What `<!-- needs: serve -->` starts: on the address the pages name (`prodvec serve`'s default),
+#: so their curl lines run as written, with the admin key their write examples send.
+SERVE_PORT = 8000
+SERVE_COMMAND = ("prodvec", "serve", "--host", "127.0.0.1", "--port", str(SERVE_PORT))
+SERVE_ENV = {"PRODVEC_ADMIN_KEYS": "change-me-admin-key"}
 SERVE_START_SECONDS = 120
 
 _FENCE = re.compile(r"^```\s*(?P<language>[\w+-]*)\s*$")
@@ -190,23 +193,24 @@ def _needs(needs: set[str], workdir: Path, env: dict[str, str]) -> Iterator[dict
     if "serve" not in needs:
         yield env
         return
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [part.format(port=port) for part in SERVE_COMMAND]
-    server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *command[1:]], cwd=workdir, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    command = " ".join(SERVE_COMMAND)
+    with socket.socket() as probe:  # a clear failure when something else holds the pages' port
+        assert probe.connect_ex(("127.0.0.1", SERVE_PORT)) != 0, f"port {SERVE_PORT} is taken: {command} needs it"
+    log_path = workdir / "serve.log"
+    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server never blocks on it
+        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *SERVE_COMMAND[1:]], cwd=workdir,
+                                  env={**env, **SERVE_ENV}, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + SERVE_START_SECONDS
         while True:
-            assert server.poll() is None, f"{' '.join(command)} exited: {server.stderr.read() if server.stderr else ''}"
+            assert server.poll() is None, f"{command} exited: {log_path.read_text()}"
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                socket.create_connection(("127.0.0.1", SERVE_PORT), timeout=1).close()
                 break
             except OSError:
-                assert time.monotonic() < deadline, f"{' '.join(command)} did not listen within {SERVE_START_SECONDS} s"
+                assert time.monotonic() < deadline, f"{command} did not listen within {SERVE_START_SECONDS} s"
                 time.sleep(0.5)
-        yield {**env, "PRODVEC_URL": f"http://127.0.0.1:{port}"}
+        yield {**env, "PRODVEC_URL": f"http://127.0.0.1:{SERVE_PORT}"}
     finally:
         server.terminate()
         try:

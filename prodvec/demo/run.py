@@ -50,6 +50,7 @@ def run_demo() -> int:
     # offline fallback rather than PRODVEC_MODEL's.
     _searches(url, encoder, settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
+    print(f"to search it in the page: DATABASE_URL='{url}' prodvec serve   (then open http://127.0.0.1:8000/)")
     print(f"the embedded PostgreSQL keeps running (data in {settings.pgdata}): "
           "`prodvec db stop` stops it", file=sys.stderr)
     return 0
