@@ -13,6 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import anyio
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
@@ -85,12 +86,14 @@ def _open(settings: ServiceSettings, encoder: Encoder | None, fetcher: ImageFetc
     from alembic.script import ScriptDirectory
 
     from prodvec.db.active_model import catalog_settings
-    from prodvec.db.connection import connect, database_url
+    from prodvec.db.connection import database_url
     from prodvec.db.migrate import alembic_config
     from prodvec.encode import load_encoder
 
     url = database_url(settings.prodvec)
-    with connect(url) as conn:  # the catalog's active model, as every other process uses it
+    # The catalog's active model, as every other process uses it. A plain connection: an
+    # unmigrated database (no pgvector types yet) still serves /readyz, which says to migrate.
+    with psycopg.connect(url) as conn:
         catalog = catalog_settings(conn, settings.prodvec)
     loaded = encoder or load_encoder(catalog.model, catalog.device)
     batcher = QueryBatcher(
