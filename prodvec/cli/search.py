@@ -57,12 +57,12 @@ def hit_rows(result: Any) -> list[dict[str, Any]]:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from prodvec import session
+    from prodvec import read_session
     from prodvec.models import Product
     from prodvec.search import Sku
 
     options = {"k": args.k, "where": filters(args), "max_distance": args.max_distance}
-    with session() as db:
+    with read_session() as db:  # a replica of PRODVEC_READ_URLS when one is up and caught up
         if args.text is not None:
             result = Product.similar_to_text(args.text, session=db, **options)
         else:
