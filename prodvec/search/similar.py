@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from prodvec.errors import QueryError
 from prodvec.images.views import merge_views
-from prodvec.search import execute, plan
+from prodvec.search import execute, plan, quantized
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
@@ -140,7 +140,7 @@ def _search_vector(
         hits = execute.exact_capped(session, query, chosen.exact_cap)
         if hits is not None:
             return _result(hits, "exact", chosen, max_distance)
-    hits = execute.index(session, query, chosen.index)
+    hits = quantized.index_pass(session, query, chosen, facts)  # the halfvec index, or the binary codes'
     if len(hits) == k:
         return _result(hits, "hnsw", chosen, max_distance)
     # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.
