@@ -10,7 +10,7 @@ from prodvec.errors import ProdvecError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prodvec.cli import catalog, database, evaluate, queue, search
+    from prodvec.cli import catalog, database, evaluate, quantized, queue, search
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     queue.add_commands(commands)
     search.add_commands(commands)
     evaluate.add_commands(commands)
+    quantized.add_commands(commands)
     return parser
 
 
