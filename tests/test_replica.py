@@ -35,6 +35,7 @@ from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import HANDLE_PIDS_FILE, ensure_server, stop_server
 from prodvec.db.migrate import upgrade
 from prodvec.db.quantized_index import create_index
+from prodvec.errors import ConfigError
 from prodvec.models import Product
 from prodvec.search import Sku, plan, quantized
 from prodvec.worker.pipeline import Worker, WorkerOptions
@@ -248,3 +249,20 @@ def test_a_stopped_replica_sends_searches_to_the_primary(routed: Replicated, cat
     time.sleep(replicas.CHECK_INTERVAL_SECONDS)
     with prodvec.read_session() as db:
         assert _host(db) == str(routed.replica_pgdata)
+
+
+def test_replica_settings_are_read_at_the_edges(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("PRODVEC_READ_URLS", " postgresql://r1/prodvec , ,postgresql://r2/prodvec")
+    monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", "2.5")
+    settings = load_settings()
+    assert settings.read_urls == ("postgresql://r1/prodvec", "postgresql://r2/prodvec")
+    assert settings.max_replica_lag == 2.5
+    monkeypatch.delenv("PRODVEC_READ_URLS")
+    monkeypatch.delenv("PRODVEC_MAX_REPLICA_LAG")
+    assert load_settings().read_urls == () and load_settings().max_replica_lag == 5.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", bad)
+        with pytest.raises(ConfigError, match="number of seconds"):
+            load_settings()
+    assert cli_main(["search", "--sku", "X-1"]) == 2
+    assert "PRODVEC_MAX_REPLICA_LAG='nan': use a number of seconds" in capsys.readouterr().err
