@@ -52,7 +52,13 @@ from sqlalchemy.orm import Session
 
 from prodvec.db.connection import sqlalchemy_url
 from prodvec.db.embedded import ensure_server, stop_server
-from prodvec.db.quantized_index import create_index, drop_index, index_bytes
+from prodvec.db.quantized_index import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
+    create_index,
+    drop_index,
+    index_bytes,
+)
 from prodvec.search import plan, quantized
 from prodvec.worker.bulk import rebuild_hnsw_index
 
@@ -170,6 +176,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=50, help="per kind: near, far (and per filter cell)")
     parser.add_argument("--candidates", default="100,200,400,800", help="re-ranked candidate counts to measure")
     parser.add_argument("--variants", default="raw,centred", help="binary codes of the raw and/or centred vectors")
+    parser.add_argument("--m", type=int, default=DEFAULT_M, help="the code graph's m")
+    parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
+    parser.add_argument("--filtered", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time Product.similar_to's filtered searches with and without the code index")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
     parser.add_argument("--shared-buffers", default="512MB")
@@ -209,7 +219,8 @@ def main() -> None:
         for centred in [variant == "centred" for variant in args.variants.split(",")]:
             label = "bit centred" if centred else "bit raw"
             t0 = time.perf_counter()
-            made = create_index(url, centred=centred, maintenance_work_mem=args.maintenance_work_mem)
+            made = create_index(url, centred=centred, m=args.m, ef_construction=args.ef_construction,
+                                maintenance_work_mem=args.maintenance_work_mem)
             builds[label] = (time.perf_counter() - t0, index_bytes(url))
             print(f"  {label}: built in {builds[label][0]:.1f} s, {builds[label][1] / 2**20:.1f} MB "
                   f"(mean length {made['mean_norm']:.2f})", flush=True)
@@ -219,8 +230,9 @@ def main() -> None:
             measured = unfiltered(url, stored, queries, {**extra, **two_stage})
             report_unfiltered(measured, args.queries)
             results.update(measured)
-        with_codes = filtered(url, catalog, cases)
-        report_filtered({"codes": with_codes}, args.queries // 2 or 1)
+        with_codes = filtered(url, catalog, cases) if args.filtered else {}
+        if with_codes:
+            report_filtered({"codes": with_codes}, args.queries // 2 or 1)
         drop_index(url)
         if not halfvec_ready:
             with psycopg.connect(url, autocommit=True) as conn:
@@ -233,9 +245,9 @@ def main() -> None:
             results.update(measured)
         with psycopg.connect(url) as conn:
             halfvec_bytes = conn.execute("SELECT pg_relation_size('products_embedding_hnsw')").fetchone()[0]
-        builds["halfvec"] = (builds["halfvec"][0], halfvec_bytes)
+        builds["halfvec"] = (builds.get("halfvec", (float("nan"), None))[0], halfvec_bytes)
         del stored
-        without = filtered(url, catalog, cases)
+        without = filtered(url, catalog, cases) if args.filtered else {}
 
         print(f"\n{args.rows:,} rows, {DIMENSIONS}-d, k={K}; load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs")
@@ -243,7 +255,8 @@ def main() -> None:
         for name, (seconds, size) in builds.items():
             print(f"{name:>12} {seconds:8.1f} {(size or 0) / 2**20:8.1f}")
         report_unfiltered(results, args.queries)
-        report_filtered({"codes": with_codes, "halfvec": without}, args.queries // 2 or 1)
+        if args.filtered:
+            report_filtered({"codes": with_codes, "halfvec": without}, args.queries // 2 or 1)
     finally:
         if args.pgdata is None:
             stop_server(pgdata)
