@@ -80,6 +80,26 @@ def unfiltered_queries(catalog: Catalog, per_kind: int, seed: int) -> list[tuple
     return [("near", v) for v in near] + [("far", v.astype(np.float32)) for v in far]
 
 
+def fashion_pixels(per_kind: int, seed: int) -> tuple[Catalog, list[tuple[str, np.ndarray]]]:
+    """Fashion-MNIST's training photos as 784-d raw-pixel vectors: real photos, and every
+    component >= 0, so their raw signs say almost nothing (the case centring is for). Queries:
+    test photos ("near"), and test photos inverted to dark-on-white ("far": a product photo
+    unlike every catalog photo's look). Not an encoder's features: no model runs here."""
+    import fashion_mnist
+
+    images, labels = fashion_mnist.load("train")
+    vectors = images.reshape(len(images), -1).astype(np.float32)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    rng = np.random.default_rng(seed)
+    catalog = Catalog(vectors, labels.astype(int), labels.astype(int), np.round(rng.uniform(5, 200, len(labels)), 2),
+                      rng.random(len(labels)) < 0.5, generator=lambda cluster, n: np.empty((0,)))
+    test, _ = fashion_mnist.load("t10k")
+    picked = rng.choice(len(test), per_kind, replace=False)
+    near = [image.reshape(-1).astype(np.float32) for image in test[picked]]
+    far = [(255 - image).reshape(-1).astype(np.float32) for image in test[picked]]
+    return catalog, [("near", v) for v in near] + [("far", v) for v in far]
+
+
 def top_k(stored: np.ndarray, vector: np.ndarray, k: int = K) -> tuple[set[int], float]:
     """Ids (row + 1) within halfvec ties of the true top k, and the top hit's cosine."""
     query = vector.astype(np.float16).astype(np.float32)
@@ -180,6 +200,9 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     parser.add_argument("--filtered", action=argparse.BooleanOptionalAction, default=True,
                         help="also time Product.similar_to's filtered searches with and without the code index")
+    parser.add_argument("--fashion-pixels", action="store_true",
+                        help="real photos instead: Fashion-MNIST's 60,000 training photos as raw-pixel vectors "
+                             "(apt-get install dataset-fashion-mnist); --rows is ignored")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
     parser.add_argument("--shared-buffers", default="512MB")
@@ -193,7 +216,15 @@ def main() -> None:
     server = configure(ensure_server(pgdata), pgdata, args.shared_buffers)
     started = time.perf_counter()
     try:
-        catalog = make_catalog(args.rows, args.seed)
+        if args.fashion_pixels:
+            catalog, queries = fashion_pixels(args.queries, args.seed)
+            name, dimensions = "fashion_pixels_v1", catalog.vectors.shape[1]
+            filtered_search.DIMENSIONS = dimensions  # the loader sizes the embedding column by it
+            args.filtered = False  # its filters and queries come from the synthetic clusters
+        else:
+            catalog = make_catalog(args.rows, args.seed)
+            queries = unfiltered_queries(catalog, args.queries, args.seed)
+            name, dimensions = f"bench_v{DATA_VERSION}_{args.rows}_{args.seed}", DIMENSIONS
         # The loader's own halfvec build, timed (it returns its seconds): no second build needed.
         loader_builds: list[float] = []
 
@@ -202,13 +233,12 @@ def main() -> None:
             return loader_builds[-1]
 
         filtered_search.rebuild_hnsw_index = timed_build
-        url = load(server, catalog, f"bench_v{DATA_VERSION}_{args.rows}_{args.seed}", args.maintenance_work_mem)
+        url = load(server, catalog, name, args.maintenance_work_mem)
         drop_index(url)
         builds: dict[str, tuple[float, int | None]] = {"halfvec": (loader_builds[0], None)} if loader_builds else {}
         stored = catalog.vectors.astype(np.float32)
         stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-        queries = unfiltered_queries(catalog, args.queries, args.seed)
-        cases = make_cases(catalog, args.queries // 2 or 1, args.seed)
+        cases = make_cases(catalog, args.queries // 2 or 1, args.seed) if args.filtered else []
         results: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         halfvec_methods = {"halfvec ef 40": (HALFVEC.format(k=K), 40), "halfvec ef 100": (HALFVEC.format(k=K), 100)}
 
@@ -224,7 +254,7 @@ def main() -> None:
             builds[label] = (time.perf_counter() - t0, index_bytes(url))
             print(f"  {label}: built in {builds[label][0]:.1f} s, {builds[label][1] / 2**20:.1f} MB "
                   f"(mean length {made['mean_norm']:.2f})", flush=True)
-            two_stage = {f"{label} {c}": (TWO_STAGE.format(d=DIMENSIONS, candidates=c, k=K), min(c, 1000))
+            two_stage = {f"{label} {c}": (TWO_STAGE.format(d=dimensions, candidates=c, k=K), min(c, 1000))
                          for c in candidate_counts}
             extra = halfvec_methods if halfvec_ready and "halfvec ef 40" not in results else {}
             measured = unfiltered(url, stored, queries, {**extra, **two_stage})
@@ -249,7 +279,7 @@ def main() -> None:
         del stored
         without = filtered(url, catalog, cases) if args.filtered else {}
 
-        print(f"\n{args.rows:,} rows, {DIMENSIONS}-d, k={K}; load average {os.getloadavg()[0]:.1f} "
+        print(f"\n{len(catalog.vectors):,} rows, {dimensions}-d, k={K}; load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs")
         print(f"{'index':>12} {'build s':>8} {'MB':>8}")
         for name, (seconds, size) in builds.items():
