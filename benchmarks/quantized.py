@@ -183,7 +183,7 @@ def report_unfiltered(results: dict[str, dict[str, tuple[list[float], list[float
 
 def report_filtered(runs: dict[str, dict[tuple[str, str], tuple[list[float], list[float]]]], per_cell: int) -> None:
     print(f"\nfiltered, Product.similar_to ({per_cell} queries per cell); 'codes': the code index with "
-          f"{quantized.CANDIDATES} candidates, 'halfvec': without it")
+          f"{quantized.CANDIDATES_PER_HIT} × k candidates, 'halfvec': without it")
     for key in SELECTIVITIES:
         for placement in ("near", "far"):
             cells = "   ".join(f"{name}: {summary(*run[(key, placement)])}" for name, run in runs.items())

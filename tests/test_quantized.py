@@ -18,6 +18,8 @@ from prodvec.cli.main import main as cli_main
 from prodvec.db.quantized_index import create_index, drop_index
 from prodvec.models import Product
 from prodvec.search import Sku, plan, quantized
+from prodvec.search.execute import Query
+from prodvec.search.statements import compile_filter
 
 DIMENSIONS = 512
 ROWS = 3000
@@ -119,8 +121,7 @@ def test_filtered_searches_stay_complete(conn, db_url, catalog: Catalog) -> None
     create_index(db_url)
     query = _queries(catalog, 1)[0]
     with open_session() as db:
-        # One category in ten: ~300 matches, fewer than the candidates the pass re-ranks, so
-        # the code index cannot fill its list and the exact pass answers, exactly.
+        # One category in ten: ~300 matches, few enough for the plan's exact pass.
         result = Product.similar_to(query, session=db, k=10, where=[Product.category == "c3"])
         ids, _ = catalog.truth(query, catalog.category == "c3")
         assert result.exact and [hit.product.id for hit in result] == list(ids[:10])
@@ -133,6 +134,20 @@ def test_filtered_searches_stay_complete(conn, db_url, catalog: Catalog) -> None
         # More like this: the product itself is left out.
         sku = "Q00007"
         assert sku not in {hit.product.sku for hit in Product.similar_to(Sku(sku), session=db, k=10)}
+
+
+def test_a_pass_that_cannot_fill_its_candidates_hands_over(conn, db_url, catalog: Catalog) -> None:
+    create_index(db_url)
+    with open_session() as db:
+        where = compile_filter([Product.category == "c3"], db.get_bind().dialect)
+        query = Query(_queries(catalog, 1)[0], where, 10, None)
+        matches = int((catalog.category == "c3").sum())
+        settings = quantized.scan_settings(matches + 1, matches, ROWS, filtered=True)
+        # More candidates asked than products match: no re-rank is trusted (similar.py then runs exact).
+        assert quantized.rerank(db, query, DIMENSIONS, matches + 1, settings) is None
+        hits = quantized.rerank(db, query, DIMENSIONS, matches, settings)
+    ids, _ = catalog.truth(query.vector, catalog.category == "c3")
+    assert hits is not None and [hit.product.id for hit in hits] == list(ids[:10])  # all re-ranked: exact
 
 
 def test_dropped_index_hands_back_to_the_halfvec_index(conn, db_url, catalog: Catalog, capsys) -> None:

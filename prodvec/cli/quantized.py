@@ -18,8 +18,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--no-centre", dest="centred", action="store_false",
                         help="code the raw vectors, not their difference from the catalog mean "
                              "(poorer codes for vectors that share a common direction, as CLIP's do)")
-    create.add_argument("--m", type=int, default=None, help="graph degree [16]")
-    create.add_argument("--ef-construction", type=int, default=None, help="build candidate list [64]")
+    create.add_argument("--m", type=int, default=None, help="graph degree [32]")
+    create.add_argument("--ef-construction", type=int, default=None, help="build candidate list [128]")
     create.add_argument("--maintenance-work-mem", default="1GB", help="memory for the build [1GB]")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_create)

@@ -10,10 +10,11 @@ from prodvec.db.connection import connect
 from prodvec.sql import queries
 
 _SQL = queries("quantized.sql")
-#: Graph settings of the code index: pgvector's defaults. A denser graph (the halfvec index's
-#: m 32, ef_construction 200) costs build time the re-rank does not need (benchmarks/quantized.py).
-DEFAULT_M = 16
-DEFAULT_EF_CONSTRUCTION = 64
+#: Graph settings of the code index, as migrations/0008's function defaults. pgvector's own (m 16,
+#: ef_construction 64) left some searches of a 1M catalog in the wrong region of the graph
+#: (docs/scaling.md, benchmarks/quantized.py).
+DEFAULT_M = 32
+DEFAULT_EF_CONSTRUCTION = 128
 
 
 def create_index(

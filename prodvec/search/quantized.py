@@ -2,7 +2,7 @@
 
 When products has the binary-code index (`prodvec quantized-index create`,
 migrations/0008_quantized_index.sql), an index pass of Product.similar_to searches it instead
-of the halfvec HNSW index: the CANDIDATES matching products nearest to the query's code by
+of the halfvec HNSW index: the 10 × k matching products nearest to the query's code by
 Hamming distance, re-ranked by their exact cosine distance. The code index is several times
 smaller and faster to build; the re-rank restores the ordering the codes blur
 (benchmarks/quantized.py has the recall and latency).
@@ -26,10 +26,12 @@ from prodvec.search.result import Hit
 from prodvec.search.statements import PRODUCT_COLUMNS
 from prodvec.sql import queries
 
-#: Candidates re-ranked per query (pgvector's ef_search allows up to 1,000 per index search).
-#: benchmarks/quantized.py measures recall@10 against this.
-CANDIDATES = 400
-#: A filtered pass scans the code graph until it holds CANDIDATES matches: a budget of this many
+#: Candidates re-ranked per hit asked for (pgvector's ef_search allows up to 1,000 per index
+#: search). Measured with the default m 32 graph, k 10 (docs/scaling.md): near recall@10 0.998 at
+#: 100k and 0.980 at 1M with 100 candidates, p50 1.1x the halfvec index's at 100k; 400 candidates
+#: gained 0.01 for 2.5x the time.
+CANDIDATES_PER_HIT = 10
+#: A filtered pass scans the code graph until it holds its candidates: a budget of this many
 #: tuples per expected match among them (Hamming comparisons of 64-byte codes are cheap) ...
 SCAN_TUPLES_PER_CANDIDATE = 4
 #: ... but at least pgvector's default budget.
@@ -48,8 +50,9 @@ def index_pass(session: Session, query: Query, chosen: plan.Plan, facts: plan.Ta
     if dimensions is None or facts.category_index_rows(query.filter.category) is not None:
         return execute.index(session, query, chosen.index)
     total = max(facts.indexed_rows or 0.0, 1.0)
-    settings = scan_settings(CANDIDATES, chosen.estimate, total, filtered=not query.filter.empty)
-    return rerank(session, query, dimensions, CANDIDATES, settings) or []
+    candidates = min(plan.EF_SEARCH_LIMIT, CANDIDATES_PER_HIT * query.k)
+    settings = scan_settings(candidates, chosen.estimate, total, filtered=not query.filter.empty)
+    return rerank(session, query, dimensions, candidates, settings) or []
 
 
 def scan_settings(candidates: int, matches: float, total: float, *, filtered: bool) -> IndexSettings:
