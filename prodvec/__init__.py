@@ -2,7 +2,7 @@
 
     from prodvec import Product, session
 
-    with session() as db:
+    with read_session() as db:  # session(): the primary, for writes too
         for hit in Product.similar_to("shoe.jpg", session=db, where=[Product.price < 50]):
             print(hit.product.sku, hit.distance)
 """
@@ -18,7 +18,7 @@ from prodvec.search import SearchResult, Sku, Text
 
 __version__ = "0.2.0"
 
-__all__ = ["Product", "SearchResult", "Sku", "Text", "__version__", "session"]
+__all__ = ["Product", "SearchResult", "Sku", "Text", "__version__", "read_engine", "read_session", "session"]
 
 
 @cache
@@ -37,3 +37,21 @@ def session(url: str | None = None) -> Session:
     from prodvec.db.connection import database_url
 
     return Session(_engine(url or database_url()))
+
+
+def read_engine(url: str | None = None) -> Engine:
+    """The engine a search reads through: a hot-standby replica of PRODVEC_READ_URLS that is up
+    and within PRODVEC_MAX_REPLICA_LAG of the primary, in turn, else the primary (``url``, or
+    DATABASE_URL / the embedded one). Ask again per search or request: the choice follows the
+    replicas' health (prodvec/db/replicas.py)."""
+    from prodvec.config import load_settings
+    from prodvec.db.connection import database_url
+    from prodvec.db.replicas import read_url
+
+    settings = load_settings()
+    return _engine(read_url(settings, url or database_url(settings)))
+
+
+def read_session(url: str | None = None) -> Session:
+    """A SQLAlchemy Session for searches, on read_engine(): read-only when a replica answers."""
+    return Session(read_engine(url))

@@ -28,6 +28,7 @@ OFFLINE_MODEL = "timm:efficientnet_lite0"
 ROBUST_QUERIES_DEFAULT = True
 CatalogViews = Literal["single", "multi"]
 CATALOG_VIEWS_DEFAULT: CatalogViews = "single"
+MAX_REPLICA_LAG_DEFAULT = 5.0
 
 
 def default_home() -> Path:
@@ -48,6 +49,8 @@ class Settings:
     #: are the defaults, which the database's active model overrides: prodvec.db.active_model).
     model_set: bool = False
     catalog_views_set: bool = False
+    read_urls: tuple[str, ...] = ()
+    max_replica_lag: float = MAX_REPLICA_LAG_DEFAULT
 
     @property
     def pgdata(self) -> Path:
@@ -76,7 +79,22 @@ def load_settings() -> Settings:
         catalog_views=_catalog_views(),
         model_set=bool(os.environ.get("PRODVEC_MODEL")),
         catalog_views_set=bool(os.environ.get("PRODVEC_CATALOG_VIEWS", "").strip()),
+        read_urls=tuple(url.strip() for url in os.environ.get("PRODVEC_READ_URLS", "").split(",") if url.strip()),
+        max_replica_lag=_seconds("PRODVEC_MAX_REPLICA_LAG", MAX_REPLICA_LAG_DEFAULT),
     )
+
+
+def _seconds(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not (0 <= seconds < float("inf")):
+        raise ConfigError(f"{name}={value!r}: use a number of seconds, e.g. 5")
+    return seconds
 
 
 def _catalog_views() -> CatalogViews:

@@ -12,7 +12,7 @@ from prodvec.errors import ProdvecError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from prodvec.cli import catalog, database, evaluate, model, queue, recall, search, serve
+    from prodvec.cli import catalog, database, evaluate, model, quantized, queue, recall, search, serve
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
     talk = parser.add_mutually_exclusive_group()
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     recall.add_commands(commands)
     model.add_commands(commands)
     serve.add_commands(commands)
+    quantized.add_commands(commands)
     return parser
 
 

@@ -111,7 +111,7 @@ def cli_advice(message: str) -> str:
 
 
 def _search(args: argparse.Namespace) -> int:
-    from prodvec import session
+    from prodvec import read_session
     from prodvec.db.connection import database_url
     from prodvec.models import Product
     from prodvec.search import Sku
@@ -122,7 +122,7 @@ def _search(args: argparse.Namespace) -> int:
         check_category(url, args.category)
     options = {"k": args.k, "where": filters(args), "max_distance": args.max_distance}
     try:
-        with session(url) as db:
+        with read_session(url) as db:  # a replica of PRODVEC_READ_URLS when one is up and caught up
             if args.text is not None:
                 result = Product.similar_to_text(args.text, session=db, **options)
             else:

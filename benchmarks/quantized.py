@@ -1,0 +1,298 @@
+"""Binary-code index with exact re-rank beside today's halfvec HNSW index, on the same data.
+
+    python benchmarks/quantized.py [--rows 100000] [--queries 50] [--candidates 100,200,400,800]
+
+Data and filtered queries: benchmarks/filtered_search.py's clustered 512-d catalog (CLIP-like:
+a large component shared by every vector, so the vectors are far from centred), loaded with
+its loader, which builds the halfvec index as `prodvec worker --once --bulk` does (m 32,
+ef_construction 200). Unfiltered queries: "near" ones drawn from a catalog cluster (their
+nearest products at cosine ~0.85), "far" ones random directions (nearest at cosine ~0.2).
+
+Reported, each on the same queries, truth by numpy brute force over the stored halfvec values:
+- build time and size of the halfvec index and of the binary-code index, codes taken from the
+  raw vectors ("bit raw") and from the vectors minus the catalog mean ("bit centred");
+- unfiltered recall@10 and p50/p95 of plain SQL: the halfvec index (prodvec's unfiltered
+  setting, ef_search 40, and ef_search 100) and the two-stage query at each candidate count;
+- filtered recall@10 and p50/p95 of Product.similar_to with and without the code index
+  (filtered_search.py's four selectivities, near and far), which keeps its exact fallback.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # as filtered_search.py: BLAS threads steal the cores
+
+import argparse
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import filtered_search
+import numpy as np
+import psycopg
+from filtered_search import (
+    DATA_VERSION,
+    DIMENSIONS,
+    SELECTIVITIES,
+    Case,
+    Catalog,
+    K,
+    configure,
+    load,
+    make_cases,
+    make_catalog,
+    run_prodvec,
+    truth,
+)
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+from sqlalchemy import create_engine, event
+from sqlalchemy.orm import Session
+
+from prodvec.db.connection import sqlalchemy_url
+from prodvec.db.embedded import ensure_server, stop_server
+from prodvec.db.quantized_index import (
+    DEFAULT_EF_CONSTRUCTION,
+    DEFAULT_M,
+    create_index,
+    drop_index,
+    index_bytes,
+)
+from prodvec.search import plan, quantized
+from prodvec.worker.bulk import rebuild_hnsw_index
+
+HALFVEC = "SELECT id FROM products ORDER BY embedding <=> %(q)s LIMIT {k}"
+#: The two-stage query as a plain SQL user writes it (the README's).
+TWO_STAGE = (
+    "SELECT id FROM (SELECT id, embedding FROM products "
+    "ORDER BY prodvec_binary_code(embedding)::bit({d}) <~> prodvec_binary_code(%(q)s)::bit({d}) "
+    "LIMIT {candidates}) candidates ORDER BY embedding <=> %(q)s LIMIT {k}"
+)
+
+
+def unfiltered_queries(catalog: Catalog, per_kind: int, seed: int) -> list[tuple[str, np.ndarray]]:
+    rng = np.random.default_rng(seed + 2)
+    clusters = int(catalog.cluster.max()) + 1
+    near = [catalog.generator(int(rng.integers(clusters)), 1)[0] for _ in range(per_kind)]
+    far = rng.standard_normal((per_kind, DIMENSIONS))
+    far /= np.linalg.norm(far, axis=1, keepdims=True)
+    return [("near", v) for v in near] + [("far", v.astype(np.float32)) for v in far]
+
+
+def fashion_pixels(per_kind: int, seed: int) -> tuple[Catalog, list[tuple[str, np.ndarray]]]:
+    """Fashion-MNIST's training photos as 784-d raw-pixel vectors: real photos, and every
+    component >= 0, so their raw signs say almost nothing (the case centring is for). Queries:
+    test photos ("near"), and test photos inverted to dark-on-white ("far": a product photo
+    unlike every catalog photo's look). Not an encoder's features: no model runs here."""
+    import fashion_mnist
+
+    images, labels = fashion_mnist.load("train")
+    vectors = images.reshape(len(images), -1).astype(np.float32)
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
+    rng = np.random.default_rng(seed)
+    catalog = Catalog(vectors, labels.astype(int), labels.astype(int), np.round(rng.uniform(5, 200, len(labels)), 2),
+                      rng.random(len(labels)) < 0.5, generator=lambda cluster, n: np.empty((0,)))
+    test, _ = fashion_mnist.load("t10k")
+    picked = rng.choice(len(test), per_kind, replace=False)
+    near = [image.reshape(-1).astype(np.float32) for image in test[picked]]
+    far = [(255 - image).reshape(-1).astype(np.float32) for image in test[picked]]
+    return catalog, [("near", v) for v in near] + [("far", v) for v in far]
+
+
+def top_k(stored: np.ndarray, vector: np.ndarray, k: int = K) -> tuple[set[int], float]:
+    """Ids (row + 1) within halfvec ties of the true top k, and the top hit's cosine."""
+    query = vector.astype(np.float16).astype(np.float32)
+    similarity = stored @ (query / np.linalg.norm(query))
+    kth = np.partition(-similarity, k - 1)[k - 1]
+    return {int(r) + 1 for r in np.flatnonzero(-similarity <= kth + 1e-4)}, float(similarity.max())
+
+
+def timed_sql(conn: psycopg.Connection, sql: str, vector: np.ndarray, ef_search: int) -> tuple[list[int], float]:
+    started = time.perf_counter()
+    with conn.transaction():
+        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
+        ids = [row[0] for row in conn.execute(sql, {"q": HalfVector(vector)})]
+    return ids, time.perf_counter() - started
+
+
+def summary(recalls: list[float], seconds: list[float]) -> str:
+    return (f"recall@10 {np.mean(recalls):.3f} (min {min(recalls):.1f})  p50 {np.quantile(seconds, .5) * 1000:6.2f} ms"
+            f"  p95 {np.quantile(seconds, .95) * 1000:6.2f} ms")
+
+
+def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray]], methods: dict[str, tuple[str, int]]
+               ) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
+    """Per method and near/far: recalls and seconds; every method runs for every query, in a random order."""
+    truths = [top_k(stored, vector) for _, vector in queries]
+    near, far = (np.mean([best for (kind, _), (_, best) in zip(queries, truths, strict=True) if kind == wanted])
+                 for wanted in ("near", "far"))
+    print(f"  unfiltered truth: top-1 cosine near {near:.2f}, far {far:.2f}")
+    results: dict[str, dict[str, tuple[list[float], list[float]]]] = {
+        m: {"near": ([], []), "far": ([], [])} for m in methods}
+    order = np.random.default_rng(0)
+    with psycopg.connect(url, autocommit=True) as conn:
+        register_vector(conn)
+        for _, vector in queries[:20]:  # warm caches
+            for sql, ef in methods.values():
+                timed_sql(conn, sql, vector, ef)
+        for (kind, vector), (right, _) in zip(queries, truths, strict=True):
+            names = list(methods)
+            order.shuffle(names)
+            for name in names:
+                sql, ef = methods[name]
+                ids, seconds = timed_sql(conn, sql, vector, ef)
+                results[name][kind][0].append(len(set(ids) & right) / K)
+                results[name][kind][1].append(seconds)
+    return results
+
+
+def filtered(url: str, catalog: Catalog, cases: list[Case]) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
+    """Product.similar_to on filtered_search.py's cases: (selectivity, near/far) → recalls, seconds."""
+    stored = catalog.vectors.astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    truths = [truth(stored, case, catalog) for case in cases]
+    del stored
+    engine = create_engine(sqlalchemy_url(url))
+    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
+    cells: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
+    plan.forget()
+    quantized.forget()
+    with Session(engine) as session:
+        for case in cases[:20]:
+            run_prodvec(session, case.vector, case.filter.clauses())
+        for case, (right, need) in zip(cases, truths, strict=True):
+            measured = run_prodvec(session, case.vector, case.filter.clauses())
+            recall, seconds = cells.setdefault((case.selectivity, case.placement), ([], []))
+            recall.append(min(len(set(measured.ids) & right), need) / need if need else 1.0)
+            seconds.append(measured.seconds)
+    engine.dispose()
+    return cells
+
+
+def has_halfvec_index(url: str) -> bool:
+    with psycopg.connect(url) as conn:
+        return conn.execute("SELECT to_regclass('products_embedding_hnsw') IS NOT NULL").fetchone()[0]
+
+
+def report_unfiltered(results: dict[str, dict[str, tuple[list[float], list[float]]]], per_kind: int) -> None:
+    print(f"\nunfiltered, plain SQL ({per_kind} near, {per_kind} far queries)")
+    for name, kinds in results.items():
+        print(f"  {name:>18}  near: {summary(*kinds['near'])}   far: {summary(*kinds['far'])}", flush=True)
+
+
+def report_filtered(runs: dict[str, dict[tuple[str, str], tuple[list[float], list[float]]]], per_cell: int) -> None:
+    print(f"\nfiltered, Product.similar_to ({per_cell} queries per cell); 'codes': the code index with "
+          f"{quantized.CANDIDATES_PER_HIT} × k candidates, 'halfvec': without it")
+    for key in SELECTIVITIES:
+        for placement in ("near", "far"):
+            cells = "   ".join(f"{name}: {summary(*run[(key, placement)])}" for name, run in runs.items())
+            print(f"  {key:>5} {placement:>4}  {cells}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--queries", type=int, default=50, help="per kind: near, far (and per filter cell)")
+    parser.add_argument("--candidates", default="100,200,400,800", help="re-ranked candidate counts to measure")
+    parser.add_argument("--variants", default="raw,centred", help="binary codes of the raw and/or centred vectors")
+    parser.add_argument("--m", type=int, default=DEFAULT_M, help="the code graph's m")
+    parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
+    parser.add_argument("--filtered", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time Product.similar_to's filtered searches with and without the code index")
+    parser.add_argument("--fashion-pixels", action="store_true",
+                        help="real photos instead: Fashion-MNIST's 60,000 training photos as raw-pixel vectors "
+                             "(apt-get install dataset-fashion-mnist); --rows is ignored")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
+    parser.add_argument("--shared-buffers", default="512MB")
+    parser.add_argument("--maintenance-work-mem", default="1GB")
+    parser.add_argument("--time-halfvec-build", action=argparse.BooleanOptionalAction, default=True,
+                        help="rebuild the halfvec index to time it when a reused --pgdata has it already")
+    args = parser.parse_args()
+    candidate_counts = [int(c) for c in args.candidates.split(",")]
+
+    pgdata = args.pgdata or Path(tempfile.mkdtemp(prefix="prodvec-quantized-")) / "pgdata"
+    server = configure(ensure_server(pgdata), pgdata, args.shared_buffers)
+    started = time.perf_counter()
+    try:
+        if args.fashion_pixels:
+            catalog, queries = fashion_pixels(args.queries, args.seed)
+            name, dimensions = "fashion_pixels_v1", catalog.vectors.shape[1]
+            filtered_search.DIMENSIONS = dimensions  # the loader sizes the embedding column by it
+            args.filtered = False  # its filters and queries come from the synthetic clusters
+        else:
+            catalog = make_catalog(args.rows, args.seed)
+            queries = unfiltered_queries(catalog, args.queries, args.seed)
+            name, dimensions = f"bench_v{DATA_VERSION}_{args.rows}_{args.seed}", DIMENSIONS
+        # The loader's own halfvec build, timed (it returns its seconds): no second build needed.
+        loader_builds: list[float] = []
+
+        def timed_build(url: str, **options: str) -> float:
+            loader_builds.append(rebuild_hnsw_index(url, **options))
+            return loader_builds[-1]
+
+        filtered_search.rebuild_hnsw_index = timed_build
+        url = load(server, catalog, name, args.maintenance_work_mem)
+        drop_index(url)
+        builds: dict[str, tuple[float, int | None]] = {"halfvec": (loader_builds[0], None)} if loader_builds else {}
+        stored = catalog.vectors.astype(np.float32)
+        stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+        cases = make_cases(catalog, args.queries // 2 or 1, args.seed) if args.filtered else []
+        results: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
+        halfvec_methods = {"halfvec ef 40": (HALFVEC.format(k=K), 40), "halfvec ef 100": (HALFVEC.format(k=K), 100)}
+
+        # The halfvec index first when it is there (a fresh load built it), its queries run
+        # beside the codes' in one random order; else the codes first: at 1M rows on a busy
+        # machine the halfvec build may not finish in the time there is.
+        halfvec_ready = has_halfvec_index(url) and not (args.time_halfvec_build and not loader_builds)
+        for centred in [variant == "centred" for variant in args.variants.split(",")]:
+            label = "bit centred" if centred else "bit raw"
+            t0 = time.perf_counter()
+            made = create_index(url, centred=centred, m=args.m, ef_construction=args.ef_construction,
+                                maintenance_work_mem=args.maintenance_work_mem)
+            builds[label] = (time.perf_counter() - t0, index_bytes(url))
+            print(f"  {label}: built in {builds[label][0]:.1f} s, {builds[label][1] / 2**20:.1f} MB "
+                  f"(mean length {made['mean_norm']:.2f})", flush=True)
+            two_stage = {f"{label} {c}": (TWO_STAGE.format(d=dimensions, candidates=c, k=K), min(c, 1000))
+                         for c in candidate_counts}
+            extra = halfvec_methods if halfvec_ready and "halfvec ef 40" not in results else {}
+            measured = unfiltered(url, stored, queries, {**extra, **two_stage})
+            report_unfiltered(measured, args.queries)
+            results.update(measured)
+        with_codes = filtered(url, catalog, cases) if args.filtered else {}
+        if with_codes:
+            report_filtered({"codes": with_codes}, args.queries // 2 or 1)
+        drop_index(url)
+        if not halfvec_ready:
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("DROP INDEX IF EXISTS products_embedding_hnsw")
+            print("  building the halfvec index ...", flush=True)
+            builds["halfvec"] = (rebuild_hnsw_index(url, maintenance_work_mem=args.maintenance_work_mem), None)
+            print(f"  halfvec: built in {builds['halfvec'][0]:.1f} s", flush=True)
+            measured = unfiltered(url, stored, queries, halfvec_methods)
+            report_unfiltered(measured, args.queries)
+            results.update(measured)
+        with psycopg.connect(url) as conn:
+            halfvec_bytes = conn.execute("SELECT pg_relation_size('products_embedding_hnsw')").fetchone()[0]
+        builds["halfvec"] = (builds.get("halfvec", (float("nan"), None))[0], halfvec_bytes)
+        del stored
+        without = filtered(url, catalog, cases) if args.filtered else {}
+
+        print(f"\n{len(catalog.vectors):,} rows, {dimensions}-d, k={K}; load average {os.getloadavg()[0]:.1f} "
+              f"on {os.cpu_count()} CPUs")
+        print(f"{'index':>12} {'build s':>8} {'MB':>8}")
+        for name, (seconds, size) in builds.items():
+            print(f"{name:>12} {seconds:8.1f} {(size or 0) / 2**20:8.1f}")
+        report_unfiltered(results, args.queries)
+        if args.filtered:
+            report_filtered({"codes": with_codes, "halfvec": without}, args.queries // 2 or 1)
+    finally:
+        if args.pgdata is None:
+            stop_server(pgdata)
+            shutil.rmtree(pgdata.parent, ignore_errors=True)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

