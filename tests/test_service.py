@@ -201,7 +201,8 @@ def test_upload_of_a_catalog_photo_finds_that_product_first(client: httpx.Client
         assert answer["hits"][0]["distance"] < 1e-3
         assert answer["model"] == TEST_MODEL
         assert answer["took_ms"] > 0
-        assert isinstance(answer["exact"], bool) and answer["strategy"] in ("exact", "hnsw", "hnsw+exact")
+        assert answer["exact"] == (answer["strategy"] != "hnsw")
+        assert answer["recall"] is None  # nothing measured on this catalog (`prodvec recall`)
         assert answer["hits"][0]["image_url"] == f"/images/{sku}"
         assert len(answer["hits"]) == 10
 

@@ -174,6 +174,6 @@ def _response(result: SearchResult, model: str, root: str, started: float) -> sc
                     image_url=thumbnail_path(root, hit.product.sku) if hit.product.image else None)
         for hit in result
     ]
-    return schemas.SearchResponse(hits=hits, exact=result.exact, strategy=result.strategy, model=model,
-                                  took_ms=round((time.perf_counter() - started) * 1000, 2),
+    return schemas.SearchResponse(hits=hits, exact=result.exact, recall=result.recall, strategy=result.strategy,
+                                  model=model, took_ms=round((time.perf_counter() - started) * 1000, 2),
                                   candidates=result.candidates)

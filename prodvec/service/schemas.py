@@ -72,6 +72,9 @@ class Hit(BaseModel):
 class SearchResponse(BaseModel):
     hits: list[Hit] = Field(description="nearest first")
     exact: bool = Field(description="every matching product was compared (False: the HNSW index answered)")
+    recall: float | None = Field(
+        None, description="an index answer: the recall@10 `prodvec recall` measured for such searches on this "
+                          "catalog (None: exact, or not measured yet)")
     strategy: str = Field(description="exact, hnsw or hnsw+exact")
     model: str = Field(description="the model that encodes queries (and made the catalog's vectors)")
     took_ms: float

@@ -158,7 +158,8 @@ function renderMeta(answer, count) {
   })];
   const how = document.createElement("span");
   how.className = `badge ${answer.exact ? "badge-exact" : "badge-index"}`;
-  how.textContent = answer.exact ? "Exact" : "From the index";
+  how.textContent = answer.exact ? "Exact"
+    : answer.recall != null ? `From the index · recall ${answer.recall.toFixed(2)}` : "From the index";
   if (answer.strategy && answer.strategy !== "exact" && answer.strategy !== "hnsw") how.append(` · ${answer.strategy}`);
   how.title = (answer.exact
     ? "Every product that matches the filters was compared: these are the true nearest."
