@@ -278,6 +278,13 @@ def run_prodvec(session: Session, vector: np.ndarray, where: list) -> Measured:
 
 # ---- evaluation -------------------------------------------------------------------------------
 
+def all_truths(catalog: Catalog, cases: list[Case]) -> list[tuple[set[int], int]]:
+    """`truth` of every case, over the catalog's vectors as stored (unit length)."""
+    stored = catalog.vectors.astype(np.float32)
+    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+    return [truth(stored, case, catalog) for case in cases]
+
+
 def truth(stored: np.ndarray, case: Case, catalog: Catalog) -> tuple[set[int], int]:
     """Ids (row number + 1, as loaded) within tolerance of the true top k, and how many must come back."""
     rows = np.flatnonzero(case.filter.mask(catalog))
@@ -315,12 +322,9 @@ def p(values: list[float], q: float) -> float:
 def evaluate(
     url: str, catalog: Catalog, cases: list[Case], label: str, maintenance_work_mem: str
 ) -> dict[str, dict[str, Cell]]:
-    stored = catalog.vectors.astype(np.float32)
-    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
     # Every answer first: the brute force reads the whole catalog, which would leave the CPU
     # caches cold for whichever query ran right after it.
-    truths = [truth(stored, case, catalog) for case in cases]
-    del stored
+    truths = all_truths(catalog, cases)
     engine = create_engine(sqlalchemy_url(url))
     event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
     methods = ("naive", "iterative", "prodvec", "prodvec+cat")

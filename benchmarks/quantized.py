@@ -38,12 +38,12 @@ from filtered_search import (
     Case,
     Catalog,
     K,
+    all_truths,
     configure,
     load,
     make_cases,
     make_catalog,
     run_prodvec,
-    truth,
 )
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
@@ -149,10 +149,7 @@ def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray
 
 def filtered(url: str, catalog: Catalog, cases: list[Case]) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
     """Product.similar_to on filtered_search.py's cases: (selectivity, near/far) → recalls, seconds."""
-    stored = catalog.vectors.astype(np.float32)
-    stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-    truths = [truth(stored, case, catalog) for case in cases]
-    del stored
+    truths = all_truths(catalog, cases)
     engine = create_engine(sqlalchemy_url(url))
     event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
     cells: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
