@@ -64,7 +64,7 @@ def unknown_column_reason(name: str, what: str = "column") -> str:
     guess = f" (did you mean {near[0]!r}?)" if near else ""
     return (
         f"unknown {what} {name!r}{guess}: prodvec reads {', '.join(COLUMNS)}; rename it, or import with "
-        "--ignore-unknown-columns (ignore_unknown_columns=True) to leave such columns out"
+        "--ignore-unknown-columns to leave such columns out"
     )
 
 

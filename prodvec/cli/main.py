@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _error(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `prodvec status --json | head`: the reader left, nothing to say
+        # Point stdout at /dev/null, so flushing it at exit raises nothing either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         # A connection lost mid-command (psycopg's own error, or SQLAlchemy's wrapping it):
         # one line too. Anything else is a bug, and its traceback is wanted.

@@ -143,7 +143,7 @@ def _search(args: argparse.Namespace) -> int:
         print("(exact: every matching product was compared)" if len(rows) == args.k
               else f"(exact: only {len(rows)} products match)")
     else:
-        print("(from the HNSW index: approximate nearest, k hits found; " + _recall_note(result.recall) + ")")
+        print(f"(from the HNSW index: the approximate {len(rows)} nearest; " + _recall_note(result.recall) + ")")
     return 0
 
 

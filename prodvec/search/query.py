@@ -66,6 +66,15 @@ class QueryVector:
         return cls(views[0], extra_views=tuple(views[1:]), model=model, policy=policy)
 
 
+def text_unsupported(spec: str) -> str:
+    """Why a text query cannot be answered by an image-only model, and the way to one that can."""
+    return (
+        f"the catalog's model {spec} encodes images only, so it cannot search by text; search by image or "
+        "sku, or embed the catalog with a CLIP model: PRODVEC_MODEL=open_clip:ViT-B-32:laion2b_s34b_b79k "
+        "prodvec migrate --reset-embeddings, then prodvec worker"
+    )
+
+
 def resolve(
     session: Session,
     queries: Sequence[QueryInput],
@@ -165,10 +174,7 @@ class _QueryEncoding:
 
     def encode_texts(self, texts: list[str]) -> list[QueryVector]:
         if not self.encoder.supports_text:
-            raise QueryError(
-                f"the model {self.encoder.spec} encodes images only, so it cannot search by text: "
-                "set PRODVEC_MODEL to an open_clip (CLIP) model, or search by image or sku"
-            )
+            raise QueryError(text_unsupported(self.encoder.spec))
         if any(not text.strip() for text in texts):
             raise QueryError("a text query must not be empty")
         # Searched against products.embedding only: the photo, fitted or not, that text describes.

@@ -27,7 +27,7 @@ from prodvec.encode import Encoder
 from prodvec.encode.robust import encode_queries
 from prodvec.errors import QueryError
 from prodvec.images.views import ViewPolicy, embedding_model
-from prodvec.search.query import QueryVector
+from prodvec.search.query import QueryVector, text_unsupported
 from prodvec.service.errors import Overloaded
 
 log = logging.getLogger("prodvec.service")
@@ -81,10 +81,7 @@ class QueryBatcher:
 
     async def encode_text(self, text: str) -> QueryVector:
         if not self.encoder.supports_text:
-            raise QueryError(
-                f"the configured model {self.encoder.spec} encodes images only, so it cannot search by text: "
-                "set PRODVEC_MODEL to an open_clip (CLIP) model, or search by image or sku"
-            )
+            raise QueryError(text_unsupported(self.encoder.spec))
         return await self._submit(_Query(text=text))
 
     def close(self) -> None:

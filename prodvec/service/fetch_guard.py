@@ -99,8 +99,8 @@ class ImageFetcher:
             refusal = _refusal(address)
             if refusal and not (self.allow.allows_host(host) or self.allow.allows_address(address)):
                 raise BadRequest(
-                    f"image_url refused: {host} is {address}, {refusal} address, which this server does not fetch "
-                    "from. Use a public http(s) URL or upload the photo (an operator may allow the host in "
+                    f"image_url refused: {_named(host, str(address))}{refusal} address, which this server does "
+                    "not fetch from. Use a public http(s) URL or upload the photo (an operator may allow the host in "
                     "PRODVEC_FETCH_ALLOW)"
                 )
         return str(addresses[0])
@@ -173,3 +173,8 @@ class _PinnedTLSConnection(_PinnedConnection):
 
 
 _TLS = ssl.create_default_context()
+
+
+def _named(host: str, address: str) -> str:
+    """'localhost is 127.0.0.1, ' for a name; '127.0.0.1 is ' for an address given as itself."""
+    return f"{address} is " if host.strip("[]") == address else f"{host} is {address}, "

@@ -32,6 +32,13 @@ class Filters(BaseModel):
             value = [item for item in value if item != ""] or None
         return value
 
+    @model_validator(mode="after")
+    def _a_price_range(self) -> Filters:
+        if self.min_price is not None and self.max_price is not None and self.min_price > self.max_price:
+            raise ValueError(
+                f"min_price {self.min_price:g} is above max_price {self.max_price:g}: no product can match")
+        return self
+
 
 class PhotoSearch(Filters):
     """A search by photo (an upload or image_url): the filters, and how to look at the photo."""
