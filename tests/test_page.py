@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import TEST_MODEL
-from tests.test_service import ServiceCatalog, base_url, running, service_catalog, settings_for  # noqa: F401
+from conftest import TEST_MODEL
+from test_service import ServiceCatalog, base_url, running, service_catalog, settings_for  # noqa: F401
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need Playwright: pip install -e '.[dev]' (or pip install playwright)"

@@ -27,6 +27,7 @@ import numpy as np
 import psycopg
 import pytest
 import uvicorn
+from conftest import TEST_MODEL
 from PIL import Image
 
 from prodvec.catalog import import_catalog
@@ -36,7 +37,6 @@ from prodvec.images.views import SINGLE_VIEW
 from prodvec.service.app import create_app
 from prodvec.service.settings import ServiceSettings
 from prodvec.worker.pipeline import Worker
-from tests.conftest import TEST_MODEL
 
 DEMO = Path(__file__).resolve().parent.parent / "prodvec" / "demo" / "catalog"
 PRODUCTS = 40

@@ -16,9 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from prodvec.service.app import create_app
-from tests.test_service import (
+from test_service import (
     ServiceCatalog,
     png_bytes,
     running,
@@ -26,6 +24,8 @@ from tests.test_service import (
     settings_for,
     upload,
 )
+
+from prodvec.service.app import create_app
 
 SKUS = [f"FM-{number:05d}" for number in range(1, 9)]
 

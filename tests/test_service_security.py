@@ -13,16 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-
-from prodvec.cli.main import main
-from prodvec.errors import ConfigError
-from prodvec.images.views import SINGLE_VIEW
-from prodvec.service.app import create_app
-from prodvec.service.fetch_guard import system_resolver
-from prodvec.service.security import check_bind, key_matches
-from prodvec.service.settings import FetchAllowList, service_settings
-from prodvec.worker.pipeline import Worker
-from tests.test_service import (
+from test_service import (
     DEMO,
     ServiceCatalog,
     assert_error,
@@ -32,6 +23,15 @@ from tests.test_service import (
     settings_for,
     upload,
 )
+
+from prodvec.cli.main import main
+from prodvec.errors import ConfigError
+from prodvec.images.views import SINGLE_VIEW
+from prodvec.service.app import create_app
+from prodvec.service.fetch_guard import system_resolver
+from prodvec.service.security import check_bind, key_matches
+from prodvec.service.settings import FetchAllowList, service_settings
+from prodvec.worker.pipeline import Worker
 
 READ_KEYS = ("read-key-one", "read-key-two")
 ADMIN_KEY = "admin-key-secret"
