@@ -16,6 +16,7 @@ PRODVEC_CATALOG_VIEWS   single/multi: vectors stored per product (default single
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -75,11 +76,11 @@ def load_settings() -> Settings:
         home=Path(home).expanduser() if home else default_home(),
         model=os.environ.get("PRODVEC_MODEL") or DEFAULT_MODEL,
         device=os.environ.get("PRODVEC_DEVICE") or None,
-        robust_queries=_flag("PRODVEC_ROBUST_QUERIES", ROBUST_QUERIES_DEFAULT),
+        robust_queries=env_flag(os.environ, "PRODVEC_ROBUST_QUERIES", ROBUST_QUERIES_DEFAULT),
         catalog_views=_catalog_views(),
         model_set=bool(os.environ.get("PRODVEC_MODEL")),
         catalog_views_set=bool(os.environ.get("PRODVEC_CATALOG_VIEWS", "").strip()),
-        read_urls=tuple(url.strip() for url in os.environ.get("PRODVEC_READ_URLS", "").split(",") if url.strip()),
+        read_urls=env_list(os.environ, "PRODVEC_READ_URLS"),
         max_replica_lag=_seconds("PRODVEC_MAX_REPLICA_LAG", MAX_REPLICA_LAG_DEFAULT),
     )
 
@@ -107,8 +108,14 @@ def _catalog_views() -> CatalogViews:
     return value  # type: ignore[return-value]  # one of CatalogViews, checked above
 
 
-def _flag(name: str, default: bool) -> bool:
-    value = os.environ.get(name, "").strip().lower()
+def env_list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """A comma-separated setting's items, blanks dropped (PRODVEC_READ_URLS, the service's keys)."""
+    return tuple(item.strip() for item in env.get(name, "").split(",") if item.strip())
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    """A 1/0 (true/false, yes/no, on/off) setting; ConfigError for anything else."""
+    value = env.get(name, "").strip().lower()
     if not value:
         return default
     if value in ("1", "true", "yes", "on"):

@@ -19,7 +19,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from prodvec.config import Settings, load_settings
+from prodvec.config import Settings, env_flag, env_list, load_settings
 from prodvec.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -76,9 +76,9 @@ def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSetting
     env = os.environ if environ is None else environ
     return ServiceSettings(
         prodvec=load_settings(),
-        api_keys=_keys(env.get("PRODVEC_API_KEYS", "")),
-        admin_keys=_keys(env.get("PRODVEC_ADMIN_KEYS", "")),
-        allow_open=env.get("PRODVEC_ALLOW_OPEN", "").strip().lower() in ("1", "true", "yes", "on"),
+        api_keys=env_list(env, "PRODVEC_API_KEYS"),
+        admin_keys=env_list(env, "PRODVEC_ADMIN_KEYS"),
+        allow_open=env_flag(env, "PRODVEC_ALLOW_OPEN", False),
         max_upload_bytes=round(_number(env, "PRODVEC_MAX_UPLOAD_MB", 10.0) * 1024 * 1024),
         fetch_allow=FetchAllowList.parse(env.get("PRODVEC_FETCH_ALLOW", "")),
         queue_limit=int(_number(env, "PRODVEC_QUEUE_LIMIT", 64, whole=True)),
@@ -87,10 +87,6 @@ def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSetting
         request_timeout_seconds=_number(env, "PRODVEC_REQUEST_TIMEOUT", 30.0),
         db_pool_size=int(_number(env, "PRODVEC_DB_POOL", 8, whole=True)),
     )
-
-
-def _keys(text: str) -> tuple[str, ...]:
-    return tuple(key.strip() for key in text.split(",") if key.strip())
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False, minimum: float = 1) -> float:
