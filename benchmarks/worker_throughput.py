@@ -37,9 +37,11 @@ import numpy as np
 import torch
 
 from prodvec import queue as jobs
+from prodvec.db.active_model import ActiveModel, record_active_model
 from prodvec.db.connection import connect, ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.migrate import upgrade
+from prodvec.db.model_registry import list_models
 from prodvec.encode import load_encoder, spec_dimensions
 from prodvec.worker.bulk import drop_hnsw_index, rebuild_hnsw_index, vacuum_products
 from prodvec.worker.pipeline import Worker, WorkerOptions
@@ -150,14 +152,15 @@ def bench_write_back(url: str, rows: int, dims: int, batch_size: int, *, indexed
     if not indexed:
         drop_hnsw_index(url)
     with connect(url, autocommit=True) as conn:
+        [active, *_] = list_models(conn)
         started = time.perf_counter()
         while True:
-            claim = jobs.claim(conn, limit=batch_size, lease_seconds=60)
+            claim = jobs.claim(conn, active.id, limit=batch_size, lease_seconds=60)
             if not claim.jobs:
                 break
             vectors = rng.standard_normal((len(claim.jobs), dims)).astype(np.float32)
             vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            jobs.write_back(conn, claim.token, claim.jobs, vectors, model="bench")
+            jobs.write_back(conn, claim, claim.jobs, vectors, model="bench")
         rate = rows / (time.perf_counter() - started)
         assert conn.execute("SELECT count(*) FROM products WHERE embedding IS NOT NULL").fetchone()[0] == rows
     return rate, None if indexed else rebuild_hnsw_index(url)
@@ -209,8 +212,10 @@ def main() -> None:
             ensure_database(server, "bench")
             ensure_database(server, "bench_writes")
             url, writes_url = with_dbname(server, "bench"), with_dbname(server, "bench_writes")
-            upgrade(url, dims)
-            upgrade(writes_url, dims)
+            for database in (url, writes_url):  # as `prodvec migrate` does
+                upgrade(database, dims)
+                with connect(database, autocommit=True) as conn:
+                    record_active_model(conn, ActiveModel(encoder.spec, dims, "single"))
             with connect(url, autocommit=True) as conn:
                 insert_products(conn, images, "P")
                 job_list = all_jobs(conn)

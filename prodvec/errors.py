@@ -25,6 +25,15 @@ class DatabaseUnavailable(DatabaseError):
     """The server did not answer (down, restarting, network): worth waiting and retrying."""
 
 
+class ModelChanged(ModelMismatch):
+    """The catalog's active model changed (`prodvec model activate`) after this process loaded
+    its encoder: query vectors must be made again with the active model."""
+
+    def __init__(self, message: str, *, active: str) -> None:
+        super().__init__(message)
+        self.active = active  # views.embedding_model of the model active now
+
+
 class SchemaMismatch(DatabaseError):
     """The database schema does not fit the configured model (e.g. embedding dimensions)."""
 

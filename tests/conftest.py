@@ -51,10 +51,25 @@ def pgdata() -> Iterator[Path]:
 
 @pytest.fixture(scope="session")
 def migrated_template(pg_server: str) -> str:
-    """A migrated database that per-test databases are cloned from (fast: CREATE ... TEMPLATE)."""
+    """A migrated database that per-test databases are cloned from (fast: CREATE ... TEMPLATE),
+    its active model the test model, as `prodvec migrate` records it."""
+    from prodvec.db.active_model import ActiveModel, record_active_model
+
     ensure_database(pg_server, "prodvec_template")
-    upgrade(with_dbname(pg_server, "prodvec_template"), TEST_DIMENSIONS)
+    url = with_dbname(pg_server, "prodvec_template")
+    upgrade(url, TEST_DIMENSIONS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        record_active_model(conn, ActiveModel(TEST_MODEL, TEST_DIMENSIONS, "single"))
     return "prodvec_template"
+
+
+def record_catalog_views(conn: psycopg.Connection, catalog_views: str) -> None:
+    """Make the test database's active model the test model under other catalog views, as
+    `PRODVEC_CATALOG_VIEWS=… prodvec migrate --reset-embeddings` does (its vectors dropped)."""
+    from prodvec.db.active_model import ActiveModel, record_active_model
+
+    record_active_model(conn, ActiveModel(TEST_MODEL, TEST_DIMENSIONS, catalog_views),  # type: ignore[arg-type]
+                        drop_embeddings=True)
 
 
 @pytest.fixture

@@ -50,9 +50,10 @@ def _nearest(conn: psycopg.Connection, encoder, photo: Path, k: int) -> tuple[li
 
 
 def test_migrate_records_a_new_catalogs_model_and_model_reports_it(conn, db_url: str, capsys) -> None:
+    conn.execute("DELETE FROM embedding_models")  # the test databases' template has the test model recorded
     assert read_active_model(conn) is None  # the schema alone records nothing
     assert _run_json(capsys, "model") == {"spec": None, "dimensions": None, "catalog_views": None,
-                                          "embedded": 0, "products": 0, "coverage": None}
+                                          "embedded": 0, "products": 0, "coverage": None, "models": []}
     capsys.readouterr()
     assert main(["migrate"]) == 0  # PRODVEC_MODEL (the fixture's) chooses a new catalog's model
     assert "active model open_clip:ViT-B-32:none (512-d, single catalog views) (recorded)" in capsys.readouterr().out
@@ -66,7 +67,9 @@ def test_migrate_records_a_new_catalogs_model_and_model_reports_it(conn, db_url:
     )
     report = _run_json(capsys, "model")
     assert report == {"spec": TEST_MODEL, "dimensions": 512, "catalog_views": "single",
-                      "embedded": 2, "products": 4, "coverage": 0.5}
+                      "embedded": 3, "products": 4, "coverage": 0.75, "models": [
+                          {"spec": TEST_MODEL, "dimensions": 512, "catalog_views": "single", "state": "active",
+                           "embedded": 3, "pending": 0, "failed": 0, "behind": 0}]}
 
 
 def test_processes_use_the_recorded_model_when_prodvec_model_is_unset(
@@ -117,7 +120,8 @@ def test_a_process_whose_model_disagrees_says_so_in_one_line(
         err = _fails(capsys, *argv)
         assert (f"PRODVEC_MODEL={WIDER_MODEL} disagrees with this catalog's active model, {TEST_MODEL} "
                 "(512-d, single catalog views): unset PRODVEC_MODEL to use the active model, or change models "
-                "with `prodvec migrate --reset-embeddings`") in err, argv
+                f"without stopping search: `prodvec model add {WIDER_MODEL}`, `prodvec worker`, then "
+                f"`prodvec model activate {WIDER_MODEL}`") in err, argv
     assert issubclass(ModelMismatch, ProdvecError)
     with session(db_url) as db, pytest.raises(ModelMismatch, match="unset PRODVEC_MODEL"):
         Product.similar_to(red, session=db)
@@ -175,7 +179,7 @@ def test_migrate_reset_embeddings_changes_the_active_model(conn, db_url: str, ca
     assert main(["migrate"]) == 0  # agreeing settings: nothing to change
 
     # The SQL function refuses another model without drop_embeddings, for plain SQL callers too.
-    with pytest.raises(SchemaMismatch, match=f"active model is {WIDER_MODEL}.*--reset-embeddings"):
+    with pytest.raises(SchemaMismatch, match=f"active model is {WIDER_MODEL}.*prodvec model add"):
         record_active_model(conn, RECORDED)
     assert read_active_model(conn) == ActiveModel(WIDER_MODEL, 1024, "multi")
 

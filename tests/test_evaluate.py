@@ -9,12 +9,13 @@ import numpy as np
 import psycopg
 import pytest
 import torch
+from conftest import record_catalog_views
 from PIL import Image
 
 from prodvec.cli import evaluate as evaluate_cli
 from prodvec.encode import robust
 from prodvec.encode.robust import encode_queries
-from prodvec.errors import ConfigError, QueryError
+from prodvec.errors import ConfigError, ModelMismatch, QueryError
 from prodvec.evaluate import metrics, read_queries
 from prodvec.evaluate.perturb import PERTURBATIONS, perturb
 from prodvec.images import views
@@ -127,6 +128,7 @@ def test_eval_end_to_end_multi_view(conn, db_url: str, photo_dir: Path, test_enc
     """PRODVEC_CATALOG_VIEWS=multi: the worker stores both views, eval searches them; a catalog
     photo still finds itself first. Evaluating it under single is refused."""
     monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")  # what `prodvec eval` searches under
+    record_catalog_views(conn, "multi")
     photos = _catalog(conn, db_url, photo_dir, test_encoder, views.MULTI_VIEW)
     queries = photo_dir.parent / "queries.csv"
     queries.write_text("image,sku\n" + "".join(f"photos/{p.name},{p.stem}\n" for p in photos))
@@ -136,7 +138,7 @@ def test_eval_end_to_end_multi_view(conn, db_url: str, photo_dir: Path, test_enc
         assert scores["model"] == f"{test_encoder.spec}+multi-view"
         assert scores["recall@1"] == scores["mrr"] == 1.0
     monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")
-    with pytest.raises(QueryError, match=r"embedded with open_clip:ViT-B-32:none\+multi-view"):
+    with pytest.raises(ModelMismatch, match="PRODVEC_CATALOG_VIEWS=single disagrees"):
         _eval(str(queries))
 
 

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from prodvec import queue as jobs
+from prodvec.db.model_registry import list_models
 from prodvec.errors import ImageError
 from prodvec.images.load import MAX_REDIRECTS, load_bytes
 from prodvec.worker.pipeline import Worker, WorkerOptions
@@ -215,13 +216,14 @@ def test_a_live_worker_keeps_its_claims_past_the_lease(conn, db_url, test_encode
     done.start()
     try:
         deadline = time.monotonic() + 60  # a loaded machine may take a while to start the worker
-        while jobs.claimable(conn) and time.monotonic() < deadline:
+        models = [list_models(conn)[0].id]
+        while jobs.claimable(conn, models) and time.monotonic() < deadline:
             time.sleep(0.05)
         claimed_at = time.monotonic()
-        assert not jobs.claimable(conn), "the worker never claimed the product"
+        assert not jobs.claimable(conn, models), "the worker never claimed the product"
         while time.monotonic() - claimed_at < 3:  # three lease lengths, within the 6 s fetch
             time.sleep(0.25)
-            assert not jobs.claimable(conn), "a live worker's claim became claimable"
+            assert not jobs.claimable(conn, models), "a live worker's claim became claimable"
     finally:
         done.join()
     assert (worker.stats.embedded, worker.stats.failed, jobs.status(conn).pending) == (1, 0, 0)

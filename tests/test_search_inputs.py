@@ -18,7 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
 from prodvec import session as open_session
-from prodvec.errors import ConfigError, QueryError
+from prodvec.errors import ConfigError, ModelMismatch, QueryError
 from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, fused_distances
 from prodvec.models import Product
 from prodvec.search import similar_to, similar_to_text
@@ -114,7 +114,7 @@ def test_a_search_given_its_encoder_reads_no_settings(db: Session, catalog: Cata
 @pytest.mark.usefixtures("unusable_settings")
 def test_the_given_policy_is_the_one_searched(db: Session, catalog: Catalog, photo_dir: Path, test_encoder) -> None:
     # The catalog was stored single-view: a search under the multi-view policy is refused.
-    with pytest.raises(QueryError, match=r"\+multi-view"):
+    with pytest.raises(ModelMismatch, match=r"\+multi-view"):
         Product.similar_to(photo_dir / "red.jpg", session=db, encoder=test_encoder, policy=MULTI_VIEW, robust=False)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from conftest import record_catalog_views
 from pgvector import HalfVector
 from PIL import Image
 from sqlalchemy import text
@@ -23,7 +24,7 @@ from sqlalchemy.orm import Session
 from prodvec import session as open_session
 from prodvec.config import load_settings
 from prodvec.encode.robust import encode_queries
-from prodvec.errors import ConfigError, QueryError
+from prodvec.errors import ConfigError, ModelMismatch, QueryError
 from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW, embedding_model, fused_distances
 from prodvec.models import Product
 from prodvec.search import Text, plan, similar_to_many
@@ -59,6 +60,7 @@ def catalog(conn: psycopg.Connection, query_views: np.ndarray, test_encoder,
     """Random products, and some with one stored view near one query view (at various
     distances), so that every (query view, catalog view) pair wins for some product."""
     monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "multi")
+    record_catalog_views(conn, "multi")
     rng = np.random.default_rng(20261127)
     raw = rng.standard_normal((PRODUCTS, 2, DIMENSIONS)) / np.sqrt(DIMENSIONS)
     for i in range(NEAR):
@@ -151,7 +153,7 @@ def test_other_catalog_views_are_refused(db: Session, catalog: Catalog, conn: ps
 
     monkeypatch.setenv("PRODVEC_CATALOG_VIEWS", "single")  # the searcher disagrees with the worker
     for query in (query_photo, words):
-        with pytest.raises(QueryError, match=r"\+multi-view.*PRODVEC_CATALOG_VIEWS"):
+        with pytest.raises(ModelMismatch, match=r"PRODVEC_CATALOG_VIEWS=single disagrees.*multi catalog views"):
             similar_to_many(db, [query], k=5)
     assert len(Product.similar_to(text_vector, session=db, k=5)) == 5  # a vector carries no model
 

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import psycopg
 import pytest
+from conftest import record_catalog_views
 from pgvector import HalfVector
 
 from prodvec import queue as jobs
+from prodvec.db.model_registry import list_models
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
 
@@ -62,6 +64,8 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     an embedded catalog over (and back) is a requeue."""
     from PIL import Image
 
+    from prodvec.db.active_model import ActiveModel
+    from prodvec.db.model_registry import activate_model, add_model
     from prodvec.encode.robust import encode_products
     from prodvec.images.views import MULTI_VIEW, SINGLE_VIEW
 
@@ -74,6 +78,7 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
     assert jobs.requeue_all(conn) == 8
     (tmp_path / "not-an-image.jpg").write_text("hello")
     _insert(conn, "BROKEN", str(tmp_path / "not-an-image.jpg"))
+    record_catalog_views(conn, "multi")
     worker = Worker(db_url, encoder, WorkerOptions(batch_size=3, gpu_decode=True), policy=MULTI_VIEW)
     assert not worker.decodes_on_gpu
     with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
@@ -90,11 +95,15 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
         assert np.allclose(embedding.to_numpy(), views[0], atol=2e-3)
         assert np.allclose(coarse.to_numpy(), views[1], atol=2e-3)
 
-    assert jobs.requeue_all(conn) == 9
-    Worker(db_url, encoder, policy=SINGLE_VIEW).run(once=True)
+    # Back to single views: a model change like any other, backfilled beside the multi-view vectors.
+    single, queued = add_model(db_url, ActiveModel(encoder.spec, encoder.dimensions, "single"))
+    assert queued == 9
+    Worker(db_url, encoder, policy=MULTI_VIEW, loader={encoder.spec: encoder}.__getitem__).run(once=True)
+    activate_model(conn, single)
     assert conn.execute(
         "SELECT count(*) FROM products WHERE embedding_coarse IS NULL AND embedding_model = %s", (encoder.spec,)
     ).fetchone()[0] == 8
+    Worker(db_url, encoder, policy=SINGLE_VIEW).run(once=True)  # the active model now
 
 
 def test_queue_rules(conn) -> None:
@@ -141,10 +150,10 @@ def test_missing_file_is_retried_then_failed(conn, db_url, encoder, tmp_path: Pa
 def test_stale_image_is_not_written(conn, db_url, encoder, photo_dir: Path) -> None:
     photos = sorted(photo_dir.iterdir())
     product = _insert(conn, "S1", str(photos[0]))
-    claim = jobs.claim(conn, limit=10, lease_seconds=60)
+    claim = jobs.claim(conn, list_models(conn)[0].id, limit=10, lease_seconds=60)
     conn.execute("UPDATE products SET image = %s WHERE id = %s", (str(photos[1]), product))
     vectors = np.ones((1, 512), dtype=np.float32) / np.sqrt(512)
-    assert jobs.write_back(conn, claim.token, claim.jobs, vectors, model="m") == 0
+    assert jobs.write_back(conn, claim, claim.jobs, vectors, model="m") == 0
     assert conn.execute("SELECT embedding FROM products").fetchone()[0] is None
     Worker(db_url, encoder).run(once=True)
     assert conn.execute("SELECT embedded_image FROM products").fetchone()[0] == str(photos[1])

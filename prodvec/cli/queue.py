@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import signal
 import sys
 
@@ -56,7 +57,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     retry.set_defaults(handler=_retry)
 
     requeue = commands.add_parser(
-        "requeue", help="queue every product with an image to be embedded again (after changing PRODVEC_CATALOG_VIEWS)"
+        "requeue", help="queue every product with an image to be embedded again by the active model",
+        description="The active model's vectors stay searchable until the new ones are written. To change models "
+                    "or catalog views, add the new one beside the active one instead: `prodvec model add SPEC "
+                    "[--views multi]`.",
     )
     requeue.set_defaults(handler=_requeue)
 
@@ -96,7 +100,8 @@ def _worker(args: argparse.Namespace) -> int:
     progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not interrupted else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
-                    metrics=metrics, policy=settings.catalog_policy)
+                    metrics=metrics, policy=settings.catalog_policy,
+                    loader=functools.partial(load_encoder, device=settings.device))
     # SIGTERM/SIGINT: finish the batch being encoded, hand back the rest, exit 0.
     def stop(received: int, _: object) -> None:
         interrupted.append(signal.Signals(received).name)

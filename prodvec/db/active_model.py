@@ -23,8 +23,6 @@ from prodvec.sql import queries
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-#: What a process does about a disagreement, for now (blue-green model changes: issue 14).
-CHANGE_MODELS = "change models with `prodvec migrate --reset-embeddings` (for now it drops every vector and re-embeds)"
 
 
 @dataclass(frozen=True)
@@ -64,12 +62,6 @@ def record_active_model(conn: psycopg.Connection, model: ActiveModel, *, drop_em
         return bool((conn.execute(queries("model.sql")["record"], params).fetchone() or (False,))[0])
 
 
-def model_coverage(conn: psycopg.Connection, model: ActiveModel) -> tuple[int, int]:
-    """(products holding a vector of ``model``, all products)."""
-    row = conn.execute(queries("model.sql")["coverage"], {"embedding_model": model.embedding_model}).fetchone()
-    return (int(row[0]), int(row[1])) if row else (0, 0)
-
-
 def settings_model(settings: Settings) -> ActiveModel:
     """The model the settings choose for a new catalog: PRODVEC_MODEL (or the default) and
     PRODVEC_CATALOG_VIEWS (or single). ConfigError for a malformed spec."""
@@ -83,7 +75,8 @@ def choose_model(recorded: ActiveModel | None, settings: Settings, *, change: bo
     """The model a process works with: the recorded one, or the settings' for a new catalog.
 
     Settings that were set and name another model (or other catalog views) are that model when
-    ``change`` (`prodvec migrate --reset-embeddings`), else ModelMismatch saying what to do.
+    ``change`` (`prodvec migrate --reset-embeddings`, which drops every vector), else ModelMismatch
+    saying how to change models without stopping search.
     """
     if recorded is None:
         return settings_model(settings)
@@ -123,4 +116,11 @@ def _mismatch(recorded: ActiveModel, asked: ActiveModel) -> str:
     given = " and ".join(f"{name}={value}" for name, value in settings)
     unset = " and ".join(name for name, _ in settings)
     return (f"{given} disagrees with this catalog's active model, {recorded}: unset {unset} to use the "
-            f"active model, or {CHANGE_MODELS}")
+            f"active model, or {change_models(asked)}")
+
+
+def change_models(model: ActiveModel) -> str:
+    """How to make ``model`` the active one without stopping search."""
+    named = f"{model.spec}{' --views multi' if model.catalog_views == 'multi' else ''}"
+    return (f"change models without stopping search: `prodvec model add {named}`, `prodvec worker`, then "
+            f"`prodvec model activate {named}`")

@@ -9,11 +9,14 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector import HalfVector
+from psycopg import sql
 
 from prodvec.sql import queries
 
 #: NOTIFY channel the enqueue trigger signals; idle workers LISTEN on it.
 CHANNEL = "prodvec_embedding_jobs"
+#: A model's columns on products (prodvec_model_columns() in migrations/0009_model_versions.sql).
+MODEL_COLUMNS = ("embedding", "embedding_coarse", "embedding_model", "embedded_image", "embedded_at")
 
 _SQL = queries("queue.sql")
 
@@ -27,9 +30,10 @@ class Job:
 
 @dataclass(frozen=True)
 class Claim:
-    """Jobs taken under one lease; the token proves the lease at write-back."""
+    """Jobs of one model taken under one lease; the token proves the lease at write-back."""
 
     token: uuid.UUID
+    model_id: int
     jobs: list[Job]
 
 
@@ -82,26 +86,28 @@ def _one_row(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
     return row
 
 
-def claim(conn: psycopg.Connection, *, limit: int, lease_seconds: float) -> Claim:
+def claim(conn: psycopg.Connection, model_id: int, *, limit: int, lease_seconds: float) -> Claim:
+    """Up to ``limit`` ready jobs of model ``model_id`` (embedding_models.id), under one lease."""
     token = uuid.uuid4()
     with conn.transaction():
         rows = conn.execute(
-            _SQL["claim"], {"limit": limit, "lease_seconds": lease_seconds, "token": token}
+            _SQL["claim"], {"model_id": model_id, "limit": limit, "lease_seconds": lease_seconds, "token": token}
         ).fetchall()
-    return Claim(token, [Job(*row) for row in rows])
+    return Claim(token, model_id, [Job(*row) for row in rows])
 
 
 def write_back(
     conn: psycopg.Connection,
-    token: uuid.UUID,
+    claim: Claim,
     jobs: Sequence[Job],
     vectors: np.ndarray,
     *,
     model: str,
     coarse_vectors: np.ndarray | None = None,
 ) -> int:
-    """Store one vector per job (and its coarse view's, under PRODVEC_CATALOG_VIEWS=multi; else
-    embedding_coarse is cleared) in one transaction; returns how many were still wanted."""
+    """Store one vector per job of ``claim`` (and its coarse view's, for multi catalog views; else
+    the coarse column is cleared) in its model's columns, in one transaction; returns how many
+    were still wanted. ``model``: what the rows record as having made them (views.embedding_model)."""
     if not jobs:
         return 0
     product_ids = [job.product_id for job in jobs]
@@ -110,12 +116,18 @@ def write_back(
         "images": [job.image for job in jobs],
         "embeddings": [HalfVector(vector) for vector in vectors],
         "coarse_embeddings": None if coarse_vectors is None else [HalfVector(vector) for vector in coarse_vectors],
-        "token": token,
+        "token": claim.token,
+        "model_id": claim.model_id,
         "model": model,
     }
     with conn.transaction():
         conn.execute(_SQL["lock_products"], {"product_ids": product_ids})
-        return conn.execute(_SQL["write_back"], params).rowcount
+        row = conn.execute(_SQL["model_is_active"], {"model_id": claim.model_id}).fetchone()
+        if row is None:  # the model was dropped meanwhile (its jobs with it)
+            return 0
+        suffix = "" if row[0] else f"_m{claim.model_id}"
+        columns = {name: sql.Identifier(name + suffix) for name in MODEL_COLUMNS}
+        return conn.execute(sql.SQL(_SQL["write_back"]).format(**columns), params).rowcount
 
 
 def fail(conn: psycopg.Connection, token: uuid.UUID, product_id: int, reason: str) -> None:
@@ -158,14 +170,14 @@ def requeue_all(conn: psycopg.Connection) -> int:
         return _one_row(conn.execute(_SQL["requeue_all"]))[0] or 0
 
 
-def claimable(conn: psycopg.Connection) -> bool:
-    """Is any job claimable right now (pending, due, not leased)?"""
-    return bool(_one_row(conn.execute(_SQL["claimable"]))[0])
+def claimable(conn: psycopg.Connection, model_ids: Sequence[int]) -> bool:
+    """Is any job of these models claimable right now (pending, due, not leased)?"""
+    return bool(_one_row(conn.execute(_SQL["claimable"], {"model_ids": list(model_ids)}))[0])
 
 
-def seconds_until_due(conn: psycopg.Connection) -> float | None:
-    """Seconds until the next pending job becomes claimable (None: no pending job)."""
-    seconds = _one_row(conn.execute(_SQL["seconds_until_due"]))[0]
+def seconds_until_due(conn: psycopg.Connection, model_ids: Sequence[int]) -> float | None:
+    """Seconds until the next pending job of these models becomes claimable (None: none pending)."""
+    seconds = _one_row(conn.execute(_SQL["seconds_until_due"], {"model_ids": list(model_ids)}))[0]
     return None if seconds is None else float(seconds)
 
 

@@ -162,8 +162,10 @@ def forget() -> None:
     _estimates.clear()
 
 
-def table_facts(session: Session) -> TableFacts:
-    key = _database(session)
+def table_facts(session: Session, model_id: int | None = None) -> TableFacts:
+    """What plans are sized by, cached per database and active model (``model_id``: an
+    activation renames the vector columns, so another model's facts are other facts)."""
+    key = (_database(session), model_id)
     facts = _facts.get(key)
     if facts is not None:
         return facts

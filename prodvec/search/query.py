@@ -70,8 +70,9 @@ def text_unsupported(spec: str) -> str:
     """Why a text query cannot be answered by an image-only model, and the way to one that can."""
     return (
         f"the catalog's model {spec} encodes images only, so it cannot search by text; search by image or "
-        "sku, or embed the catalog with a CLIP model: PRODVEC_MODEL=open_clip:ViT-B-32:laion2b_s34b_b79k "
-        "prodvec migrate --reset-embeddings, then prodvec worker"
+        "sku, or change to a CLIP model without stopping search: prodvec model add "
+        "open_clip:ViT-B-32:laion2b_s34b_b79k, prodvec worker, then prodvec model activate "
+        "open_clip:ViT-B-32:laion2b_s34b_b79k"
     )
 
 

@@ -19,10 +19,13 @@ Image queries are searched as each of their views (robust queries: turned, coars
 each vector column the catalog's view policy stores (PRODVEC_CATALOG_VIEWS=multi: embedding
 and embedding_coarse), every pair completely, and fused exactly (views.merge_views).
 
-Image and text queries are encoded by the configured model (PRODVEC_MODEL) for a catalog of
-the configured views; a hit whose vector another model, or the other catalog views, made
-(products.embedding_model) would be at a meaningless distance, so such a result raises
-QueryError instead.
+Image and text queries are encoded by the catalog's active model, under its catalog views. A
+search first pins the active model for its transaction (migrations/0009: a model switch waits
+for it), so the query vectors and products.embedding come from one model even while a model is
+activated; vectors an explicitly passed encoder made for another model raise ModelChanged
+(the service then loads the active model and searches again). A hit whose vector another model
+made (products.embedding_model, e.g. written by hand) would be at a meaningless distance, so
+such a result raises QueryError instead.
 """
 from __future__ import annotations
 
@@ -32,15 +35,19 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import psycopg
 from sqlalchemy import ColumnElement
+from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.orm import Session
 
-from prodvec.errors import QueryError
-from prodvec.images.views import merge_views
+from prodvec.config import catalog_policy
+from prodvec.errors import ModelChanged, QueryError, SchemaMismatch
+from prodvec.images.views import embedding_model, merge_views
 from prodvec.search import effort, execute, plan, quantized
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
+from prodvec.sql import queries
 
 if TYPE_CHECKING:  # torch loads only when a query needs the encoder
     from prodvec.encode import Encoder
@@ -102,8 +109,11 @@ def similar_to_many(
     """One result per query, in order; query images (and texts) go through the encoder as one
     batch. Options as for similar_to."""
     _check_options(k, max_distance)
+    pinned = _pin_active_model(session)
     vectors = resolve(session, queries, robust=robust, encoder=encoder, policy=policy)
-    facts = plan.table_facts(session)
+    if pinned is not None:
+        _check_active_model(vectors, pinned[1])
+    facts = plan.table_facts(session, pinned[0] if pinned else None)
     compiled = compile_filter(where, session.get_bind().dialect)
     results = []
     for vector in vectors:
@@ -183,6 +193,31 @@ def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance
     # The k nearest within max_distance are the k nearest, cut at max_distance.
     kept = tuple(hit for hit in hits if max_distance is None or hit.distance <= max_distance)
     return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate, recall)
+
+
+def _pin_active_model(session: Session) -> tuple[int, str] | None:
+    """The active model (id, what products.embedding_model says of its vectors), fixed for the
+    rest of the session's transaction; None before a model is recorded."""
+    try:
+        rows = execute.fetch(session, queries("search_passes.sql")["pin_model"], {})
+    except sqlalchemy_errors.ProgrammingError as exc:
+        if isinstance(exc.orig, psycopg.errors.UndefinedFunction):
+            raise SchemaMismatch("the database schema is older than this prodvec: run `prodvec migrate`") from exc
+        raise
+    if not rows:
+        return None
+    model_id, spec, catalog_views = rows[0]
+    return model_id, embedding_model(spec, catalog_policy(catalog_views))
+
+
+def _check_active_model(vectors: Sequence[QueryVector], active: str) -> None:
+    for vector in vectors:
+        if vector.model is not None and vector.model != active:
+            raise ModelChanged(
+                f"the catalog's active model is {active} (`prodvec model` shows it) but the query was encoded with "
+                f"{vector.model}: encode queries with the active model (leave encoder= out to have it loaded)",
+                active=active,
+            )
 
 
 def _check_model(vector: QueryVector, result: SearchResult) -> None:

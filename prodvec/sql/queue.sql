@@ -1,13 +1,14 @@
 -- Queries the embedding worker and the status/retry commands run on embedding_jobs.
 
 -- name: claim
--- Take up to %(limit)s ready jobs under a lease. SKIP LOCKED lets workers claim side by
+-- Take up to %(limit)s ready jobs of one model under a lease. SKIP LOCKED lets workers claim side by
 -- side; the lease (not a held lock) is what keeps others off, so the claim commits at once
 -- and a worker that dies simply lets its lease run out.
 WITH ready AS (
     SELECT product_id
     FROM embedding_jobs
     WHERE state = 'pending'
+      AND model_id = %(model_id)s
       AND run_after <= now()
       AND (leased_until IS NULL OR leased_until < now())
     ORDER BY enqueued_at
@@ -19,7 +20,7 @@ SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     lease_token = %(token)s,
     attempts = j.attempts + 1
 FROM ready
-WHERE j.product_id = ready.product_id
+WHERE j.product_id = ready.product_id AND j.model_id = %(model_id)s
 RETURNING j.product_id, j.image, j.attempts;
 
 -- name: lock_products
@@ -27,8 +28,15 @@ RETURNING j.product_id, j.image, j.attempts;
 -- write-back and a concurrent image change never deadlock.
 SELECT id FROM products WHERE id = ANY(%(product_ids)s) ORDER BY id FOR UPDATE;
 
+-- name: model_is_active
+-- Asked after lock_products, in the write-back's transaction: an activation (which renames the
+-- vector columns, migrations/0009) waits for the row locks, so the columns chosen by the answer
+-- are the model's until the write-back commits. No row: the model was dropped.
+SELECT active FROM embedding_models WHERE id = %(model_id)s;
+
 -- name: write_back
--- Store vectors for the jobs this claim still holds for the same image. A job whose image
+-- Store vectors for the jobs this claim still holds for the same image, in the model's columns
+-- ({embedding} etc.: the plain names for the active model, `_m<id>` ones for the others). A job whose image
 -- changed meanwhile was reset by the trigger (new image, no lease): it is not deleted and
 -- its stale vector is not written; the new image gets embedded by a later claim.
 -- Vectors travel in binary (the b placeholder): formatting 512 of them as text costs ~50x the query.
@@ -40,15 +48,16 @@ WITH vectors AS (
 ), done AS (
     DELETE FROM embedding_jobs AS j
     USING vectors AS v
-    WHERE j.product_id = v.product_id AND j.image = v.image AND j.lease_token = %(token)s
+    WHERE j.product_id = v.product_id AND j.model_id = %(model_id)s AND j.image = v.image
+      AND j.lease_token = %(token)s
     RETURNING j.product_id
 )
 UPDATE products AS p
-SET embedding = v.embedding,
-    embedding_coarse = v.embedding_coarse,
-    embedding_model = %(model)s,
-    embedded_image = v.image,
-    embedded_at = now()
+SET {embedding} = v.embedding,
+    {embedding_coarse} = v.embedding_coarse,
+    {embedding_model} = %(model)s,
+    {embedded_image} = v.image,
+    {embedded_at} = now()
 FROM done JOIN vectors AS v USING (product_id)
 WHERE p.id = done.product_id AND p.image = v.image;
 
@@ -76,7 +85,7 @@ SET leased_until = NULL, lease_token = NULL, attempts = greatest(attempts - 1, 0
 WHERE lease_token = %(token)s;
 
 -- name: status
--- Each product in exactly one state, so the states add up to total: its open job's (failed,
+-- The active model's queue (`prodvec model` shows the others'). Each product in exactly one state, so the states add up to total: its open job's (failed,
 -- retrying after a transient error, pending), else no_image, else up_to_date (a vector, nothing
 -- queued), else not_queued (an image, no vector, no job: only when jobs were deleted by hand).
 -- embedded counts the products with a vector, whatever their state: a requeued product keeps
@@ -100,17 +109,18 @@ FROM (
                 WHEN coalesce(p.image, '') = '' THEN 'no_image'
                 WHEN p.embedding IS NOT NULL THEN 'up_to_date'
                 ELSE 'not_queued' END AS state
-    FROM products AS p LEFT JOIN embedding_jobs AS j ON j.product_id = p.id
+    FROM products AS p
+    LEFT JOIN embedding_jobs AS j ON j.product_id = p.id AND j.model_id = (SELECT id FROM active_model)
 ) AS product_states;
 
 -- name: failures
--- Failed products, then those waiting to retry after a transient error (with the seconds
+-- The active model's failed products, then those waiting to retry after a transient error (with the seconds
 -- until their next try): each with the last error.
 SELECT p.sku, j.state, j.attempts, j.last_error,
        CASE WHEN j.state = 'pending' THEN greatest(0, extract(epoch FROM j.run_after - now())) END,
        j.image
 FROM embedding_jobs AS j JOIN products AS p ON p.id = j.product_id
-WHERE j.state = 'failed' OR j.last_error IS NOT NULL
+WHERE (j.state = 'failed' OR j.last_error IS NOT NULL) AND j.model_id = (SELECT id FROM active_model)
 ORDER BY j.state, p.sku
 LIMIT %(limit)s;
 
@@ -136,9 +146,9 @@ WHERE p.id = j.product_id
 RETURNING p.sku;
 
 -- name: requeue_all
--- `prodvec requeue`: every product with an image is embedded again (after a change of
--- PRODVEC_CATALOG_VIEWS); its old vectors stay until the new ones are written.
-SELECT prodvec_enqueue(array_agg(id), array_agg(image)) FROM products WHERE image <> '';
+-- `prodvec requeue`: every product with an image is embedded again by the active model; its
+-- old vectors stay until the new ones are written.
+SELECT prodvec_enqueue(array_agg(id), array_agg(image), prodvec_model_ids(true)) FROM products WHERE image <> '';
 
 -- name: renew
 -- A live worker keeps what it holds: its leases run on from now. One that died stops
@@ -148,10 +158,10 @@ SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
 WHERE lease_token = ANY(%(tokens)s);
 
 -- name: claimable
--- `worker --once`: is anything left that a claim could take now?
+-- `worker --once`: is anything left that a claim could take now, of the models it encodes?
 SELECT EXISTS (
     SELECT FROM embedding_jobs
-    WHERE state = 'pending' AND run_after <= now()
+    WHERE state = 'pending' AND model_id = ANY(%(model_ids)s) AND run_after <= now()
       AND (leased_until IS NULL OR leased_until < now())
 );
 
@@ -160,7 +170,7 @@ SELECT EXISTS (
 -- NOTIFY announces a lease or a backoff running out, so an idle worker wakes for it.
 SELECT extract(epoch FROM min(greatest(run_after, coalesce(leased_until, run_after))) - now())
 FROM embedding_jobs
-WHERE state = 'pending';
+WHERE state = 'pending' AND model_id = ANY(%(model_ids)s);
 
 -- name: depth
 -- Jobs by state for the metrics endpoint (pending includes leased ones).

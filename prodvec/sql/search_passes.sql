@@ -60,6 +60,11 @@ SELECT set_config('hnsw.iterative_scan', %(iterative_scan)s, true),
        set_config('hnsw.max_scan_tuples', %(max_scan_tuples)s, true),
        set_config('plan_cache_mode', 'force_custom_plan', true)
 
+-- name: pin_model
+-- First in a search's transaction: the active model, fixed until the transaction ends
+-- (prodvec_pin_active_model() in migrations/0009_model_versions.sql).
+SELECT id, spec, catalog_views FROM prodvec_pin_active_model()
+
 -- name: table_facts
 -- What plans are sized by (prodvec/search/plan.py, cached): products with an embedding as the
 -- planner estimates them (reltuples is -1 before the first VACUUM or ANALYZE), the vector

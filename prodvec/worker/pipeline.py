@@ -1,9 +1,9 @@
 """The embedding worker: claim → load+decode (pool) → encode (batched) → write back.
 
-What it stores per product follows the view policy it is given (the CLI passes
-PRODVEC_CATALOG_VIEWS's): SINGLE_VIEW, the photo (products.embedding); MULTI_VIEW, the fitted
-photo and a coarse thumbnail (embedding and embedding_coarse, encoded in one batch of twice the
-products).
+It embeds for every model of the catalog it can load (lanes.py): the active model's jobs
+first, then those of models added beside it (their backfill). What it stores per product
+follows each model's catalog views: single, the photo (embedding); multi, the fitted photo and
+a coarse thumbnail (embedding and embedding_coarse, encoded in one batch of twice the products).
 
 Stages overlap: while the encoder works on one batch, the pool prepares the next ones and a
 writer thread commits the previous one, so the slowest stage sets the pace. Queues between
@@ -28,8 +28,9 @@ from prodvec.db.connection import connect
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.encode import Encoder
 from prodvec.errors import DatabaseUnavailable, ImageFailure, SchemaMismatch
-from prodvec.images.views import SINGLE_VIEW, ViewPolicy, embedding_model
+from prodvec.images.views import SINGLE_VIEW, ViewPolicy
 from prodvec.worker.gpu_decode import GpuJpegDecoder
+from prodvec.worker.lanes import EncoderLoader, Lane, Lanes
 from prodvec.worker.lease import LeaseKeeper
 from prodvec.worker.metrics import WorkerMetrics
 from prodvec.worker.prepare import Prepared, Preparer, PreparingBatch
@@ -72,6 +73,7 @@ class WorkerStats:
 @dataclass
 class _Batch:
     claim: jobs.Claim
+    lane: Lane
     preparing: PreparingBatch
     claimed_at: float = field(default_factory=time.perf_counter)
 
@@ -79,6 +81,7 @@ class _Batch:
 @dataclass
 class _Encoded:
     claim: jobs.Claim
+    lane: Lane
     prepared: list[Prepared]
     vectors: np.ndarray  # N×C×D: one per catalog view of each prepared product
     claimed_at: float
@@ -87,7 +90,10 @@ class _Encoded:
 
 class Worker:
     """One worker process. ``run(once=True)`` drains the queue and returns.
-    ``policy``: the catalog views to store (searches must use the same)."""
+
+    ``encoder`` under ``policy`` (its catalog views) is the catalog's active model (recorded as
+    such in a catalog without one; ModelMismatch when another is active). ``loader`` loads the
+    encoders of models added beside it; without one, their jobs are left to other workers."""
 
     def __init__(
         self,
@@ -98,13 +104,13 @@ class Worker:
         on_progress: Callable[[int], None] | None = None,
         metrics: WorkerMetrics | None = None,
         policy: ViewPolicy = SINGLE_VIEW,
+        loader: EncoderLoader | None = None,
     ) -> None:
         self.url = url
         self.encoder = encoder
         self.options = options or WorkerOptions()
         self.policy = policy
-        #: products.embedding_model for what this worker stores: search checks it.
-        self.embedding_model = embedding_model(encoder.spec, self.policy)
+        self.loader = loader
         self.stats = WorkerStats()
         self.metrics = metrics or WorkerMetrics()
         self.stopping = threading.Event()
@@ -151,51 +157,50 @@ class Worker:
             connect(self.url, autocommit=True) as write_conn,
             LeaseKeeper(self.url, self.options.lease_seconds) as leases,
         ):
-            self._check_dimensions(conn)
+            self._check_schema(conn)
             self._connected = True
             conn.execute(f"LISTEN {jobs.CHANNEL}")
             writer = _Writer(write_conn, self, leases)
-            preparer = Preparer(self.encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode,
-                                policy=self.policy)
+            lanes = Lanes(self.encoder, self.policy, loader=self.loader, preparer=self._preparer)
             try:
-                self._loop(conn, preparer, writer, leases, once=once)
+                lanes.refresh(conn, force=True)
+                self._loop(conn, lanes, writer, leases, once=once)
             finally:
-                preparer.close()
+                lanes.close()
                 writer.close()
 
-    def _check_dimensions(self, conn: psycopg.Connection) -> None:
-        column = embedding_dimensions(conn)
-        if column is None:
+    def _preparer(self, encoder: Encoder, policy: ViewPolicy) -> Preparer:
+        return Preparer(encoder, threads=self.options.decode_threads, gpu_decode=self.options.gpu_decode, policy=policy)
+
+    def _check_schema(self, conn: psycopg.Connection) -> None:
+        if embedding_dimensions(conn) is None:
             raise SchemaMismatch("the database has no products table: run `prodvec migrate`")
-        if column != self.encoder.dimensions:
-            raise SchemaMismatch(
-                f"products.embedding holds {column}-d vectors but {self.encoder.spec} makes "
-                f"{self.encoder.dimensions}-d ones: run `prodvec migrate` with this PRODVEC_MODEL "
-                "(add --reset-embeddings to drop the old vectors)"
-            )
         if embedding_dimensions(conn, "embedding_coarse") is None:
             raise SchemaMismatch("products has no embedding_coarse column: run `prodvec migrate`")
 
     def _loop(
-        self, conn: psycopg.Connection, preparer: Preparer, writer: _Writer, leases: LeaseKeeper, *, once: bool
+        self, conn: psycopg.Connection, lanes: Lanes, writer: _Writer, leases: LeaseKeeper, *, once: bool
     ) -> None:
         in_flight: deque[_Batch] = deque()
         try:
             while not self.stopping.is_set():
+                lanes.refresh(conn)
                 while len(in_flight) < self.options.prefetch_batches and not self.stopping.is_set():
-                    claim = jobs.claim(conn, limit=self.options.batch_size, lease_seconds=self.options.lease_seconds)
-                    if not claim.jobs:
+                    batch = self._claim(conn, lanes)
+                    if batch is None:
                         break
-                    leases.hold(claim.token)
-                    in_flight.append(_Batch(claim, preparer.submit(claim.jobs)))
+                    leases.hold(batch.claim.token)
+                    in_flight.append(batch)
                 if in_flight:
                     writer.put(self._encode(in_flight.popleft()))
                 elif once:
                     writer.drain()
-                    if not jobs.claimable(conn):
+                    lanes.refresh(conn, force=True)
+                    if not jobs.claimable(conn, lanes.model_ids):
                         return
                 else:
-                    self._wait_for_jobs(conn)
+                    self._wait_for_jobs(conn, lanes)
+                    lanes.refresh(conn, force=True)
         finally:
             for batch in in_flight:  # prepared ahead but never encoded: hand back at once
                 batch.preparing.cancel()
@@ -204,25 +209,35 @@ class Worker:
                 jobs.release(conn, batch.claim.token)
                 leases.drop(batch.claim.token)
 
+    def _claim(self, conn: psycopg.Connection, lanes: Lanes) -> _Batch | None:
+        """A batch of the first model with ready jobs, the active model first; None when none has any."""
+        for lane in lanes.ordered:
+            claim = jobs.claim(conn, lane.model.id, limit=self.options.batch_size,
+                               lease_seconds=self.options.lease_seconds)
+            if claim.jobs:
+                return _Batch(claim, lane, lane.preparer.submit(claim.jobs))
+        return None
+
     def _encode(self, batch: _Batch) -> _Encoded:
         prepared = batch.preparing.result()
+        encoder = batch.lane.encoder
         # GPU-decoded pixels are already on the device; PIL's join them there.
-        pixels = [item.pixels.to(self.encoder.device) for item in prepared if item.pixels is not None]
-        views, dimensions = len(self.policy.catalog_view_names), self.encoder.dimensions
+        pixels = [item.pixels.to(encoder.device) for item in prepared if item.pixels is not None]
+        views, dimensions = len(batch.lane.policy.catalog_view_names), encoder.dimensions
         started = time.perf_counter()
         if pixels:  # every product's views in one batch, product-major
-            vectors = self.encoder.encode_images(torch.cat(pixels)).reshape(len(pixels), views, dimensions)
+            vectors = encoder.encode_images(torch.cat(pixels)).reshape(len(pixels), views, dimensions)
         else:
             vectors = np.empty((0, views, dimensions), dtype=np.float32)
-        return _Encoded(batch.claim, prepared, vectors, batch.claimed_at, time.perf_counter() - started)
+        return _Encoded(batch.claim, batch.lane, prepared, vectors, batch.claimed_at, time.perf_counter() - started)
 
-    def _wait_for_jobs(self, conn: psycopg.Connection) -> None:
+    def _wait_for_jobs(self, conn: psycopg.Connection, lanes: Lanes) -> None:
         """Sleep until NOTIFY says there is work, or the poll interval passes (fallback).
 
         Waits in short slices so stop() (SIGTERM) is seen at once, not after poll_seconds.
         """
-        wait = self.options.poll_seconds
-        due = jobs.seconds_until_due(conn)
+        wait = min(self.options.poll_seconds, Lanes.REFRESH_SECONDS)  # models added meanwhile send no NOTIFY
+        due = jobs.seconds_until_due(conn, lanes.model_ids)
         if due is not None:
             # A lease of a dead worker or a retry backoff runs out before the next poll: no
             # NOTIFY announces that, so wake for it (not up to poll_seconds later).
@@ -290,8 +305,8 @@ class _Writer:
         ok_jobs = [item.job for item in encoded.prepared if item.error is None]
         vectors = encoded.vectors
         coarse = vectors[:, 1] if vectors.shape[1] > 1 else None
-        written = jobs.write_back(self.conn, token, ok_jobs, vectors[:, 0], model=self.worker.embedding_model,
-                                  coarse_vectors=coarse)
+        written = jobs.write_back(self.conn, encoded.claim, ok_jobs, vectors[:, 0],
+                                  model=encoded.lane.model.embedding_model, coarse_vectors=coarse)
         failed: list[ImageFailure] = []
         retried: list[ImageFailure] = []
         for item in encoded.prepared:
