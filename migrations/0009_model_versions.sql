@@ -260,7 +260,8 @@ LANGUAGE sql AS $$
 $$;
 
 -- Products a model still lacks before it can take over: those searchable now (a vector of the
--- active model) without a vector of this model, plus those queued for it. 0 for the active one.
+-- active model) without a vector of this model, or with one queued to be made again. 0 for the
+-- active one.
 CREATE FUNCTION prodvec_model_behind(model smallint) RETURNS bigint
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -269,9 +270,12 @@ BEGIN
     IF (SELECT m.active FROM embedding_models m WHERE m.id = model) THEN
         RETURN 0;
     END IF;
-    EXECUTE format('SELECT count(*) FROM products WHERE embedding IS NOT NULL AND %I IS NULL', 'embedding_m' || model)
-    INTO behind;
-    RETURN behind + (SELECT count(*) FROM embedding_jobs j WHERE j.model_id = model AND j.state = 'pending');
+    EXECUTE format(
+        'SELECT count(*) FROM products p WHERE p.embedding IS NOT NULL AND (p.%I IS NULL OR EXISTS ('
+        '    SELECT 1 FROM embedding_jobs j WHERE j.product_id = p.id AND j.model_id = $1 AND j.state = ''pending''))',
+        'embedding_m' || model)
+    INTO behind USING model;
+    RETURN behind;
 END;
 $$;
 

@@ -150,6 +150,7 @@ def _drop(args: argparse.Namespace) -> int:
 def _asked(args: argparse.Namespace) -> tuple[str, ActiveModel]:
     """The database URL and the model the arguments name (ConfigError for a malformed spec)."""
     from prodvec.config import load_settings
+    from prodvec.db.active_model import ActiveModel
     from prodvec.db.connection import database_url
     from prodvec.encode.spec import parse_spec, spec_dimensions
 

@@ -8,7 +8,8 @@ so under load batches grow by themselves and the window hardly matters.
 
 The queue is bounded: past ``limit`` queries waiting or in a pass, a query is refused at once
 (:class:`Overloaded`, answered 503 with Retry-After) instead of waiting without end. The
-encoder itself is loaded once per process (``prodvec.encode.load_encoder``) and passed in.
+encoder itself is loaded once per process (``prodvec.encode.load_encoder``) and passed in; after
+`prodvec model activate`, :meth:`QueryBatcher.switch` hands over the new one between passes.
 """
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ from prodvec.service.errors import Overloaded
 log = logging.getLogger("prodvec.service")
 
 
+@dataclass(frozen=True)
+class _Model:
+    encoder: Encoder
+    policy: ViewPolicy
+    #: What the query vectors are compared with: products.embedding_model of the catalog.
+    name: str
+
+
 @dataclass
 class _Query:
     image: Image.Image | None = None
@@ -54,14 +63,11 @@ class QueryBatcher:
         window_seconds: float = 0.005,
         max_batch: int = 32,
     ) -> None:
-        self.encoder = encoder
-        self.policy = policy
+        self._model = _Model(encoder, policy, embedding_model(encoder.spec, policy))
         self.robust = robust
         self.limit = limit
         self.window_seconds = window_seconds
         self.max_batch = max_batch
-        #: What the query vectors are compared with: products.embedding_model of the catalog.
-        self.model = embedding_model(encoder.spec, policy)
         self.passes = 0
         self.queries = 0
         self._admitted = 0  # queued or in a pass
@@ -74,6 +80,23 @@ class QueryBatcher:
     @property
     def queued(self) -> int:
         return self._admitted
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._model.encoder
+
+    @property
+    def policy(self) -> ViewPolicy:
+        return self._model.policy
+
+    @property
+    def model(self) -> str:
+        """What the query vectors are compared with: products.embedding_model of the catalog."""
+        return self._model.name
+
+    def switch(self, encoder: Encoder, policy: ViewPolicy) -> None:
+        """Encode with ``encoder`` under ``policy`` from the next pass on (the catalog's model changed)."""
+        self._model = _Model(encoder, policy, embedding_model(encoder.spec, policy))
 
     async def encode_image(self, image: Image.Image, *, robust: bool | None = None) -> QueryVector:
         """``robust``: search its turned and coarse views too; None: the server's default."""
@@ -135,6 +158,7 @@ class QueryBatcher:
 
     def _encode(self, batch: list[_Query]) -> None:
         started = time.perf_counter()
+        model = self._model  # one model for the whole pass, whatever switch() does meanwhile
         images = [item for item in batch if item.image is not None]
         texts = [item for item in batch if item.text is not None]
         try:
@@ -142,20 +166,20 @@ class QueryBatcher:
                 # Every view of every photo in one pass; photos that asked for the plain view
                 # keep only the first view (the photo view of the robust ones is the same).
                 robust = any(item.robust for item in images)
-                views = len(self.policy.query_view_names) if robust else 1
+                views = len(model.policy.query_view_names) if robust else 1
                 per_image = encode_queries(
-                    self.encoder, [item.image for item in images if item.image is not None],
-                    robust=robust, policy=self.policy, batch_size=len(images) * views,
+                    model.encoder, [item.image for item in images if item.image is not None],
+                    robust=robust, policy=model.policy, batch_size=len(images) * views,
                 )
                 self.passes += 1
                 for item, vectors in zip(images, per_image, strict=True):
                     kept = vectors if item.robust else vectors[:1]
-                    item.done.set_result(QueryVector.from_views(kept, model=self.model, policy=self.policy))
+                    item.done.set_result(QueryVector.from_views(kept, model=model.name, policy=model.policy))
             if texts:
-                vectors = self.encoder.encode_text([item.text for item in texts if item.text is not None])
+                vectors = model.encoder.encode_text([item.text for item in texts if item.text is not None])
                 self.passes += 1
                 for item, vector in zip(texts, vectors, strict=True):
-                    item.done.set_result(QueryVector(vector, model=self.model))
+                    item.done.set_result(QueryVector(vector, model=model.name))
             self.queries += len(batch)
         except Exception as exc:  # the whole pass failed: every query in it gets the error
             log.exception("encoder pass failed")

@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prodvec import queue as jobs
 from prodvec.db.migrate import embedding_dimensions
+from prodvec.errors import ProdvecError
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.security import require_read_key
@@ -53,8 +54,9 @@ async def status(request: Request) -> schemas.Status:
 
 
 def _readiness(state: ServiceState) -> schemas.Readiness:
-    encoder = state.batcher.encoder
     try:
+        state.follow_active_model()  # a model activated since the last search
+        encoder = state.batcher.encoder
         with state.engine.connect() as connection:
             revision = MigrationContext.configure(connection).get_current_revision()
             dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
@@ -66,11 +68,13 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
         # Reached, but a new connection cannot set up pgvector's types: no schema yet.
         return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
                                  problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
+    except ProdvecError as exc:  # the model activated meanwhile cannot be loaded here
+        return schemas.Readiness(ready=False, database=True, schema_current=True, model_loaded=False, problem=str(exc))
     problem: str | None = None
     if revision != state.schema_head:
         problem = f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`"
     elif dimensions != encoder.dimensions:
         problem = (f"products.embedding has {dimensions} dimensions but {encoder.spec} makes {encoder.dimensions}: "
-                   "set PRODVEC_MODEL to the catalog's model, or run `prodvec migrate --reset-embeddings`")
+                   "run `prodvec migrate` (the column was changed by hand?)")
     return schemas.Readiness(ready=problem is None, database=True, schema_current=problem is None,
                              model_loaded=True, problem=problem)

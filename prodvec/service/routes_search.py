@@ -20,7 +20,7 @@ from sqlalchemy import ColumnElement, select
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from prodvec.errors import QueryError
+from prodvec.errors import ModelChanged, QueryError
 from prodvec.models import Product
 from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
@@ -112,24 +112,31 @@ async def _answer(
 async def _search(
     request: Request, state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch, started: float
 ) -> schemas.SearchResponse:
-    query: QueryInput
-    if photo is not None:
-        query = await state.batcher.encode_image(photo, robust=options.robust)
-    elif isinstance(options, schemas.SearchRequest) and options.image_url is not None:
+    if photo is None and isinstance(options, schemas.SearchRequest) and options.image_url is not None:
         data = await run_in_threadpool(state.fetcher.fetch, options.image_url)
-        fetched = await state.decode_photo(data, source="the photo at image_url")
-        query = await state.batcher.encode_image(fetched, robust=options.robust)
-    elif isinstance(options, schemas.SearchRequest) and options.text is not None:
+        photo = await state.decode_photo(data, source="the photo at image_url")
+    root = request.scope.get("root_path", "")
+    try:
+        query = await _query(state, photo, options)
+        return await run_in_threadpool(_search_database, state, query, options, root, started)
+    except ModelChanged:  # `prodvec model activate` since the query was encoded: again, with the active model
+        await run_in_threadpool(state.follow_active_model)
+        query = await _query(state, photo, options)
+        return await run_in_threadpool(_search_database, state, query, options, root, started)
+
+
+async def _query(state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch) -> QueryInput:
+    """What to search by: the photo or text encoded, the vector, or the sku."""
+    if photo is not None:
+        return await state.batcher.encode_image(photo, robust=options.robust)
+    if isinstance(options, schemas.SearchRequest) and options.text is not None:
         if not options.text.strip():
             raise BadRequest("the text is blank: describe what to find")
-        query = await state.batcher.encode_text(options.text)
-    elif isinstance(options, schemas.SearchRequest) and options.vector is not None:
-        query = np.asarray(options.vector, dtype=np.float32)
-    else:
-        assert isinstance(options, schemas.SearchRequest) and options.sku is not None  # one query: validated
-        query = options.sku
-    root = request.scope.get("root_path", "")
-    return await run_in_threadpool(_search_database, state, query, options, root, started)
+        return await state.batcher.encode_text(options.text)
+    if isinstance(options, schemas.SearchRequest) and options.vector is not None:
+        return np.asarray(options.vector, dtype=np.float32)
+    assert isinstance(options, schemas.SearchRequest) and options.sku is not None  # one query: validated
+    return options.sku
 
 
 def _search_database(

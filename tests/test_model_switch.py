@@ -1,0 +1,224 @@
+"""Blue-green model changes (migrations/0009): a model added beside the active one is backfilled
+by the worker while every search keeps answering from the active model, then activated and
+rolled back in short switches; the schema goes down and up."""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import TEST_MODEL
+from test_cli import _fails, _run_json
+from test_migrations import _psql_schema, _schema_dump
+
+from prodvec import Product, session
+from prodvec.cli.main import main
+from prodvec.db.active_model import ActiveModel
+from prodvec.db.connection import ensure_database, with_dbname
+from prodvec.db.migrate import alembic_config, embedding_dimensions, upgrade
+from prodvec.db.model_registry import add_model, list_models
+from prodvec.encode import load_encoder
+from prodvec.search import Sku
+from prodvec.sql import queries
+from prodvec.worker.pipeline import Worker, WorkerOptions
+
+#: A second random-weight model, narrower than the test model's 512 dimensions.
+NARROW_MODEL = "open_clip:ViT-S-32-alt:none"
+OPTIONS = WorkerOptions(batch_size=4, poll_seconds=0.2)
+
+
+def _load(spec: str):
+    return load_encoder(spec, "cpu")
+
+
+def _catalog(conn: psycopg.Connection, photo_dir: Path, copies: int = 2) -> list[Path]:
+    photos = sorted(photo_dir.iterdir())
+    for copy in range(copies):
+        for i, photo in enumerate(photos):
+            conn.execute("INSERT INTO products (sku, category, price, stock, image) VALUES (%s, %s, %s, 1, %s)",
+                         (f"{photo.stem}-{copy}", photo.stem.split("_")[0], 10 + i, str(photo)))
+    return photos
+
+
+def _vectors_of_current_images(conn: psycopg.Connection, suffix: str) -> tuple[int, int]:
+    """(products with an image, those whose vector in the columns ending in ``suffix`` was made
+    from their current image)."""
+    return conn.execute(
+        f"SELECT count(*), count(*) FILTER (WHERE embedding{suffix} IS NOT NULL AND embedded_image{suffix} = image) "
+        "FROM products WHERE image <> ''"
+    ).fetchone()
+
+
+class _Searches:
+    """Threads searching by photo, sku and filter until stopped; every result's hits must come
+    from one model, and none may fail."""
+
+    def __init__(self, db_url: str, photo: Path, sku: str) -> None:
+        self.errors: list[BaseException] = []
+        self.models: Counter[str] = Counter()
+        self.mixed: list[set[str | None]] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(db_url, query, where))
+                         for query, where in ((photo, False), (Sku(sku), False), (photo, True))]
+
+    def __enter__(self) -> _Searches:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=120)
+
+    def wait_for(self, model: str, searches: int = 3, timeout: float = 120) -> None:
+        """Until ``searches`` more answers came from ``model``."""
+        target = self.models[model] + searches
+        deadline = time.monotonic() + timeout
+        while self.models[model] < target and time.monotonic() < deadline and not self.errors:
+            time.sleep(0.05)
+        assert not self.errors, self.errors
+        assert self.models[model] >= target, dict(self.models)
+
+    def _run(self, db_url: str, query: object, filtered: bool) -> None:
+        where = [Product.price < 14] if filtered else []
+        while not self._stop.is_set():
+            try:
+                with session(db_url) as db:
+                    result = Product.similar_to(query, session=db, k=4, where=where, robust=False)
+                    made_by = {hit.product.embedding_model for hit in result}
+            except BaseException as exc:
+                self.errors.append(exc)
+                return
+            if len(made_by) != 1 or len(result) != 4:
+                self.mixed.append(made_by)
+            else:
+                self.models[made_by.pop() or ""] += 1
+
+
+def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Path, test_encoder, capsys,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PRODVEC_MODEL")  # processes follow the catalog's active model
+    photos = _catalog(conn, photo_dir)
+    Worker(db_url, test_encoder, OPTIONS).run(once=True)
+    total = len(photos) * 2
+    assert _vectors_of_current_images(conn, "") == (total, total)
+
+    with _Searches(db_url, photos[0], f"{photos[1].stem}-0") as searches:
+        searches.wait_for(TEST_MODEL)
+        assert main(["model", "add", NARROW_MODEL]) == 0
+        added = capsys.readouterr().out
+        assert f"added {NARROW_MODEL} (256-d, single catalog views): {total} product(s) queued" in added
+        narrow = list_models(conn)[1]
+        # Indexes of its own, built beside the active model's.
+        indexes = {row[0] for row in conn.execute("SELECT indexname FROM pg_indexes WHERE tablename = 'products'")}
+        assert {f"m{narrow.id}_products_embedding_hnsw", f"m{narrow.id}_products_category_price"} <= indexes
+        assert f"lacks vectors for {total} product(s)" in _fails(capsys, "model", "activate", NARROW_MODEL)
+
+        # Two workers backfill side by side: every (product, model) job is claimed once.
+        workers = [Worker(db_url, test_encoder, OPTIONS, loader=_load) for _ in range(2)]
+        threads = [threading.Thread(target=worker.run, kwargs={"once": True}) for worker in workers]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sum(worker.stats.embedded for worker in workers) == total
+        assert _vectors_of_current_images(conn, f"_m{narrow.id}") == (total, total)
+
+        # An import adds and changes products while a worker runs: both models follow.
+        worker = Worker(db_url, test_encoder, OPTIONS, loader=_load)
+        running = threading.Thread(target=worker.run)
+        running.start()
+        conn.execute("INSERT INTO products (sku, category, price, stock, image) VALUES ('NEW-1', 'red', 5, 1, %s)",
+                     (str(photos[2]),))
+        conn.execute("UPDATE products SET image = %s WHERE sku = %s", (str(photos[3]), f"{photos[0].stem}-1"))
+        deadline = time.monotonic() + 120
+        while conn.execute("SELECT count(*) FROM embedding_jobs").fetchone()[0] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        worker.stop()
+        running.join()
+        assert _vectors_of_current_images(conn, "") == (total + 1, total + 1)
+        assert _vectors_of_current_images(conn, f"_m{narrow.id}") == (total + 1, total + 1)
+        report = _run_json(capsys, "model")
+        assert [(m["spec"], m["state"], m["embedded"], m["behind"]) for m in report["models"]] == [
+            (TEST_MODEL, "active", total + 1, 0), (NARROW_MODEL, "ready", total + 1, 0)]
+
+        # The switch: searches go on, from the new model at once.
+        assert main(["model", "activate", NARROW_MODEL]) == 0
+        out = capsys.readouterr().out
+        assert f"activated {NARROW_MODEL}" in out and "switched in" in out
+        assert embedding_dimensions(conn) == 256
+        searches.wait_for(NARROW_MODEL)
+        _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
+
+        assert main(["model", "rollback"]) == 0
+        assert f"activated {TEST_MODEL}" in capsys.readouterr().out
+        assert embedding_dimensions(conn) == 512
+        searches.wait_for(TEST_MODEL)
+        _check_more_like_this(conn, "NEW-1", total)
+
+    assert not searches.errors and not searches.mixed, (searches.errors, searches.mixed)
+    # The active model's indexes have their names again, on its columns.
+    assert conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname = 'products_embedding_hnsw'").fetchone()[
+        0].endswith("USING hnsw (embedding halfvec_cosine_ops) WITH (m='32', ef_construction='200')")
+
+    assert main(["model", "drop", NARROW_MODEL]) == 0
+    assert [model.spec for model in list_models(conn)] == [TEST_MODEL]
+    assert not conn.execute("SELECT 1 FROM pg_attribute WHERE attrelid = 'products'::regclass "
+                            "AND attname ~ '_m[0-9]+$' AND NOT attisdropped").fetchall()
+    assert "is the active model" in _fails(capsys, "model", "drop", TEST_MODEL)
+
+
+def _check_more_like_this(conn: psycopg.Connection, sku: str, others: int) -> None:
+    rows = conn.execute(queries("search.sql")["more_like_sku"], {"sku": sku}).fetchall()
+    distances = [row[3] for row in rows]
+    assert len(rows) == min(10, others) and sku not in {row[1] for row in rows}
+    assert None not in distances and distances == sorted(distances)
+
+
+def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path, test_encoder,
+                                              caplog: pytest.LogCaptureFixture, capsys) -> None:
+    _catalog(conn, photo_dir, copies=1)
+    missing = ActiveModel("open_clip:ViT-B-32:/nowhere/weights.pt", 512, "single")
+    added, queued = add_model(db_url, missing)
+    assert queued == len(list(photo_dir.iterdir()))
+    with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
+        stats = Worker(db_url, test_encoder, OPTIONS, loader=_load).run(once=True)  # returns: nothing it can do
+    assert stats.embedded == queued and stats.failed == 0  # the active model's, none of the other's
+    assert any(f"skipping {added}" in record.message for record in caplog.records)
+    report = _run_json(capsys, "model")
+    assert report["models"][1]["pending"] == queued and report["models"][1]["failed"] == 0
+    assert "lacks vectors" in _fails(capsys, "model", "activate", missing.spec)
+    assert "no model" in _fails(capsys, "model", "activate", "open_clip:RN50:none")
+    assert "no previous model" in _fails(capsys, "model", "rollback")
+
+
+def test_model_versions_migration_goes_down_and_up(pg_server: str) -> None:
+    """0009's downgrade (added models dropped) gives back exactly 0008's schema, and upgrading
+    again the head's; the active model and its jobs survive both ways."""
+    from alembic import command
+
+    ensure_database(pg_server, "schema_0009_down_up")
+    url = with_dbname(pg_server, "schema_0009_down_up")
+    upgrade(url, 512)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT prodvec_set_active_model(%s, 512, 'single')", (TEST_MODEL,))
+        conn.execute("INSERT INTO products (sku, image) VALUES ('a', '/a.jpg')")
+    add_model(url, ActiveModel(NARROW_MODEL, 256, "single"))
+    config = alembic_config(url)
+    command.downgrade(config, "0008")
+    assert _schema_dump(url) == _psql_schema(pg_server, "schema_0009_0008", up_to="0008")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SELECT spec FROM active_model").fetchall() == [(TEST_MODEL,)]
+        assert conn.execute("SELECT count(*) FROM embedding_jobs").fetchone() == (1,)
+    command.upgrade(config, "head")
+    assert _schema_dump(url) == _psql_schema(pg_server, "schema_0009_head")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert json.loads(json.dumps(conn.execute("SELECT spec, active FROM embedding_models").fetchall())) == [
+            [TEST_MODEL, True]]
+        assert conn.execute("SELECT count(*) FROM embedding_jobs").fetchone() == (1,)
