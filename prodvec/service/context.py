@@ -1,10 +1,10 @@
-"""What the routes share for the life of the process: settings, the connection pool, the
+"""What the routes share for the life of the process: settings, the connection pools, the
 query batcher, the image_url fetcher and the thumbnail cache (built by app.py's lifespan)."""
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -14,11 +14,11 @@ import psycopg
 from fastapi import Request
 from PIL import Image
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.fetch_guard import ImageFetcher
 from prodvec.service.images import ThumbnailCache, query_photo
+from prodvec.service.reads import ReadTargets
 from prodvec.service.settings import ServiceSettings
 
 
@@ -26,7 +26,8 @@ from prodvec.service.settings import ServiceSettings
 class ServiceState:
     settings: ServiceSettings
     database_url: str
-    engine: Engine  # the connection pool: ORM sessions and plain psycopg connections alike
+    engine: Engine  # the primary's connection pool: ORM sessions and plain psycopg connections alike
+    reads: ReadTargets  # where searches and lookups read: a replica's pool when one is usable, else engine
     batcher: QueryBatcher
     fetcher: ImageFetcher
     thumbnails: ThumbnailCache
@@ -40,19 +41,21 @@ class ServiceState:
         decode = functools.partial(query_photo, data, target_size=self.batcher.encoder.input_size, source=source)
         return await anyio.to_thread.run_sync(decode, limiter=self.decode_slots)
 
-    def session(self) -> Session:
-        return Session(self.engine)
+    def connection(self) -> AbstractContextManager[psycopg.Connection]:
+        """A pooled psycopg connection to the primary, in one transaction."""
+        return transaction(self.engine)
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled psycopg connection (pgvector types registered), in one transaction."""
-        pooled = self.engine.raw_connection()
-        try:
-            conn = cast(psycopg.Connection, pooled.driver_connection)
-            with conn.transaction():
-                yield conn
-        finally:
-            pooled.close()  # back to the pool
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[psycopg.Connection]:
+    """A psycopg connection from ``engine``'s pool (pgvector types registered), in one transaction."""
+    pooled = engine.raw_connection()
+    try:
+        conn = cast(psycopg.Connection, pooled.driver_connection)
+        with conn.transaction():
+            yield conn
+    finally:
+        pooled.close()  # back to the pool
 
 
 def service_state(request: Request) -> ServiceState:
