@@ -5,9 +5,9 @@ else the primary. Each server has its own bounded connection pool, made once at 
 Searches and product, category and thumbnail lookups read here; writes, /v1/status (the queue
 must be current) and /readyz use the primary's pool directly. A replica whose connection fails
 during a read, or that cancels it in a recovery conflict, is reported to the router (skipped
-until its next check) and the read runs again elsewhere. A replica's "no such product" (or "not
-embedded yet") is asked again of the primary, since the replica may not have replayed that write
-yet: a product a shop has just written is found at once.
+until its next check) and the read runs again elsewhere. A replica's "no such product", "not
+embedded yet" or "unknown category" is asked again of the primary, since the replica may not
+have replayed that write yet: a product a shop has just written is found at once.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError
 
 from prodvec.db.replicas import PRIMARY, ReadRouter, ReplicaState, describe
-from prodvec.service.errors import Conflict, NotFound
+from prodvec.service.errors import ApiError
 
 T = TypeVar("T")
 Role = Literal["primary", "replica"]
@@ -54,7 +54,9 @@ class ReadTargets:
                     raise
                 self.router.failed(url, str(exc.orig).strip().splitlines()[0] or type(exc.orig).__name__)
                 continue
-            except (NotFound, Conflict):
+            except ApiError as exc:
+                if not exc.primary_may_differ:
+                    raise
                 break  # perhaps not replayed yet: the primary knows
             self._count(describe(url))
             return result, "replica"

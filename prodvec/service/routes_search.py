@@ -23,13 +23,15 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from prodvec.catalog.categories import unknown_category
+from prodvec.db.active_model import session_connection
 from prodvec.errors import QueryError
 from prodvec.models import Product
 from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnsupportedMedia
+from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnknownCategory, UnsupportedMedia
 from prodvec.service.images import thumbnail_path
 from prodvec.service.reads import READ_FROM_HEADER, Role
 from prodvec.service.security import require_read_key
@@ -146,6 +148,10 @@ def _search_database(
     engine: Engine, model: str, query: QueryInput, options: schemas.PhotoSearch, root: str, started: float
 ) -> schemas.SearchResponse:
     with Session(engine) as session:
+        for category in options.category or ():
+            problem = unknown_category(session_connection(session), category)
+            if problem:
+                raise UnknownCategory(f"{problem} (GET /v1/categories lists them)")
         if isinstance(query, str):  # a sku: its own stored vector, itself excluded
             product = session.scalar(select(Product).where(Product.sku == query))
             if product is None:
