@@ -29,9 +29,10 @@ class ModelChanged(ModelMismatch):
     """The catalog's active model changed (`prodvec model activate`) after this process loaded
     its encoder: query vectors must be made again with the active model."""
 
-    def __init__(self, message: str, *, active: str) -> None:
+    def __init__(self, message: str, *, spec: str, catalog_views: str) -> None:
         super().__init__(message)
-        self.active = active  # views.embedding_model of the model active now
+        self.spec = spec  # the model active where the search ran
+        self.catalog_views = catalog_views
 
 
 class SchemaMismatch(DatabaseError):

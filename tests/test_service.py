@@ -393,6 +393,19 @@ def test_bad_parameters_are_422(client: httpx.Client, params: dict[str, Any]):
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", **params}), 422, "invalid request")
 
 
+def test_an_unknown_category_is_422_naming_the_near_ones(client: httpx.Client, service_catalog: ServiceCatalog):
+    """Categories match exactly: one no product has (a typo, most often) is refused, not answered empty."""
+    assert "sneakers" not in {row["category"] for row in service_catalog.rows}
+    assert_error(client.get("/v1/products/FM-00004/similar", params={"category": "sneakers"}), 422,
+                 "unknown category 'sneakers'", "near ones: sneaker", "/v1/categories")
+    vector = service_catalog.vectors()["FM-00004"].tolist()
+    response = client.post("/v1/search", json={"vector": vector, "category": ["sandal", "T-shirt"]})
+    assert_error(response, 422, "unknown category 'T-shirt'", "tshirt")
+    assert_error(client.post("/v1/search", json={"vector": vector, "category": "jewellery"}), 422,
+                 "unknown category 'jewellery'", "there are 10: ankle_boot, bag, coat")
+    assert client.post("/v1/search", json={"vector": vector, "category": ["sandal", "tshirt"]}).status_code == 200
+
+
 def test_bad_queries_are_400(client: httpx.Client):
     assert_error(client.post("/v1/search", json={"vector": [0.1, 0.2, 0.3]}), 400, "dimensions")
     assert_error(client.post("/v1/search", json={"text": "   "}), 400, "blank")

@@ -2,17 +2,13 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import re
 from decimal import Decimal
 from typing import Any
 
 from prodvec.cli.output import print_json, print_table
 from prodvec.errors import ConfigError, QueryError
-from prodvec.sql import queries
 
-#: Categories offered when an unknown one is asked for.
-_LISTED_CATEGORIES = 8
 #: The Python API's advice in QueryError messages → the same advice for the command line.
 _CLI_ADVICE = ((re.compile(r"pass Sku\((.+?)\)"), r"use --sku \1"),)
 
@@ -85,22 +81,13 @@ def check_options(args: argparse.Namespace) -> None:
 
 def check_category(url: str, category: str) -> None:
     """ConfigError naming the near categories when no product has ``category``."""
+    from prodvec.catalog.categories import unknown_category
     from prodvec.db.connection import connect
 
-    sql = queries("catalog.sql")
     with connect(url) as conn:
-        if (conn.execute(sql["category_exists"], {"category": category}).fetchone() or (False,))[0]:
-            return
-        known = [name for (name,) in conn.execute(sql["categories"])]
-    near = difflib.get_close_matches(category, known, n=_LISTED_CATEGORIES)
-    if near:
-        offer = f"near ones: {', '.join(near)}"
-    elif known:
-        more = ", …" if len(known) > _LISTED_CATEGORIES else ""
-        offer = f"there are {len(known)}: {', '.join(known[:_LISTED_CATEGORIES])}{more}"
-    else:
-        offer = "no product has a category yet"
-    raise ConfigError(f"unknown category {category!r}: no product has it (categories match exactly); {offer}")
+        problem = unknown_category(conn, category)
+    if problem:
+        raise ConfigError(problem)
 
 
 def cli_advice(message: str) -> str:

@@ -13,7 +13,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
         "serve", help="the HTTP API and the search page: http://127.0.0.1:8000 (API docs at /docs)",
         description="Without PRODVEC_API_KEYS the server listens on loopback only; writes need PRODVEC_ADMIN_KEYS. "
                     "More settings: PRODVEC_MAX_UPLOAD_MB, PRODVEC_FETCH_ALLOW, PRODVEC_BATCH_WINDOW_MS, "
-                    "PRODVEC_MAX_BATCH, PRODVEC_REQUEST_TIMEOUT, PRODVEC_DB_POOL (see prodvec/service/settings.py).",
+                    "PRODVEC_MAX_BATCH, PRODVEC_REQUEST_TIMEOUT, PRODVEC_DB_POOL (see prodvec/service/settings.py). "
+                    "PRODVEC_READ_URLS: hot-standby replicas that searches read from while within "
+                    "PRODVEC_MAX_REPLICA_LAG seconds of the primary (docs/service.md).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
     parser.add_argument("--port", type=int, default=8000, help="port [8000]")

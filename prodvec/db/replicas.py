@@ -92,6 +92,22 @@ class ReadRouter:
                             describe(url), state.reason)
         return state
 
+    def failed(self, url: str, reason: str) -> None:
+        """A read on the replica failed although its last check passed (it stopped, its
+        connection broke, a recovery conflict cancelled the statement): skip it until the next
+        check, CHECK_INTERVAL_SECONDS from now."""
+        with self._lock:
+            known = self._states.get(url)
+            self._states[url] = ReplicaState(url, False, f"failed: {reason}", time.monotonic())
+        if known is None or known.usable:
+            log.warning("replica %s skipped: failed: %s; the primary answers unless another replica can",
+                        describe(url), reason)
+
+    def states(self) -> list[ReplicaState]:
+        """Each replica's last known state, as checked (nothing is asked now): for metrics."""
+        with self._lock:
+            return [self._states[url] for url in self.read_urls if url in self._states]
+
 
 def check_replica(url: str, max_lag_seconds: float) -> ReplicaState:
     """Ask one replica whether it may answer searches now."""

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,7 +41,7 @@ from sqlalchemy import ColumnElement
 from sqlalchemy import exc as sqlalchemy_errors
 from sqlalchemy.orm import Session
 
-from prodvec.config import catalog_policy
+from prodvec.config import CatalogViews, catalog_policy
 from prodvec.errors import ModelChanged, QueryError, SchemaMismatch
 from prodvec.images.views import embedding_model, merge_views
 from prodvec.search import effort, execute, plan, quantized
@@ -112,8 +113,8 @@ def similar_to_many(
     pinned = _pin_active_model(session)
     vectors = resolve(session, queries, robust=robust, encoder=encoder, policy=policy)
     if pinned is not None:
-        _check_active_model(vectors, pinned[1])
-    facts = plan.table_facts(session, pinned[0] if pinned else None)
+        _check_active_model(vectors, pinned)
+    facts = plan.table_facts(session, pinned.id if pinned else None)
     compiled = compile_filter(where, session.get_bind().dialect)
     results = []
     for vector in vectors:
@@ -195,9 +196,20 @@ def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance
     return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate, recall)
 
 
-def _pin_active_model(session: Session) -> tuple[int, str] | None:
-    """The active model (id, what products.embedding_model says of its vectors), fixed for the
-    rest of the session's transaction; None before a model is recorded."""
+@dataclass(frozen=True)
+class _Pinned:
+    id: int
+    spec: str
+    catalog_views: CatalogViews
+
+    @property
+    def embedding_model(self) -> str:
+        """What products.embedding_model says of its vectors (query vectors carry the same)."""
+        return embedding_model(self.spec, catalog_policy(self.catalog_views))
+
+
+def _pin_active_model(session: Session) -> _Pinned | None:
+    """The active model, fixed for the rest of the session's transaction; None before one is recorded."""
     try:
         rows = execute.fetch(session, queries("search_passes.sql")["pin_model"], {})
     except sqlalchemy_errors.ProgrammingError as exc:
@@ -206,17 +218,17 @@ def _pin_active_model(session: Session) -> tuple[int, str] | None:
         raise
     if not rows:
         return None
-    model_id, spec, catalog_views = rows[0]
-    return model_id, embedding_model(spec, catalog_policy(catalog_views))
+    return _Pinned(*rows[0])
 
 
-def _check_active_model(vectors: Sequence[QueryVector], active: str) -> None:
+def _check_active_model(vectors: Sequence[QueryVector], active: _Pinned) -> None:
     for vector in vectors:
-        if vector.model is not None and vector.model != active:
+        if vector.model is not None and vector.model != active.embedding_model:
             raise ModelChanged(
-                f"the catalog's active model is {active} (`prodvec model` shows it) but the query was encoded with "
-                f"{vector.model}: encode queries with the active model (leave encoder= out to have it loaded)",
-                active=active,
+                f"the catalog's active model is {active.embedding_model} (`prodvec model` shows it) but the query "
+                f"was encoded with {vector.model}: encode queries with the active model (leave encoder= out to "
+                "have it loaded)",
+                spec=active.spec, catalog_views=active.catalog_views,
             )
 
 

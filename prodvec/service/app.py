@@ -1,5 +1,5 @@
 """The FastAPI application: routers, one error shape, the static page, and the lifespan that
-loads the model once and opens the connection pool.
+loads the model once and opens the connection pools (the primary's, one per read replica).
 
     uvicorn --factory prodvec.service.app:app_from_environment   # what `prodvec serve` runs
 """
@@ -33,6 +33,7 @@ from prodvec.service.context import ServiceState
 from prodvec.service.errors import ApiError
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
+from prodvec.service.reads import ReadTargets
 from prodvec.service.settings import ServiceSettings, service_settings
 
 log = logging.getLogger("prodvec.service")
@@ -65,6 +66,7 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(state.batcher.close)
+            state.reads.dispose()
             state.engine.dispose()
 
     app = FastAPI(
@@ -101,13 +103,20 @@ def _open(settings: ServiceSettings, encoder: Encoder | None, fetcher: ImageFetc
         limit=settings.queue_limit, window_seconds=settings.batch_window_seconds, max_batch=settings.max_batch,
     )
     head = ScriptDirectory.from_config(alembic_config(url)).get_current_head() or ""
-    return ServiceState(settings=settings, database_url=url, engine=_engine(url, settings), batcher=batcher,
+    primary = _engine(url, settings)
+    reads = ReadTargets(url, primary, settings.prodvec.read_urls, settings.prodvec.max_replica_lag,
+                        lambda replica_url: _engine(replica_url, settings))
+    if settings.prodvec.read_urls:
+        log.info("searches and lookups read from %d replica(s) within %g s of the primary, else the primary",
+                 len(settings.prodvec.read_urls), settings.prodvec.max_replica_lag)
+    return ServiceState(settings=settings, database_url=url, engine=primary, reads=reads, batcher=batcher,
                         fetcher=fetcher, thumbnails=ThumbnailCache(), schema_head=head)
 
 
 def _engine(url: str, settings: ServiceSettings) -> Engine:
-    """The connection pool. Statements stop at the request timeout, so no search holds a
-    connection (and a thread) after its client was answered 504."""
+    """One server's connection pool, at most 2 × PRODVEC_DB_POOL connections. Statements stop at
+    the request timeout, so no search holds a connection (and a thread) after its client was
+    answered 504."""
     from pgvector.psycopg import register_vector
 
     from prodvec.db.connection import sqlalchemy_url

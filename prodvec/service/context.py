@@ -1,4 +1,4 @@
-"""What the routes share for the life of the process: settings, the connection pool, the
+"""What the routes share for the life of the process: settings, the connection pools, the
 query batcher, the image_url fetcher and the thumbnail cache (built by app.py's lifespan)."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import functools
 import logging
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -16,14 +16,14 @@ import psycopg
 from fastapi import Request
 from PIL import Image
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
 
-from prodvec.config import catalog_policy
+from prodvec.config import CatalogViews, catalog_policy
 from prodvec.db.active_model import read_active_model
 from prodvec.images.views import embedding_model
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.fetch_guard import ImageFetcher
 from prodvec.service.images import ThumbnailCache, query_photo
+from prodvec.service.reads import ReadTargets
 from prodvec.service.settings import ServiceSettings
 
 log = logging.getLogger("prodvec.service")
@@ -33,7 +33,8 @@ log = logging.getLogger("prodvec.service")
 class ServiceState:
     settings: ServiceSettings
     database_url: str
-    engine: Engine  # the connection pool: ORM sessions and plain psycopg connections alike
+    engine: Engine  # the primary's connection pool: ORM sessions and plain psycopg connections alike
+    reads: ReadTargets  # where searches and lookups read: a replica's pool when one is usable, else engine
     batcher: QueryBatcher
     fetcher: ImageFetcher
     thumbnails: ThumbnailCache
@@ -48,33 +49,40 @@ class ServiceState:
         decode = functools.partial(query_photo, data, target_size=self.batcher.encoder.input_size, source=source)
         return await anyio.to_thread.run_sync(decode, limiter=self.decode_slots)
 
+    def connection(self) -> AbstractContextManager[psycopg.Connection]:
+        """A pooled psycopg connection to the primary, in one transaction."""
+        return transaction(self.engine)
+
     def follow_active_model(self) -> None:
-        """Encode queries with the catalog's active model from now on, after `prodvec model
-        activate` (or rollback) changed it: loaded once, then handed to the batcher."""
+        """Encode queries with the primary's active model (after `prodvec model activate`)."""
+        with self.connection() as conn:
+            active = read_active_model(conn)
+        if active is not None:
+            self.follow_model(active.spec, active.catalog_views)
+
+    def follow_model(self, spec: str, catalog_views: CatalogViews) -> None:
+        """Encode queries with this model from the next encoder pass on: the model active where a
+        search ran (a replica may switch a little after the primary). Loaded once per process."""
         from prodvec.encode import load_encoder
 
-        with self._switching, self.connection() as conn:
-            active = read_active_model(conn)
-            if active is None or active.embedding_model == self.batcher.model:
+        policy = catalog_policy(catalog_views)
+        with self._switching:
+            if embedding_model(spec, policy) == self.batcher.model:
                 return
-            log.info("the catalog's active model is now %s: loading it", active)
-            encoder = load_encoder(active.spec, str(self.batcher.encoder.device))
-            self.batcher.switch(encoder, catalog_policy(active.catalog_views))
-            log.info("serving %s", embedding_model(active.spec, catalog_policy(active.catalog_views)))
+            log.info("the catalog's active model is now %s (%s catalog views): loading it", spec, catalog_views)
+            self.batcher.switch(load_encoder(spec, str(self.batcher.encoder.device)), policy)
 
-    def session(self) -> Session:
-        return Session(self.engine)
 
-    @contextmanager
-    def connection(self) -> Iterator[psycopg.Connection]:
-        """A pooled psycopg connection (pgvector types registered), in one transaction."""
-        pooled = self.engine.raw_connection()
-        try:
-            conn = cast(psycopg.Connection, pooled.driver_connection)
-            with conn.transaction():
-                yield conn
-        finally:
-            pooled.close()  # back to the pool
+@contextmanager
+def transaction(engine: Engine) -> Iterator[psycopg.Connection]:
+    """A psycopg connection from ``engine``'s pool (pgvector types registered), in one transaction."""
+    pooled = engine.raw_connection()
+    try:
+        conn = cast(psycopg.Connection, pooled.driver_connection)
+        with conn.transaction():
+            yield conn
+    finally:
+        pooled.close()  # back to the pool
 
 
 def service_state(request: Request) -> ServiceState:

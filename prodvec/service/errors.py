@@ -9,6 +9,9 @@ class ApiError(ProdvecError):
 
     status = 400
     headers: dict[str, str] = {}  # noqa: RUF012  # overridden per instance where needed
+    #: Raised on a replica, this may only mean it has not replayed a recent write yet: the
+    #: primary is asked again (prodvec/service/reads.py).
+    primary_may_differ = False
 
 
 class BadRequest(ApiError):
@@ -26,10 +29,19 @@ class Forbidden(ApiError):
 
 class NotFound(ApiError):
     status = 404
+    primary_may_differ = True
 
 
 class Conflict(ApiError):
     status = 409
+    primary_may_differ = True
+
+
+class UnknownCategory(ApiError):
+    """A category filter naming a category no product has: most often a typo."""
+
+    status = 422
+    primary_may_differ = True
 
 
 class TooLarge(ApiError):

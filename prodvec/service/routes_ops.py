@@ -1,4 +1,6 @@
-"""Operations: /healthz (the process lives), /readyz (it can answer searches), /v1/status (the queue)."""
+"""Operations: /healthz (the process lives), /readyz (it can answer searches), /v1/status (the queue,
+the encoder, where reads were answered). The queue and readiness are read from the primary: they
+must be current."""
 from __future__ import annotations
 
 from typing import cast
@@ -12,6 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from prodvec import queue as jobs
 from prodvec.db.migrate import embedding_dimensions
+from prodvec.db.replicas import describe
 from prodvec.errors import ProdvecError
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
@@ -50,6 +53,9 @@ async def status(request: Request) -> schemas.Status:
         supports_text=batcher.encoder.supports_text,
         encoder=schemas.EncoderQueue(queued=batcher.queued, limit=batcher.limit, passes=batcher.passes,
                                      queries=batcher.queries),
+        reads=schemas.Reads(answered=state.reads.answered(), replicas=[
+            schemas.ReplicaHealth(target=describe(replica.url), usable=replica.usable, reason=replica.reason)
+            for replica in state.reads.states()]),
     )
 
 

@@ -1,7 +1,9 @@
 """Products: read one, the categories, thumbnails, and the admin writes (PUT / DELETE).
 
 Writes go through the catalog importer's own row checks and upsert (``prodvec.catalog``), so a
-product PUT here is stored and queued for embedding exactly as `prodvec import` would.
+product PUT here is stored and queued for embedding exactly as `prodvec import` would. Writes
+and the product a write answers with use the primary; the other reads may come from a replica
+(prodvec/service/reads.py).
 """
 from __future__ import annotations
 
@@ -9,15 +11,17 @@ import os
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from prodvec.catalog.importer import upsert_rows
 from prodvec.catalog.rows import parse_row
 from prodvec.errors import CatalogRowError
 from prodvec.service import schemas
-from prodvec.service.context import ServiceState, service_state
+from prodvec.service.context import service_state, transaction
 from prodvec.service.errors import ApiError, NotFound
 from prodvec.service.images import make_thumbnail, thumbnail_etag, thumbnail_path
+from prodvec.service.reads import READ_FROM_HEADER
 from prodvec.service.security import require_admin_key, require_read_key
 from prodvec.sql import queries
 
@@ -35,19 +39,23 @@ class InvalidProduct(ApiError):
 
 
 @reads.get("/v1/products/{sku}", response_model=schemas.Product, summary="One product and its embedding state")
-async def product(request: Request, sku: str) -> schemas.Product:
-    state = service_state(request)
-    return await run_in_threadpool(_product, state, sku, request.scope.get("root_path", ""))
+async def product(request: Request, response: Response, sku: str) -> schemas.Product:
+    root = request.scope.get("root_path", "")
+    found, role = await run_in_threadpool(service_state(request).reads.read, lambda engine: _product(engine, sku, root))
+    response.headers[READ_FROM_HEADER] = role
+    return found
 
 
 @reads.get("/v1/categories", response_model=list[schemas.Category], summary="Categories and their product counts")
-async def categories(request: Request) -> list[schemas.Category]:
-    def read() -> list[schemas.Category]:
-        with service_state(request).connection() as conn, conn.cursor() as cur:
+async def categories(request: Request, response: Response) -> list[schemas.Category]:
+    def read(engine: Engine) -> list[schemas.Category]:
+        with transaction(engine) as conn, conn.cursor() as cur:
             rows = cur.execute(_SQL["categories"]).fetchall()
             return [schemas.Category(name=name, products=count, embedded=embedded) for name, count, embedded in rows]
 
-    return await run_in_threadpool(read)
+    found, role = await run_in_threadpool(service_state(request).reads.read, read)
+    response.headers[READ_FROM_HEADER] = role
+    return found
 
 
 @writes.put("/v1/products/{sku}", response_model=schemas.ProductWritten,
@@ -66,7 +74,7 @@ async def put_product(request: Request, sku: str, body: schemas.ProductWrite) ->
             return upsert_rows(conn, [row])
 
     inserted, updated = await run_in_threadpool(write)
-    stored = await run_in_threadpool(_product, state, row.sku, request.scope.get("root_path", ""))
+    stored = await run_in_threadpool(_product, state.engine, row.sku, request.scope.get("root_path", ""))
     return schemas.ProductWritten(product=stored, created=bool(inserted), changed=bool(inserted or updated),
                                   queued=stored.queue == "pending")
 
@@ -89,7 +97,7 @@ async def thumbnail(
 ) -> Response:
     """Open to all (no key): an ``<img>`` tag cannot send one, and shops show these photos anyway."""
     state = service_state(request)
-    row = await run_in_threadpool(_product_row, state, sku)
+    row, _ = await run_in_threadpool(state.reads.read, lambda engine: _product_row(engine, sku))
     if not row["image"]:
         raise NotFound(f"product {sku!r} has no photo")
     etag = thumbnail_etag(row["image"], row["updated_at"])
@@ -102,8 +110,8 @@ async def thumbnail(
     return Response(body, media_type="image/jpeg", headers=headers)
 
 
-def _product_row(state: ServiceState, sku: str) -> dict[str, Any]:
-    with state.connection() as conn, conn.cursor() as cur:
+def _product_row(engine: Engine, sku: str) -> dict[str, Any]:
+    with transaction(engine) as conn, conn.cursor() as cur:
         cur.execute(_SQL["product"], {"sku": sku})
         row = cur.fetchone()
         if row is None:
@@ -112,8 +120,8 @@ def _product_row(state: ServiceState, sku: str) -> dict[str, Any]:
         return dict(zip(names, row, strict=True))
 
 
-def _product(state: ServiceState, sku: str, root: str) -> schemas.Product:
-    row = _product_row(state, sku)
+def _product(engine: Engine, sku: str, root: str) -> schemas.Product:
+    row = _product_row(engine, sku)
     del row["updated_at"]
     row["price"] = float(row["price"])
     return schemas.Product(**row, image_url=thumbnail_path(root, sku) if row["image"] else None)

@@ -2,32 +2,39 @@
 
 Photos and texts are encoded by the shared query batcher, then searched with prodvec's own
 filtered search (``prodvec.search.similar_to``: complete, planned per query) in the thread pool,
-so the event loop keeps answering while the encoder and the database work.
+so the event loop keeps answering while the encoder and the database work. The database part
+reads from a replica when one is usable (prodvec/service/reads.py); the X-Prodvec-Read-From
+header says whether a replica or the primary answered.
 """
 from __future__ import annotations
 
 import asyncio
 import time
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import numpy as np
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from PIL import Image
 from pydantic import ValidationError
-from sqlalchemy import ColumnElement, select
+from sqlalchemy import ColumnElement, Engine, select
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
+from prodvec.catalog.categories import unknown_category
+from prodvec.config import CatalogViews
+from prodvec.db.active_model import session_connection
 from prodvec.errors import ModelChanged, QueryError
 from prodvec.models import Product
 from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnsupportedMedia
+from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnknownCategory, UnsupportedMedia
 from prodvec.service.images import thumbnail_path
+from prodvec.service.reads import READ_FROM_HEADER, Role
 from prodvec.service.security import require_read_key
 
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
@@ -48,7 +55,7 @@ _SEARCH_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
 
 @router.post("/v1/search", response_model=schemas.SearchResponse, responses=schemas.ERROR_RESPONSES,
              openapi_extra=_SEARCH_BODY, summary="Products like a photo, a text, a sku, a vector or an image_url")
-async def search(request: Request) -> schemas.SearchResponse:
+async def search(request: Request, response: Response) -> schemas.SearchResponse:
     state = service_state(request)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type in _FORM_TYPES:
@@ -63,14 +70,15 @@ async def search(request: Request) -> schemas.SearchResponse:
         if not await request.body():
             raise BadRequest(f"the request body is empty: {_HOW}")
         raise UnsupportedMedia(f"cannot read a {content_type or 'untyped'} body: {_HOW}")
-    return await _answer(request, state, query, options)
+    return await _answer(request, response, state, query, options)
 
 
 @router.get("/v1/products/{sku}/similar", response_model=schemas.SearchResponse, responses=schemas.ERROR_RESPONSES,
             summary="More like this product (itself excluded)")
-async def similar(request: Request, sku: str, filters: Annotated[schemas.Filters, Query()]) -> schemas.SearchResponse:
+async def similar(request: Request, response: Response, sku: str,
+                  filters: Annotated[schemas.Filters, Query()]) -> schemas.SearchResponse:
     options = schemas.SearchRequest(sku=sku, **filters.model_dump())
-    return await _answer(request, service_state(request), None, options)
+    return await _answer(request, response, service_state(request), None, options)
 
 
 async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.SearchRequest | schemas.PhotoSearch]:
@@ -97,32 +105,39 @@ def _validated(model: type[schemas.PhotoSearch], data: bytes | dict[str, Any]) -
 
 
 async def _answer(
-    request: Request, state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch
+    request: Request, response: Response, state: ServiceState, photo: Image.Image | None,
+    options: schemas.PhotoSearch,
 ) -> schemas.SearchResponse:
     started = time.perf_counter()
     try:
-        return await asyncio.wait_for(_search(request, state, photo, options, started),
-                                      state.settings.request_timeout_seconds)
+        answer, role = await asyncio.wait_for(_search(request, state, photo, options, started),
+                                              state.settings.request_timeout_seconds)
     except asyncio.TimeoutError:
         raise TimedOut(
             f"the search took longer than {state.settings.request_timeout_seconds:g} s: retry, or narrow it"
         ) from None
+    response.headers[READ_FROM_HEADER] = role
+    return answer
 
 
 async def _search(
     request: Request, state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch, started: float
-) -> schemas.SearchResponse:
+) -> tuple[schemas.SearchResponse, Role]:
     if photo is None and isinstance(options, schemas.SearchRequest) and options.image_url is not None:
         data = await run_in_threadpool(state.fetcher.fetch, options.image_url)
         photo = await state.decode_photo(data, source="the photo at image_url")
     root = request.scope.get("root_path", "")
+
+    async def search() -> tuple[schemas.SearchResponse, Role]:
+        query, model = await _query(state, photo, options), state.batcher.model
+        return await run_in_threadpool(
+            state.reads.read, lambda engine: _search_database(engine, model, query, options, root, started))
+
     try:
-        query = await _query(state, photo, options)
-        return await run_in_threadpool(_search_database, state, query, options, root, started)
-    except ModelChanged:  # `prodvec model activate` since the query was encoded: again, with the active model
-        await run_in_threadpool(state.follow_active_model)
-        query = await _query(state, photo, options)
-        return await run_in_threadpool(_search_database, state, query, options, root, started)
+        return await search()
+    except ModelChanged as changed:  # `prodvec model activate` since the query was encoded: again, with that model
+        await run_in_threadpool(state.follow_model, changed.spec, cast(CatalogViews, changed.catalog_views))
+        return await search()
 
 
 async def _query(state: ServiceState, photo: Image.Image | None, options: schemas.PhotoSearch) -> QueryInput:
@@ -140,9 +155,13 @@ async def _query(state: ServiceState, photo: Image.Image | None, options: schema
 
 
 def _search_database(
-    state: ServiceState, query: QueryInput, options: schemas.PhotoSearch, root: str, started: float
+    engine: Engine, model: str, query: QueryInput, options: schemas.PhotoSearch, root: str, started: float
 ) -> schemas.SearchResponse:
-    with state.session() as session:
+    with Session(engine) as session:
+        for category in options.category or ():
+            problem = unknown_category(session_connection(session), category)
+            if problem:
+                raise UnknownCategory(f"{problem} (GET /v1/categories lists them)")
         if isinstance(query, str):  # a sku: its own stored vector, itself excluded
             product = session.scalar(select(Product).where(Product.sku == query))
             if product is None:
@@ -157,7 +176,7 @@ def _search_database(
                                 max_distance=options.max_distance)
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
-        return _response(result, state.batcher.model, root, started)
+        return _response(result, model, root, started)
 
 
 def where_clauses(filters: schemas.Filters) -> list[ColumnElement[bool]]:

@@ -135,8 +135,24 @@ class EncoderQueue(BaseModel):
     queries: int = Field(description="queries encoded since start (queries / passes: the batching)")
 
 
+class ReplicaHealth(BaseModel):
+    target: str = Field(description="host:port/dbname of a PRODVEC_READ_URLS replica")
+    usable: bool = Field(description="at its last check it could answer reads")
+    reason: str = Field(description='e.g. "lag 0.2 s", "down: connection refused", "lag 12.0 s > 5 s"')
+
+
+class Reads(BaseModel):
+    """Where searches and lookups were answered: replicas of PRODVEC_READ_URLS, or the primary."""
+
+    answered: dict[str, int] = Field(description="reads answered since start, per server: 'primary' or a "
+                                                 "replica's host:port/dbname")
+    replicas: list[ReplicaHealth] = Field(description="each replica's last check (empty: no PRODVEC_READ_URLS, "
+                                                      "or none checked yet)")
+
+
 class Status(BaseModel):
-    """`prodvec status`'s counts: the states add up to total; embedded = products with a vector."""
+    """`prodvec status`'s counts (the states add up to total; embedded = products with a vector), read
+    from the primary; the encoder's queue; where reads were answered."""
 
     total: int
     up_to_date: int
@@ -151,6 +167,7 @@ class Status(BaseModel):
     device: str
     supports_text: bool = Field(description="text queries work: the model has a text tower")
     encoder: EncoderQueue
+    reads: Reads
 
 
 class Readiness(BaseModel):

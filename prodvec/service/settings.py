@@ -10,7 +10,11 @@ PRODVEC_QUEUE_LIMIT     image/text queries waiting for the encoder before 503 [6
 PRODVEC_BATCH_WINDOW_MS how long the encoder waits for more queries to share a pass [5]
 PRODVEC_MAX_BATCH       query photos (or texts) per encoder pass [32]
 PRODVEC_REQUEST_TIMEOUT seconds a search may take, encoder wait and database included [30]
-PRODVEC_DB_POOL         database connections the server keeps [8]
+PRODVEC_DB_POOL         database connections the server keeps per database server [8]
+
+Read by prodvec.config as for every command: DATABASE_URL, PRODVEC_MODEL, ..., and
+PRODVEC_READ_URLS / PRODVEC_MAX_REPLICA_LAG: hot-standby replicas that searches and product
+lookups read from while they are within the lag bound (prodvec/service/reads.py).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from prodvec.config import Settings, env_flag, env_list, load_settings
+from prodvec.db.connection import POSTGRES_SCHEMES
 from prodvec.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -74,8 +79,10 @@ class ServiceSettings:
 def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSettings:
     """Settings from the environment (os.environ by default); ConfigError for malformed values."""
     env = os.environ if environ is None else environ
+    prodvec = load_settings()
+    _check_read_urls(prodvec.read_urls)
     return ServiceSettings(
-        prodvec=load_settings(),
+        prodvec=prodvec,
         api_keys=env_list(env, "PRODVEC_API_KEYS"),
         admin_keys=env_list(env, "PRODVEC_ADMIN_KEYS"),
         allow_open=env_flag(env, "PRODVEC_ALLOW_OPEN", False),
@@ -87,6 +94,15 @@ def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSetting
         request_timeout_seconds=_number(env, "PRODVEC_REQUEST_TIMEOUT", 30.0),
         db_pool_size=int(_number(env, "PRODVEC_DB_POOL", 8, whole=True)),
     )
+
+
+def _check_read_urls(urls: tuple[str, ...]) -> None:
+    """Each replica gets a connection pool at startup, which takes URLs only (not key=value strings)."""
+    for place, url in enumerate(urls, 1):
+        scheme, separator, _ = url.partition("://")
+        if not separator or scheme.lower() not in POSTGRES_SCHEMES:
+            raise ConfigError(f"PRODVEC_READ_URLS: item {place} is not a PostgreSQL URL: write each replica as "
+                              "postgresql://USER:PASSWORD@HOST:5432/DBNAME, comma-separated")
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False, minimum: float = 1) -> float:

@@ -70,7 +70,8 @@ WHERE p.stock <> 0 AND NOT EXISTS (SELECT FROM prodvec_import_skus s WHERE s.sku
 DROP TABLE prodvec_import_skus
 
 -- name: category_exists
--- `prodvec search --category`: a category no product has cannot match; the CLI says so.
+-- A category filter (`prodvec search --category`, the API's): a category no product has cannot
+-- match; both say so (prodvec/catalog/categories.py).
 SELECT EXISTS (SELECT FROM products WHERE category = %(category)s)
 
 -- name: categories
