@@ -10,11 +10,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from conftest import TEST_MODEL
 from test_cli import _fails, _run_json
 from test_migrations import _psql_schema, _schema_dump
+from test_service import running, settings_for, upload
 
 from prodvec import Product, session
 from prodvec.cli.main import main
@@ -24,6 +26,7 @@ from prodvec.db.migrate import alembic_config, embedding_dimensions, upgrade
 from prodvec.db.model_registry import add_model, list_models
 from prodvec.encode import load_encoder
 from prodvec.search import Sku
+from prodvec.service.app import create_app
 from prodvec.sql import queries
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
@@ -132,8 +135,8 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
 
         # An import adds and changes products while a worker runs: both models follow.
         worker = Worker(db_url, test_encoder, OPTIONS, loader=_load)
-        running = threading.Thread(target=worker.run)
-        running.start()
+        background = threading.Thread(target=worker.run)
+        background.start()
         conn.execute("INSERT INTO products (sku, category, price, stock, image) VALUES ('NEW-1', 'red', 5, 1, %s)",
                      (str(photos[2]),))
         conn.execute("UPDATE products SET image = %s WHERE sku = %s", (str(photos[3]), f"{photos[0].stem}-1"))
@@ -141,26 +144,35 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
         while conn.execute("SELECT count(*) FROM embedding_jobs").fetchone()[0] and time.monotonic() < deadline:
             time.sleep(0.1)
         worker.stop()
-        running.join()
+        background.join()
         assert _vectors_of_current_images(conn, "") == (total + 1, total + 1)
         assert _vectors_of_current_images(conn, f"_m{narrow.id}") == (total + 1, total + 1)
         report = _run_json(capsys, "model")
         assert [(m["spec"], m["state"], m["embedded"], m["behind"]) for m in report["models"]] == [
             (TEST_MODEL, "active", total + 1, 0), (NARROW_MODEL, "ready", total + 1, 0)]
 
-        # The switch: searches go on, from the new model at once.
-        assert main(["model", "activate", NARROW_MODEL]) == 0
-        out = capsys.readouterr().out
-        assert f"activated {NARROW_MODEL}" in out and "switched in" in out
-        assert embedding_dimensions(conn) == 256
-        searches.wait_for(NARROW_MODEL)
-        _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
+        # The switch: searches go on, from the new model at once, in process and in the service.
+        with running(create_app(settings_for(db_url), encoder=test_encoder)) as base, \
+                httpx.Client(base_url=base, timeout=120) as client:
+            photo = photos[0].read_bytes()
+            assert upload(client, photo, "photo.jpg").json()["model"] == TEST_MODEL
+            assert main(["model", "activate", NARROW_MODEL]) == 0
+            out = capsys.readouterr().out
+            assert f"activated {NARROW_MODEL}" in out and "switched in" in out
+            assert embedding_dimensions(conn) == 256
+            searches.wait_for(NARROW_MODEL)
+            answer = upload(client, photo, "photo.jpg")
+            assert answer.status_code == 200 and answer.json()["model"] == NARROW_MODEL, answer.text
+            assert client.get("/readyz").json()["ready"]
+            _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
 
-        assert main(["model", "rollback"]) == 0
-        assert f"activated {TEST_MODEL}" in capsys.readouterr().out
-        assert embedding_dimensions(conn) == 512
-        searches.wait_for(TEST_MODEL)
-        _check_more_like_this(conn, "NEW-1", total)
+            assert main(["model", "rollback"]) == 0
+            assert f"activated {TEST_MODEL}" in capsys.readouterr().out
+            assert embedding_dimensions(conn) == 512
+            searches.wait_for(TEST_MODEL)
+            answer = client.post("/v1/search", json={"text": "a red square", "k": 3})
+            assert answer.status_code == 200 and answer.json()["model"] == TEST_MODEL, answer.text
+            _check_more_like_this(conn, "NEW-1", total)
 
     assert not searches.errors and not searches.mixed, (searches.errors, searches.mixed)
     # The active model's indexes have their names again, on its columns.
