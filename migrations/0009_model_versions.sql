@@ -303,6 +303,7 @@ DECLARE
     old_indexes text[];
     new_indexes text[];
     index_name text;
+    active_name text;
     column_name text;
 BEGIN
     LOCK TABLE embedding_models IN SHARE ROW EXCLUSIVE MODE;
@@ -326,7 +327,11 @@ BEGIN
         END IF;
     END LOOP;
     FOREACH index_name IN ARRAY new_indexes LOOP
-        EXECUTE format('ALTER INDEX %I RENAME TO %I', index_name, substr(index_name, length('m' || incoming.id || '_') + 1));
+        active_name := substr(index_name, length('m' || incoming.id || '_') + 1);
+        -- Still there under that name after the outgoing model's went: the plain (category,
+        -- price) index built below for a model whose vectors were too wide to carry.
+        EXECUTE format('DROP INDEX IF EXISTS %I', active_name);
+        EXECUTE format('ALTER INDEX %I RENAME TO %I', index_name, active_name);
     END LOOP;
     FOREACH column_name IN ARRAY prodvec_model_columns() LOOP
         EXECUTE format('ALTER TABLE products RENAME COLUMN %I TO %I', column_name, column_name || '_m' || outgoing.id);
