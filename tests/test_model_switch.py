@@ -140,6 +140,8 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
         conn.execute("INSERT INTO products (sku, category, price, stock, image) VALUES ('NEW-1', 'red', 5, 1, %s)",
                      (str(photos[2]),))
         conn.execute("UPDATE products SET image = %s WHERE sku = %s", (str(photos[3]), f"{photos[0].stem}-1"))
+        conn.execute("INSERT INTO products (sku, image) VALUES ('GONE', %s)", (str(photos[4]),))
+        conn.execute("DELETE FROM products WHERE sku = 'GONE'")  # its jobs for both models go with it
         deadline = time.monotonic() + 120
         while conn.execute("SELECT count(*) FROM embedding_jobs").fetchone()[0] and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -105,9 +105,17 @@ def _state(active: bool, was_active: bool, behind: int) -> str:
 
 
 def _add(args: argparse.Namespace) -> int:
+    from prodvec.cli.database import check_weights
+    from prodvec.config import load_settings
     from prodvec.db.model_registry import add_model
+    from prodvec.errors import WeightsUnavailable
 
     url, model = _asked(args)
+    try:
+        check_weights(model.spec, load_settings().device)
+    except WeightsUnavailable as exc:  # workers on other machines may have them: say so, go on
+        print(f"note: this machine cannot load {model.spec} ({exc}); workers that cannot load it leave its jobs "
+              "to workers that can", file=sys.stderr)
     added, queued = add_model(url, model)
     print(f"added {added}: {queued} product(s) queued; `prodvec worker` embeds them after the active model's jobs, "
           f"`prodvec model` shows the progress, `prodvec model activate {added.spec}"

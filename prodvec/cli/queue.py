@@ -12,6 +12,7 @@ from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.active_model import catalog_settings
 from prodvec.db.connection import connect, database_url
+from prodvec.db.model_registry import list_models
 from prodvec.errors import ConfigError
 
 
@@ -71,11 +72,6 @@ def _worker(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda received, _: interrupted.append(signal.Signals(received).name))
 
-    from prodvec.encode import load_encoder
-    from prodvec.worker.bulk import hnsw_index_dropped
-    from prodvec.worker.metrics import WorkerMetrics, serve
-    from prodvec.worker.pipeline import Worker, WorkerOptions
-
     if args.bulk and not args.once:
         raise ConfigError("--bulk goes with --once: a long-running worker must keep the index in place")
     settings = load_settings()
@@ -84,6 +80,18 @@ def _worker(args: argparse.Namespace) -> int:
     # A database that does not answer: say so now, before the model loads, and exit.
     with connect(url) as conn:
         settings = catalog_settings(conn, settings, record=True)
+        # --once with nothing to do: done, without loading torch and the model (seconds).
+        idle = args.once and not jobs.claimable(conn, [model.id for model in list_models(conn)])
+    if idle:
+        print("worker: nothing to embed", file=sys.stderr)
+        _report_waiting(url)
+        return 0
+
+    from prodvec.encode import load_encoder
+    from prodvec.worker.bulk import hnsw_index_dropped
+    from prodvec.worker.metrics import WorkerMetrics, serve
+    from prodvec.worker.pipeline import Worker, WorkerOptions
+
     overrides = {
         name: value
         for name, value in (
