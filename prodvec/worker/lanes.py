@@ -39,8 +39,9 @@ class Lane:
 
 class Lanes:
     """The worker's lanes. ``encoder`` (under ``policy``) is the model the worker was started
-    with: the catalog's active model, recorded as such in a catalog that has none yet. Other
-    models are loaded with ``loader``; without one, only the given model is embedded."""
+    with: the catalog's active model (recorded as such in a catalog that has none yet), or
+    another of its models. Other models are loaded with ``loader``; without one, only the given
+    model is embedded."""
 
     REFRESH_SECONDS = 5.0
 
@@ -79,10 +80,11 @@ class Lanes:
         if not models:  # a new catalog: its first embed records the worker's model
             record_active_model(conn, self._given)
             models = list_models(conn)
-        active = models[0]
-        if not self._lanes and (active.spec, active.catalog_views) != (self._given.spec, self._given.catalog_views):
+        # The given model must be one of the catalog's (the active one when the worker started;
+        # an activation since, e.g. while the worker reconnected, makes it another of them).
+        if all((model.spec, model.catalog_views) != (self._given.spec, self._given.catalog_views) for model in models):
             raise ModelMismatch(
-                f"this worker encodes with {self._given} but the catalog's active model is {active}: "
+                f"this worker encodes with {self._given} but the catalog's active model is {models[0]}: "
                 "start the worker without PRODVEC_MODEL and PRODVEC_CATALOG_VIEWS to use the active model"
             )
         for model in models:
