@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from test_service import (
     DEMO,
@@ -82,6 +83,13 @@ def test_admin_put_queues_the_product_and_the_worker_makes_it_searchable(
     assert answer["product"]["embedded"] is False and answer["product"]["queue"] == "pending"
     assert keyed.get("/v1/status", headers=admin).json()["pending"] == 1
     assert_error(keyed.get(f"/v1/products/{sku}/similar", headers=admin), 409, "queued")
+    with psycopg.connect(service_catalog.url, autocommit=True) as conn:  # as a photo that failed for good
+        failed = "UPDATE embedding_jobs SET state = %s, last_error = %s WHERE product_id = (SELECT id FROM products " \
+                 "WHERE sku = %s)"
+        conn.execute(failed, ("failed", "not an image", sku))
+        assert_error(keyed.get(f"/v1/products/{sku}/similar", headers=admin), 409, "not an image",
+                     f"prodvec retry --sku {sku}")
+        conn.execute(failed, ("pending", None, sku))
     before = upload(keyed, png_bytes(photo), headers=admin)
     assert sku not in [hit["sku"] for hit in before.json()["hits"]]
 

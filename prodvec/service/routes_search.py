@@ -36,7 +36,9 @@ from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, Unk
 from prodvec.service.images import thumbnail_path
 from prodvec.service.reads import READ_FROM_HEADER, Role
 from prodvec.service.security import require_read_key
+from prodvec.sql import queries
 
+_SQL = queries("service.sql")
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -167,9 +169,7 @@ def _search_database(
             if product is None:
                 raise NotFound(f"no product with sku {query!r}: check the sku (GET /v1/products/{{sku}})")
             if product.embedded_at is None:  # written with its vector, which stays until a new one replaces it
-                raise Conflict(f"product {query!r} has no embedding yet: "
-                               + ("it is queued; retry once the worker has embedded it" if product.image
-                                  else "it has no photo to embed"))
+                raise Conflict(f"product {query!r} has no embedding yet: {_why_not_embedded(session, product)}")
             query = product
         try:
             result = similar_to(session, query, k=options.k, where=where_clauses(options),
@@ -177,6 +177,16 @@ def _search_database(
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
         return _response(result, model, root, started)
+
+
+def _why_not_embedded(session: Session, product: Product) -> str:
+    if not product.image:
+        return "it has no photo to embed"
+    job = session_connection(session).execute(_SQL["embedding_job"], {"product_id": product.id}).fetchone()
+    if job is not None and job[0] == "failed":
+        return (f"its photo could not be embedded ({job[1]}): give it another image (PUT /v1/products/"
+                f"{product.sku}) or run `prodvec retry --sku {product.sku}`")
+    return "it is queued; retry once the worker has embedded it"
 
 
 def where_clauses(filters: schemas.Filters) -> list[ColumnElement[bool]]:
