@@ -92,8 +92,8 @@ class Worker:
     """One worker process. ``run(once=True)`` drains the queue and returns.
 
     ``encoder`` under ``policy`` (its catalog views) is the catalog's active model (recorded as
-    such in a catalog without one; ModelMismatch when another is active). ``loader`` loads the
-    encoders of models added beside it; without one, their jobs are left to other workers."""
+    such in a catalog without one; ModelMismatch when the catalog has no such model). ``loader``
+    loads the encoders of its other models; without one, their jobs are left to other workers."""
 
     def __init__(
         self,
