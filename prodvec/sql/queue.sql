@@ -153,9 +153,17 @@ SELECT prodvec_enqueue(array_agg(id), array_agg(image), prodvec_model_ids(true))
 -- name: renew
 -- A live worker keeps what it holds: its leases run on from now. One that died stops
 -- renewing, and its jobs go back to others when the last renewal runs out.
-UPDATE embedding_jobs
+-- Rows a write-back (or a failure) is settling right now are locked by it and skipped: they
+-- need no renewal, and waiting for them could deadlock with it (the two lock a claim's rows
+-- in different orders).
+UPDATE embedding_jobs AS j
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s)
-WHERE lease_token = ANY(%(tokens)s);
+FROM (
+    SELECT product_id, model_id FROM embedding_jobs
+    WHERE lease_token = ANY(%(tokens)s)
+    FOR UPDATE SKIP LOCKED
+) AS held
+WHERE (j.product_id, j.model_id) = (held.product_id, held.model_id);
 
 -- name: claimable
 -- `worker --once`: is anything left that a claim could take now, of the models it encodes?
