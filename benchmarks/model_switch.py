@@ -167,7 +167,7 @@ def main() -> None:
             time.sleep(args.phase_seconds)
             marks["add"] = time.perf_counter()
             model_b = ActiveModel(args.model_b, spec_dimensions(args.model_b), "single")
-            added, queued = add_model(url, model_b)
+            added, queued, _ = add_model(url, model_b)
             marks["backfill"] = time.perf_counter()
             backfilled = Worker(url, load_encoder(args.model_a, "cpu"), WorkerOptions(),
                                 loader=lambda spec: load_encoder(spec, "cpu")).run(once=True).embedded

@@ -201,7 +201,8 @@ BEGIN
     END IF;
     IF EXISTS (SELECT 1 FROM embedding_models m
                WHERE (m.spec, m.catalog_views) = (prodvec_add_model.spec, prodvec_add_model.catalog_views)) THEN
-        RAISE EXCEPTION '% with % catalog views is the active model already', spec, catalog_views;
+        RAISE EXCEPTION '% with % catalog views is the active model already, so there is nothing to add', spec, catalog_views
+            USING HINT = 'To store the same model under the other catalog views, add it with --views (single or multi); `prodvec model` lists the models.';
     END IF;
     INSERT INTO embedding_models (spec, dimensions, catalog_views) VALUES (spec, dimensions, catalog_views)
     RETURNING id INTO added;
@@ -250,13 +251,21 @@ BEGIN
 END;
 $$;
 
--- `prodvec model add`, last step: queue every product with an image that has no job for the model.
+-- `prodvec model add`, last step: queue every product with an image that has no vector of the
+-- model made from it and no job for the model (a rerun of `model add` queues nothing twice).
 CREATE FUNCTION prodvec_queue_backfill(model smallint) RETURNS integer
-LANGUAGE sql AS $$
-    SELECT prodvec_enqueue(array_agg(p.id), array_agg(p.image), ARRAY[model])
-    FROM products p
-    WHERE p.image <> ''
-      AND NOT EXISTS (SELECT 1 FROM embedding_jobs j WHERE j.product_id = p.id AND j.model_id = model)
+LANGUAGE plpgsql AS $$
+DECLARE
+    queued integer;
+BEGIN
+    EXECUTE format(
+        'SELECT prodvec_enqueue(array_agg(p.id), array_agg(p.image), ARRAY[$1]) FROM products p '
+        'WHERE p.image <> '''' AND p.%I IS DISTINCT FROM p.image '
+        '  AND NOT EXISTS (SELECT 1 FROM embedding_jobs j WHERE j.product_id = p.id AND j.model_id = $1)',
+        'embedded_image_m' || model)
+    INTO queued USING model;
+    RETURN coalesce(queued, 0);
+END;
 $$;
 
 -- Products a model still lacks before it can take over: those searchable now (a vector of the
@@ -342,7 +351,7 @@ BEGIN
     -- Filters need their (category, price) index even where the incoming vectors are too wide to carry.
     IF to_regclass('products_category_price') IS NULL THEN
         CREATE INDEX products_category_price ON products (category, price);
-        RETURN NEXT 'built products_category_price without vectors (the model''s vectors are too wide to carry)';
+        RETURN NEXT 'built products_category_price on (category, price) alone: it carries vectors of up to 768 dimensions, the model''s have more';
     END IF;
     UPDATE embedding_models m SET active = false, deactivated_at = now() WHERE m.id = outgoing.id;
     UPDATE embedding_models m SET active = true, activated_at = now() WHERE m.id = incoming.id;

@@ -132,6 +132,8 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
             thread.join()
         assert sum(worker.stats.embedded for worker in workers) == total
         assert _vectors_of_current_images(conn, f"_m{narrow.id}") == (total, total)
+        assert main(["model", "add", NARROW_MODEL]) == 0  # again: nothing is queued twice
+        assert "was added before: 0 product(s) without its vector queued" in capsys.readouterr().out
 
         # An import adds and changes products while a worker runs: both models follow.
         worker = Worker(db_url, test_encoder, OPTIONS, loader=_load)
@@ -163,10 +165,18 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
             assert f"activated {NARROW_MODEL}" in out and "switched in" in out
             assert embedding_dimensions(conn) == 256
             searches.wait_for(NARROW_MODEL)
+            similar = client.get("/v1/products/NEW-1/similar", params={"k": 3})  # the stored vectors': no encoder
+            assert similar.json()["model"] == NARROW_MODEL, similar.text
             answer = upload(client, photo, "photo.jpg")
             assert answer.status_code == 200 and answer.json()["model"] == NARROW_MODEL, answer.text
             assert client.get("/readyz").json()["ready"]
             _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
+            states = [(m["spec"], m["state"]) for m in _run_json(capsys, "model")["models"]]
+            assert states == [(NARROW_MODEL, "active"), (TEST_MODEL, "previous, rollback target")]
+            monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)  # a shell still naming the old model
+            assert f"`prodvec model activate {TEST_MODEL}` (it is kept, with its vectors)" in _fails(
+                capsys, "search", "--image", str(photos[0]))
+            monkeypatch.delenv("PRODVEC_MODEL")
 
             assert main(["model", "rollback"]) == 0
             assert f"activated {TEST_MODEL}" in capsys.readouterr().out
@@ -199,7 +209,7 @@ def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path
                                               caplog: pytest.LogCaptureFixture, capsys) -> None:
     _catalog(conn, photo_dir, copies=1)
     missing = ActiveModel("open_clip:ViT-B-32:/nowhere/weights.pt", 512, "single")
-    added, queued = add_model(db_url, missing)
+    added, queued, _ = add_model(db_url, missing)
     assert queued == len(list(photo_dir.iterdir()))
     with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
         stats = Worker(db_url, test_encoder, OPTIONS, loader=_load).run(once=True)  # returns: nothing it can do

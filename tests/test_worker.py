@@ -96,7 +96,7 @@ def test_multi_view_catalog_stores_both_views(conn, db_url, encoder, photo_dir: 
         assert np.allclose(coarse.to_numpy(), views[1], atol=2e-3)
 
     # Back to single views: a model change like any other, backfilled beside the multi-view vectors.
-    single, queued = add_model(db_url, ActiveModel(encoder.spec, encoder.dimensions, "single"))
+    single, queued, _ = add_model(db_url, ActiveModel(encoder.spec, encoder.dimensions, "single"))
     assert queued == 9
     Worker(db_url, encoder, policy=MULTI_VIEW, loader={encoder.spec: encoder}.__getitem__).run(once=True)
     activate_model(conn, single)

@@ -25,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "models: `model add SPEC`, let `prodvec worker` backfill it while searches go on, then "
                     "`model activate SPEC`; `model rollback` returns to the previous one.",
     )
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="the report as JSON, every model under \"models\"")
     parser.set_defaults(handler=_list)
     actions = parser.add_subparsers(title="changing models", metavar="{add,activate,rollback,drop}")
 
@@ -35,7 +35,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     add.set_defaults(handler=_add)
 
     activate = actions.add_parser("activate", help="make an added model the active one (a short switch)")
-    activate.add_argument("spec")
+    activate.add_argument("spec", help="a model added before (`prodvec model` lists them)")
     activate.add_argument("--views", **_VIEWS)
     activate.add_argument("--force", action="store_true",
                           help="activate although it lacks vectors for some products (searches miss them meanwhile)")
@@ -46,7 +46,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     rollback.set_defaults(handler=_rollback)
 
     drop = actions.add_parser("drop", help="drop a model that is not active: its vectors, indexes and jobs")
-    drop.add_argument("spec")
+    drop.add_argument("spec", help="a model that is not active")
     drop.add_argument("--views", **_VIEWS)
     drop.set_defaults(handler=_drop)
 
@@ -62,11 +62,14 @@ def _list(args: argparse.Namespace) -> int:
     with connect(database_url(settings)) as conn:
         products = int((conn.execute("SELECT count(*) FROM products").fetchone() or (0,))[0])
         models = list_models(conn)
+        kept = [model for model in models if model.deactivated_at is not None and not model.active]
+        rollback_to = max(kept, key=lambda model: model.deactivated_at or model.added_at).id if kept else None
         rows = []
         for model in models:
             progress = coverage(conn, model)
+            state = _state(model.active, model.deactivated_at is not None, progress.behind)
             rows.append({"spec": model.spec, "dimensions": model.dimensions, "catalog_views": model.catalog_views,
-                         "state": _state(model.active, model.deactivated_at is not None, progress.behind),
+                         "state": f"{state}, rollback target" if model.id == rollback_to else state,
                          "embedded": progress.embedded, "pending": progress.pending, "failed": progress.failed,
                          "behind": progress.behind})
     active: dict[str, Any] = rows[0] if rows and rows[0]["state"] == "active" else {}
@@ -116,10 +119,14 @@ def _add(args: argparse.Namespace) -> int:
     except WeightsUnavailable as exc:  # workers on other machines may have them: say so, go on
         print(f"note: this machine cannot load {model.spec} ({exc}); workers that cannot load it leave its jobs "
               "to workers that can", file=sys.stderr)
-    added, queued = add_model(url, model)
+    added, queued, new = add_model(url, model)
+    named = added.as_active.argument
+    if not new:
+        print(f"{added} was added before: {queued} product(s) without its vector queued now; "
+              f"`prodvec model` shows its progress, `prodvec model activate {named}` switches to it")
+        return 0
     print(f"added {added}: {queued} product(s) queued; `prodvec worker` embeds them after the active model's jobs, "
-          f"`prodvec model` shows the progress, `prodvec model activate {added.spec}"
-          f"{' --views multi' if added.catalog_views == 'multi' else ''}` switches to it")
+          f"`prodvec model` shows the progress, `prodvec model activate {named}` switches to it")
     return 0
 
 

@@ -36,6 +36,11 @@ class ActiveModel:
         """What products.embedding_model says of this model's vectors."""
         return embedding_model(self.spec, catalog_policy(self.catalog_views))
 
+    @property
+    def argument(self) -> str:
+        """The model as `prodvec model add/activate/drop` take it (views only when not the default)."""
+        return f"{self.spec}{' --views multi' if self.catalog_views == 'multi' else ''}"
+
     def __str__(self) -> str:
         return f"{self.spec} ({self.dimensions}-d, {self.catalog_views} catalog views)"
 
@@ -96,7 +101,15 @@ def catalog_settings(conn: psycopg.Connection, settings: Settings, *, record: bo
     """``settings`` with the catalog's model and views (choose_model; ModelMismatch when they
     disagree). ``record``: a catalog without a model records the settings' (its first embed)."""
     recorded = read_active_model(conn)
-    model = choose_model(recorded, settings)
+    try:
+        model = choose_model(recorded, settings)
+    except ModelMismatch as exc:
+        asked = choose_model(recorded, settings, change=True)
+        kept = conn.execute(queries("model.sql")["is_kept"], {"spec": asked.spec, "catalog_views": asked.catalog_views})
+        if kept.fetchone() is None:
+            raise
+        raise ModelMismatch(str(exc).split(", or change models")[0] + ", or make it the active model again: "
+                            f"`prodvec model activate {asked.argument}` (it is kept, with its vectors)") from None
     if recorded is None and record:
         record_active_model(conn, model)
     return dataclasses.replace(settings, model=model.spec, catalog_views=model.catalog_views)
@@ -121,6 +134,6 @@ def _mismatch(recorded: ActiveModel, asked: ActiveModel) -> str:
 
 def change_models(model: ActiveModel) -> str:
     """How to make ``model`` the active one without stopping search."""
-    named = f"{model.spec}{' --views multi' if model.catalog_views == 'multi' else ''}"
+    named = model.argument
     return (f"change models without stopping search: `prodvec model add {named}`, `prodvec worker`, then "
             f"`prodvec model activate {named}`")

@@ -88,9 +88,11 @@ def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
         if (known.spec, known.catalog_views) == (model.spec, model.catalog_views):
             return known
     names = "; ".join(str(known) for known in models) or "none"
+    other_views = [known.catalog_views for known in models if known.spec == model.spec]
+    advice = (f"did you mean --views {other_views[0]}?" if other_views else
+              f"add it with `prodvec model add {model.argument}`")
     raise ConfigError(f"the catalog has no model {model.spec} with {model.catalog_views} catalog views "
-                      f"(its models: {names}): add it with `prodvec model add {model.spec}"
-                      f"{' --views multi' if model.catalog_views == 'multi' else ''}`")
+                      f"(its models: {names}): {advice}")
 
 
 def coverage(conn: psycopg.Connection, model: CatalogModel) -> Coverage:
@@ -100,21 +102,23 @@ def coverage(conn: psycopg.Connection, model: CatalogModel) -> Coverage:
     return Coverage(int(embedded), int(pending), int(failed), int(behind))
 
 
-def add_model(url: str, model: ActiveModel) -> tuple[CatalogModel, int]:
+def add_model(url: str, model: ActiveModel) -> tuple[CatalogModel, int, bool]:
     """Add ``model`` beside the active one: its columns (a short switch), its indexes (built
     concurrently, no write waits), then every product with an image queued for it. Returns the
-    model and how many products were queued. Adding a model added before completes it."""
+    model, how many products were queued and whether it is new. Adding a model added before
+    completes what is missing (indexes, products without its vector) and queues nothing twice."""
     from prodvec.db.connection import connect
 
     with connect(url, autocommit=True) as conn:
+        known = {(known.spec, known.catalog_views) for known in list_models(conn)}
         [(model_id,)] = _switch(conn, "add", {"spec": model.spec, "dimensions": model.dimensions,
-                                              "catalog_views": model.catalog_views})
+                                              "catalog_views": model.catalog_views}, doing=f"addition of {model}")
         for (statement,) in conn.execute(_SQL["index_statements"], {"model_id": model_id}).fetchall():
-            log.info("%s", statement)
+            log.debug("%s", statement)
             conn.execute(statement)
         queued = int((conn.execute(_SQL["queue_backfill"], {"model_id": model_id}).fetchone() or (0,))[0] or 0)
         added = next(known for known in list_models(conn) if known.id == model_id)
-    return added, queued
+    return added, queued, (model.spec, model.catalog_views) not in known
 
 
 def activate_model(conn: psycopg.Connection, model: CatalogModel, *, force: bool = False) -> tuple[list[str], float]:
@@ -131,7 +135,7 @@ def activate_model(conn: psycopg.Connection, model: CatalogModel, *, force: bool
                 "--force"
             )
     started = time.perf_counter()
-    steps = [step for (step,) in _switch(conn, "activate", {"model_id": model.id})]
+    steps = [step for (step,) in _switch(conn, "activate", {"model_id": model.id}, doing=f"activation of {model}")]
     return steps, time.perf_counter() - started
 
 
@@ -145,21 +149,22 @@ def previous_model(conn: psycopg.Connection) -> CatalogModel:
 
 def drop_model(conn: psycopg.Connection, model: CatalogModel) -> None:
     """Drop an inactive model: its columns, indexes, recall settings and jobs."""
-    _switch(conn, "drop", {"model_id": model.id})
+    _switch(conn, "drop", {"model_id": model.id}, doing=f"drop of {model}")
 
 
-def _switch(conn: psycopg.Connection, name: str, params: dict[str, object]) -> list[tuple[Any, ...]]:
+def _switch(conn: psycopg.Connection, name: str, params: dict[str, object], *, doing: str) -> list[tuple[Any, ...]]:
     """Run one of model.sql's short switches (add / activate / drop) in its own transaction with
-    a short lock_timeout, again while the table stays busy. Its rows."""
+    a short lock_timeout, again while the table stays busy (``doing``: what it is, for messages). Its rows."""
     for attempt in range(1, SWITCH_TRIES + 1):
         try:
             with conn.transaction(), raised_as_schema_mismatch():
                 conn.execute("SELECT set_config('lock_timeout', %s, true)", (f"{SWITCH_LOCK_TIMEOUT_MS}ms",))
                 return conn.execute(_SQL[name], params).fetchall()
         except psycopg.errors.LockNotAvailable:
-            log.info("products is busy (try %d of %d): trying the %s again", attempt, SWITCH_TRIES, name)
+            if attempt < SWITCH_TRIES:
+                log.info("products is busy (try %d of %d): trying the %s again", attempt, SWITCH_TRIES, doing)
             time.sleep(min(0.1 * attempt, 1.0))
     raise SchemaMismatch(
-        f"products stayed busy for {SWITCH_TRIES} tries of {SWITCH_LOCK_TIMEOUT_MS} ms, so the model {name} did not "
+        f"products stayed busy for {SWITCH_TRIES} tries of {SWITCH_LOCK_TIMEOUT_MS} ms, so the {doing} did not "
         "happen: a long import or an idle open transaction holds it (see pg_stat_activity); try again when it ends"
     )

@@ -92,4 +92,5 @@ def _looks_like_path(weights: str) -> bool:
 
 
 def _bad_spec(spec: str, reason: str) -> ConfigError:
-    return ConfigError(f"bad PRODVEC_MODEL {spec!r}: {reason}. Accepted forms: {ACCEPTED_FORMS}")
+    return ConfigError(f"bad model spec {spec!r} (PRODVEC_MODEL, or `prodvec model`'s SPEC): {reason}. "
+                       f"Accepted forms: {ACCEPTED_FORMS}")

@@ -31,6 +31,8 @@ class SearchResult(Sequence[Hit]):
     catalog for this kind of search (unfiltered, iterative scan, quick look, category index)
     and queries as far from the catalog as this one; None for exact answers, and for index
     answers before any measurement.
+    ``model``: the model whose vectors were searched (the catalog's active model at the time, as
+    products.embedding_model names it); None before a model is recorded.
     """
 
     hits: tuple[Hit, ...]
@@ -38,6 +40,7 @@ class SearchResult(Sequence[Hit]):
     strategy: Strategy
     candidates: int
     recall: float | None = None
+    model: str | None = None
 
     @overload
     def __getitem__(self, index: int) -> Hit: ...

@@ -29,10 +29,10 @@ such a result raises QueryError instead.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -120,7 +120,7 @@ def similar_to_many(
     for vector in vectors:
         result = _search(session, vector, facts, k=k, where=compiled, max_distance=max_distance)
         _check_model(vector, result)
-        results.append(result)
+        results.append(dataclasses.replace(result, model=pinned.embedding_model) if pinned else result)
     return results
 
 
@@ -196,7 +196,7 @@ def _result(hits: list[Hit], strategy: Strategy, chosen: plan.Plan, max_distance
     return SearchResult(kept, strategy != "hnsw", strategy, chosen.estimate, recall)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class _Pinned:
     id: int
     spec: str

@@ -211,5 +211,5 @@ def _response(result: SearchResult, model: str, root: str, started: float) -> sc
         for hit in result
     ]
     return schemas.SearchResponse(hits=hits, exact=result.exact, recall=result.recall, strategy=result.strategy,
-                                  model=model, took_ms=round((time.perf_counter() - started) * 1000, 2),
+                                  model=result.model or model, took_ms=round((time.perf_counter() - started) * 1000, 2),
                                   candidates=result.candidates)

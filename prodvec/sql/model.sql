@@ -12,6 +12,10 @@ SELECT spec, dimensions, catalog_views FROM active_model;
 -- The function checks, resizes, drops and requeues in one transaction (see the migration).
 SELECT prodvec_set_active_model(%(spec)s, %(dimensions)s, %(catalog_views)s, %(drop_embeddings)s);
 
+-- name: is_kept
+-- A model kept beside the active one (migrations/0009), e.g. the one active before.
+SELECT 1 FROM embedding_models WHERE spec = %(spec)s AND catalog_views = %(catalog_views)s AND NOT active;
+
 -- name: has_models
 -- Whether the schema has migration 0009's table of models.
 SELECT to_regclass('embedding_models') IS NOT NULL;

@@ -132,5 +132,6 @@ class Lanes:
         if model.active:
             raise ModelMismatch(f"cannot embed for the catalog's active model {model}: {why}")
         self._skipped.add(model.id)
-        log.warning("skipping %s's jobs (%s): a worker that can load it embeds them", model, why)
+        log.warning("skipping %s's jobs: this worker cannot load it; a worker where its weights are embeds them "
+                    "(or `prodvec model drop %s`). Loading it said: %s", model, model.spec, why)
         return None
