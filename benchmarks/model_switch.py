@@ -11,8 +11,9 @@ of model A's vectors are copied, as the worker's vectors of the same photo would
 2. searches run on their own threads throughout (more like this by sku, unfiltered and filtered
    to a category under a price), in-process through Product.similar_to;
 3. `model add B`, then the worker backfills B while the searches go on (its rate);
-4. `model activate B` and later `model rollback`, each while the searches go on: how long the
-   switch held products, and the longest search that overlapped it.
+4. `model activate B`; then B's normal rate as in 1 (another --changed products, a worker for B
+   alone; then A's jobs for them are done too, untimed), and `model rollback`, each while the
+   searches go on: how long the switch held products, and the longest search that overlapped it.
 Random-weight models: speed figures only (on this machine: CPU).
 """
 from __future__ import annotations
@@ -129,6 +130,16 @@ def load_catalog(url: str, photos: list[Path], products: int, model_a: str) -> f
     return seconds
 
 
+def normal_rate(url: str, model: str, photo: Path, changed: int) -> float:
+    """Products/s of a worker for ``model`` alone, embedding the first ``changed`` products after
+    their photo changed to ``photo`` (the worker's normal work: new and changed products)."""
+    with connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE products SET image = %s WHERE id <= %s", (str(photo), changed))
+    worker = Worker(url, load_encoder(model, "cpu"), WorkerOptions())
+    started = time.perf_counter()
+    return worker.run(once=True).embedded / (time.perf_counter() - started)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--products", type=int, default=20_000)
@@ -148,18 +159,13 @@ def main() -> None:
         upgrade(url, spec_dimensions(args.model_a))
         with connect(url, autocommit=True) as conn:
             record_active_model(conn, ActiveModel(args.model_a, spec_dimensions(args.model_a), "single"))
-        photos = make_photos(workdir / "photos", args.photos + 1, 160, seed=3)
-        seconds = load_catalog(url, photos[:-1], args.products, args.model_a)
+        photos = make_photos(workdir / "photos", args.photos + 2, 160, seed=3)
+        seconds = load_catalog(url, photos[:-2], args.products, args.model_a)
         print(f"catalog: {args.products} products over {args.photos} photos; model A {args.model_a} embedded "
               f"{args.photos} distinct photos in {seconds:.1f} s", flush=True)
 
-        # 1. The worker's normal rate: changed photos, model A.
-        with connect(url, autocommit=True) as conn:
-            conn.execute("UPDATE products SET image = %s WHERE id <= %s", (str(photos[-1]), args.changed))
-        worker = Worker(url, load_encoder(args.model_a, "cpu"), WorkerOptions())
-        started = time.perf_counter()
-        normal = worker.run(once=True).embedded / (time.perf_counter() - started)
-        print(f"normal rate (model A, {args.changed} changed products): {normal:.1f} products/s", flush=True)
+        normal_a = normal_rate(url, args.model_a, photos[-1], args.changed)
+        print(f"normal rate (model A, {args.changed} changed products): {normal_a:.1f} products/s", flush=True)
 
         searches = Searches(url, args.products, args.search_threads)
         with searches.running():
@@ -178,6 +184,9 @@ def main() -> None:
                 _, held_activate = activate_model(conn, next(m for m in list_models(conn) if m.id == added.id))
                 marks["activated"] = time.perf_counter()
             time.sleep(args.phase_seconds)
+            marks["normal_b"] = time.perf_counter()
+            normal_b = normal_rate(url, args.model_b, photos[-2], args.changed)
+            Worker(url, load_encoder(args.model_a, "cpu"), WorkerOptions()).run(once=True)  # A's, for the rollback
             with connect(url, autocommit=True) as conn:
                 marks["rollback"] = time.perf_counter()
                 _, held_rollback = activate_model(conn, previous_model(conn))
@@ -189,11 +198,12 @@ def main() -> None:
         print(f"model add B ({args.model_b}): {marks['backfill'] - marks['add']:.2f} s (columns, indexes, "
               f"{queued} products queued)")
         print(f"backfill rate (model B, searches running): {backfilled / backfill_seconds:.1f} products/s "
-              f"({backfilled} in {backfill_seconds:.0f} s); normal rate (model A) {normal:.1f} products/s")
+              f"({backfilled} in {backfill_seconds:.0f} s); normal rate of model B (active, searches running) "
+              f"{normal_b:.1f} products/s; of model A {normal_a:.1f} products/s")
         print(f"searches before:          {summary(searches.between(marks['start'], marks['add']))}")
         print(f"searches during backfill: {summary(searches.between(marks['backfill'], marks['after']))}")
         print(f"searches after:           {summary(searches.between(marks['after'], marks['activate']))}")
-        print(f"searches on model B:      {summary(searches.between(marks['activated'], marks['rollback']))}")
+        print(f"searches on model B:      {summary(searches.between(marks['activated'], marks['normal_b']))}")
         for name, start, end, held in (("activate", "activate", "activated", held_activate),
                                        ("rollback", "rollback", "rolled_back", held_rollback)):
             longest = searches.longest_overlapping(marks[start], marks[end])
