@@ -11,6 +11,10 @@ nearest products at cosine ~0.85), "far" ones random directions (nearest at cosi
 Reported, each on the same queries, truth by numpy brute force over the stored halfvec values:
 - build time and size of the halfvec index and of the binary-code index, codes taken from the
   raw vectors ("bit raw") and from the vectors minus the catalog mean ("bit centred");
+- opt-in (`--variants ...,sub128,pca128`): the other quantisation pgvector can index, an HNSW index
+  on a lower-dimensional halfvec searched in the same two-stage shape (benchmarks/projection_index.py:
+  "sub D" the first D dimensions, "pca D" the top D principal components), with the code index's
+  m and ef_construction; their queries run in one random order with the first code index's;
 - unfiltered recall@10 and p50/p95 of plain SQL: the halfvec index (prodvec's unfiltered
   setting, ef_search 40, and ef_search 100) and the two-stage query at each candidate count;
 - filtered recall@10 and p50/p95 of Product.similar_to with and without the code index
@@ -47,6 +51,7 @@ from filtered_search import (
 )
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
+from projection_index import Projector, build_projection, drop_projections, parse, two_stage_sql
 from sqlalchemy import create_engine, event
 from sqlalchemy.orm import Session
 
@@ -108,11 +113,12 @@ def top_k(stored: np.ndarray, vector: np.ndarray, k: int = K) -> tuple[set[int],
     return {int(r) + 1 for r in np.flatnonzero(-similarity <= kth + 1e-4)}, float(similarity.max())
 
 
-def timed_sql(conn: psycopg.Connection, sql: str, vector: np.ndarray, ef_search: int) -> tuple[list[int], float]:
+def timed_sql(conn: psycopg.Connection, sql: str, params: dict[str, HalfVector], ef_search: int
+              ) -> tuple[list[int], float]:
     started = time.perf_counter()
     with conn.transaction():
         conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(ef_search),))
-        ids = [row[0] for row in conn.execute(sql, {"q": HalfVector(vector)})]
+        ids = [row[0] for row in conn.execute(sql, params)]
     return ids, time.perf_counter() - started
 
 
@@ -121,9 +127,11 @@ def summary(recalls: list[float], seconds: list[float]) -> str:
             f"  p95 {np.quantile(seconds, .95) * 1000:6.2f} ms")
 
 
-def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray]], methods: dict[str, tuple[str, int]]
+def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray]], methods: dict[str, tuple[str, int]],
+               projectors: list[Projector] | None = None,
                ) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
-    """Per method and near/far: recalls and seconds; every method runs for every query, in a random order."""
+    """Per method and near/far: recalls and seconds; every method runs for every query, in a random order.
+    The query vector is %(q)s; ``projectors`` add its projections' parameters."""
     truths = [top_k(stored, vector) for _, vector in queries]
     near, far = (np.mean([best for (kind, _), (_, best) in zip(queries, truths, strict=True) if kind == wanted])
                  for wanted in ("near", "far"))
@@ -131,17 +139,21 @@ def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray
     results: dict[str, dict[str, tuple[list[float], list[float]]]] = {
         m: {"near": ([], []), "far": ([], [])} for m in methods}
     order = np.random.default_rng(0)
+
+    def params(vector: np.ndarray) -> dict[str, HalfVector]:
+        return {"q": HalfVector(vector), **{k: v for project in projectors or [] for k, v in project(vector).items()}}
+
     with psycopg.connect(url, autocommit=True) as conn:
         register_vector(conn)
         for _, vector in queries[:20]:  # warm caches
             for sql, ef in methods.values():
-                timed_sql(conn, sql, vector, ef)
+                timed_sql(conn, sql, params(vector), ef)
         for (kind, vector), (right, _) in zip(queries, truths, strict=True):
             names = list(methods)
             order.shuffle(names)
             for name in names:
                 sql, ef = methods[name]
-                ids, seconds = timed_sql(conn, sql, vector, ef)
+                ids, seconds = timed_sql(conn, sql, params(vector), ef)
                 results[name][kind][0].append(len(set(ids) & right) / K)
                 results[name][kind][1].append(seconds)
     return results
@@ -210,7 +222,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=50, help="per kind: near, far (and per filter cell)")
     parser.add_argument("--candidates", default="100,200,400,800", help="re-ranked candidate counts to measure")
-    parser.add_argument("--variants", default="raw,centred", help="binary codes of the raw and/or centred vectors")
+    parser.add_argument("--variants", default="raw,centred",
+                        help="binary codes of the raw and/or centred vectors; opt-in lower-dimensional halfvec "
+                             "indexes: subD (the first D dimensions), pcaD (the top D principal components)")
     parser.add_argument("--m", type=int, default=DEFAULT_M, help="the code graph's m")
     parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     parser.add_argument("--filtered", action=argparse.BooleanOptionalAction, default=True,
@@ -227,6 +241,11 @@ def main() -> None:
                              "and no earlier run recorded its build time (on the index's comment)")
     args = parser.parse_args()
     candidate_counts = [int(c) for c in args.candidates.split(",")]
+    variants = args.variants.split(",")
+    code_variants = [v for v in variants if v in ("raw", "centred")]
+    projections = [v for v in variants if parse(v)]
+    if len(code_variants) + len(projections) != len(variants):
+        parser.error(f"--variants: each of raw, centred, subD, pcaD, not {args.variants!r}")
 
     pgdata = args.pgdata or Path(tempfile.mkdtemp(prefix="prodvec-quantized-")) / "pgdata"
     server = configure(ensure_server(pgdata), pgdata, args.shared_buffers)
@@ -268,7 +287,27 @@ def main() -> None:
         # beside the codes' in one random order; else the codes first: at 1M rows on a busy
         # machine the halfvec build may not finish in the time there is.
         halfvec_ready = has_halfvec_index(url) and not (args.time_halfvec_build and "halfvec" not in builds)
-        for centred in [variant == "centred" for variant in args.variants.split(",")]:
+        # The projections' indexes first, kept while the first code index is measured: all their
+        # queries run in one random order with the halfvec and code index's.
+        drop_projections(url, projections)
+        projected_methods: dict[str, tuple[str, int]] = {}
+        projectors: list[Projector] = []
+        for variant in projections:
+            label = f"{variant[:3]} {variant[3:]}"
+            seconds, size, projection = build_projection(url, variant, stored, args.m, args.ef_construction,
+                                                         args.maintenance_work_mem)
+            builds[label] = (seconds, size)
+            projectors += [projection] if projection else []
+            print(f"  {label}: built in {seconds:.1f} s, {size / 2**20:.1f} MB; load average "
+                  f"{' / '.join(f'{a:.1f}' for a in os.getloadavg())}", flush=True)
+            projected_methods.update({f"{label} {c}": (two_stage_sql(variant, c, K), min(c, 1000))
+                                      for c in candidate_counts})
+        if projected_methods and not code_variants:
+            extra = halfvec_methods if halfvec_ready else {}
+            measured = unfiltered(url, stored, queries, {**extra, **projected_methods}, projectors)
+            report_unfiltered(measured, args.queries)
+            results.update(measured)
+        for centred in [variant == "centred" for variant in code_variants]:
             label = "bit centred" if centred else "bit raw"
             t0 = time.perf_counter()
             made = create_index(url, centred=centred, m=args.m, ef_construction=args.ef_construction,
@@ -279,10 +318,13 @@ def main() -> None:
                   f"{' / '.join(f'{a:.1f}' for a in os.getloadavg())}", flush=True)
             two_stage = {f"{label} {c}": (TWO_STAGE.format(d=dimensions, candidates=c, k=K), min(c, 1000))
                          for c in candidate_counts}
-            extra = halfvec_methods if halfvec_ready and "halfvec ef 40" not in results else {}
-            measured = unfiltered(url, stored, queries, {**extra, **two_stage})
+            first = not any(name.startswith("bit") for name in results)
+            extra = {**(halfvec_methods if halfvec_ready and "halfvec ef 40" not in results else {}),
+                     **(projected_methods if first else {})}
+            measured = unfiltered(url, stored, queries, {**extra, **two_stage}, projectors)
             report_unfiltered(measured, args.queries)
             results.update(measured)
+        drop_projections(url, projections)
         with_codes = filtered(url, catalog, cases) if args.filtered else {}
         if with_codes:
             report_filtered({"codes": with_codes}, args.queries // 2 or 1)
