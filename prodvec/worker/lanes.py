@@ -129,7 +129,7 @@ class Lanes:
                 return encoder
             except ProdvecError as exc:  # no weights here, a bad checkpoint path: other workers may have them
                 why = str(exc)
-        if model.active:
+        if model.active and self._loader is not None:  # a worker meant to keep the catalog current cannot
             raise ModelMismatch(f"cannot embed for the catalog's active model {model}: {why}")
         self._skipped.add(model.id)
         log.warning("skipping %s's jobs: this worker cannot load it; a worker where its weights are embeds them "
