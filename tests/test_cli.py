@@ -289,3 +289,12 @@ def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> 
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "timeout" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path: Path) -> None:
+    env = os.environ | {"DATABASE_URL": f"postgresql://shop@/shop?host={tmp_path / 'nowhere'}",
+                        "PRODVEC_HOME": str(tmp_path / "home")}
+    done = _prodvec(env, "model")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

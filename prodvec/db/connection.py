@@ -83,7 +83,11 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot connect to the database: {exc}".strip()) from exc
+        # libpq's message runs over several lines (a hint on the second): one line, and what to check.
+        raise DatabaseUnavailable(
+            f"cannot connect to the database: {' '.join(str(exc).split())}; check DATABASE_URL and that the server "
+            "runs (unset DATABASE_URL to use the embedded one)"
+        ) from exc
     try:
         register_vector(conn)
     except psycopg.ProgrammingError as exc:
