@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -14,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 from conftest import TEST_MODEL
-from test_cli import _fails, _run_json
+from test_cli import _fails, _prodvec, _run_json
 from test_migrations import _psql_schema, _schema_dump
 from test_service import running, settings_for, upload
 
@@ -173,10 +174,10 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
             _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
             states = [(m["spec"], m["state"]) for m in _run_json(capsys, "model")["models"]]
             assert states == [(NARROW_MODEL, "active"), (TEST_MODEL, "previous, rollback target")]
-            monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)  # a shell still naming the old model
-            assert f"`prodvec model activate {TEST_MODEL}` (it is kept, with its vectors)" in _fails(
-                capsys, "search", "--image", str(photos[0]))
-            monkeypatch.delenv("PRODVEC_MODEL")
+            # A shell still naming the old model (its own process: the searching threads share this one's).
+            old_shell = _prodvec(os.environ | {"PRODVEC_MODEL": TEST_MODEL}, "search", "--image", str(photos[0]))
+            assert old_shell.returncode == 2, old_shell.stderr
+            assert f"`prodvec model activate {TEST_MODEL}` (it is kept, with its vectors)" in old_shell.stderr
 
             assert main(["model", "rollback"]) == 0
             assert f"activated {TEST_MODEL}" in capsys.readouterr().out
