@@ -43,8 +43,10 @@ PER_CLUSTER = 1000
 def spread_catalog(conn: psycopg.Connection) -> Catalog:
     conn.execute("DROP INDEX products_embedding_hnsw")
     catalog = insert_catalog(conn, per_cluster=PER_CLUSTER, seed=15, latent=8)
+    # A sparse graph, so recall is measurably imperfect; m 4 / ef_construction 16 was so sparse that
+    # a near query's index pass sometimes came back short (about 1 run in 5 failed the tuned check).
     conn.execute("CREATE INDEX products_embedding_hnsw ON products USING hnsw (embedding halfvec_cosine_ops) "
-                 "WITH (m = 4, ef_construction = 16)")
+                 "WITH (m = 8, ef_construction = 32)")
     conn.execute("VACUUM ANALYZE products")
     plan.forget()
     return catalog
