@@ -55,21 +55,20 @@ def _list(args: argparse.Namespace) -> int:
     from prodvec.config import load_settings
     from prodvec.db.active_model import choose_model, settings_model
     from prodvec.db.connection import connect, database_url
-    from prodvec.db.model_registry import coverage, list_models
+    from prodvec.db.model_registry import coverage, list_models, rollback_target
     from prodvec.errors import ModelMismatch
 
     settings = load_settings()
     with connect(database_url(settings)) as conn:
         products = int((conn.execute("SELECT count(*) FROM products").fetchone() or (0,))[0])
         models = list_models(conn)
-        kept = [model for model in models if model.deactivated_at is not None and not model.active]
-        rollback_to = max(kept, key=lambda model: model.deactivated_at or model.added_at).id if kept else None
+        previous = rollback_target(models)
         rows = []
         for model in models:
             progress = coverage(conn, model)
             state = _state(model.active, model.deactivated_at is not None, progress.behind)
             rows.append({"spec": model.spec, "dimensions": model.dimensions, "catalog_views": model.catalog_views,
-                         "state": f"{state}, rollback target" if model.id == rollback_to else state,
+                         "state": f"{state}, rollback target" if model == previous else state,
                          "embedded": progress.embedded, "pending": progress.pending, "failed": progress.failed,
                          "behind": progress.behind})
     active: dict[str, Any] = rows[0] if rows and rows[0]["state"] == "active" else {}

@@ -139,12 +139,18 @@ def activate_model(conn: psycopg.Connection, model: CatalogModel, *, force: bool
     return steps, time.perf_counter() - started
 
 
+def rollback_target(models: list[CatalogModel]) -> CatalogModel | None:
+    """Of the catalog's models, the one active before the current one (the latest deactivated)."""
+    kept = [model for model in models if model.deactivated_at is not None and not model.active]
+    return max(kept, key=lambda model: model.deactivated_at or model.added_at) if kept else None
+
+
 def previous_model(conn: psycopg.Connection) -> CatalogModel:
-    """The model active before the current one (the latest deactivated); ConfigError when none is kept."""
-    kept = [model for model in list_models(conn) if model.deactivated_at is not None and not model.active]
-    if not kept:
+    """rollback_target of the catalog's models; ConfigError when none is kept."""
+    previous = rollback_target(list_models(conn))
+    if previous is None:
         raise ConfigError("no previous model is kept to roll back to: `prodvec model` lists the catalog's models")
-    return max(kept, key=lambda model: model.deactivated_at or model.added_at)
+    return previous
 
 
 def drop_model(conn: psycopg.Connection, model: CatalogModel) -> None:
