@@ -6,6 +6,8 @@ vectors minus their mean; searches against numpy's exact top k.
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +19,8 @@ from prodvec import session as open_session
 from prodvec.cli.main import main as cli_main
 from prodvec.db.quantized_index import create_index, drop_index
 from prodvec.models import Product
-from prodvec.search import Sku, plan, quantized
+from prodvec.recall import store
+from prodvec.search import Sku, execute, plan, quantized
 from prodvec.search.execute import Query
 from prodvec.search.statements import compile_filter
 
@@ -61,7 +64,6 @@ def catalog(conn: psycopg.Connection) -> Catalog:
     conn.execute("VACUUM ANALYZE products")
     ids = np.array([row[0] for row in conn.execute("SELECT id FROM products ORDER BY sku")])
     plan.forget()
-    quantized.forget()
     return Catalog(ids, vectors.astype(np.float32), category)
 
 
@@ -142,12 +144,13 @@ def test_a_pass_that_cannot_fill_its_candidates_hands_over(conn, db_url, catalog
         where = compile_filter([Product.category == "c3"], db.get_bind().dialect)
         query = Query(_queries(catalog, 1)[0], where, 10, None)
         matches = int((catalog.category == "c3").sum())
-        settings = quantized.scan_settings(matches + 1, matches, ROWS, filtered=True)
+        kind, settings = quantized.code_plan(10, matches, ROWS, filtered=True, dimensions=DIMENSIONS)
+        assert kind == "codes_filtered" and settings.code_dimensions == DIMENSIONS
         # More candidates asked than products match: no re-rank is trusted (similar.py then runs exact).
-        assert quantized.rerank(db, query, DIMENSIONS, matches + 1, settings) is None
-        hits = quantized.rerank(db, query, DIMENSIONS, matches, settings)
+        assert execute.index(db, query, dataclasses.replace(settings, ef_search=matches + 1)) == []
+        hits = execute.index(db, query, dataclasses.replace(settings, ef_search=matches))
     ids, _ = catalog.truth(query.vector, catalog.category == "c3")
-    assert hits is not None and [hit.product.id for hit in hits] == list(ids[:10])  # all re-ranked: exact
+    assert [hit.product.id for hit in hits] == list(ids[:10])  # all re-ranked: exact
 
 
 def test_dropped_index_hands_back_to_the_halfvec_index(conn, db_url, catalog: Catalog, capsys) -> None:
@@ -157,7 +160,7 @@ def test_dropped_index_hands_back_to_the_halfvec_index(conn, db_url, catalog: Ca
     assert conn.execute("SELECT to_regclass('products_embedding_bit_hnsw'), "
                         "to_regprocedure('prodvec_binary_code(halfvec)')").fetchone() == (None, None)
     assert drop_index(db_url) is False
-    quantized.forget()
+    plan.forget()
     query = _queries(catalog, 1)[0]
     with open_session() as db:
         result = Product.similar_to(query, session=db, k=10)
@@ -165,3 +168,33 @@ def test_dropped_index_hands_back_to_the_halfvec_index(conn, db_url, catalog: Ca
     assert len({hit.product.id for hit in result} & set(ids[:10])) >= 9
     assert cli_main(["quantized-index", "create", "--m", "40", "--ef-construction", "64"]) == 2
     assert "pgvector's limits" in capsys.readouterr().err
+
+
+def test_recall_measures_and_tunes_searches_through_the_code_index(conn, db_url, catalog: Catalog, capsys) -> None:
+    create_index(db_url)
+    assert cli_main(["recall", "--tune", "--target", "0.95", "--queries", "30", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    # The code index answered every index pass the sample planned: its kinds were tuned, no halfvec one.
+    assert {"codes_unfiltered", "codes_filtered"} <= set(report["kinds"])
+    assert not {"unfiltered", "scan", "quick_look"} & set(report["kinds"])
+    assert "LIMIT" in report["kinds"]["codes_unfiltered"]["sql"]
+    plan.forget()
+    recalls = []
+    with open_session() as db:
+        stored = {row["kind"]: row for row in store.stored(db)}
+        assert stored["codes_unfiltered"]["target"] == 0.95
+        for query in _queries(catalog, 20):
+            result = Product.similar_to(query, session=db, k=10)
+            ids, distances = catalog.truth(query)
+            if result.strategy == "hnsw":  # an index answer carries its band's measured recall
+                assert result.recall is not None and 0 < result.recall <= 1
+            found = {hit.product.id for hit in result}
+            recalls.append(len(found & set(ids[distances <= distances[9] + TIE])) / 10)
+    assert np.mean(recalls) >= 0.95  # scored by numpy, not by the tuning's own pass
+    # Rebuilt: the recall measured on the old graph is forgotten, searches say nothing measured.
+    create_index(db_url)
+    plan.forget()
+    with open_session() as db:
+        assert not {row["kind"] for row in store.stored(db)} & {"codes_unfiltered", "codes_filtered"}
+        result = Product.similar_to(_queries(catalog, 1)[0], session=db, k=10)
+        assert result.strategy == "hnsw" and result.recall is None

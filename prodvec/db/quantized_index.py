@@ -26,7 +26,8 @@ def create_index(
     maintenance_work_mem: str = "1GB",
 ) -> dict[str, Any]:
     """(Re)build the index on the codes of the vectors, minus the catalog mean when ``centred``;
-    returns dimensions, products and mean_norm (the mean's length: 0 when not centred)."""
+    returns dimensions, products and mean_norm (the mean's length: 0 when not centred). Recall
+    measured through an earlier code index is forgotten: run `prodvec recall --tune` again."""
     with connect(url, autocommit=True) as conn:
         # As the halfvec index is built (prodvec/worker/bulk.py): in memory, with parallel workers.
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
@@ -34,15 +35,18 @@ def create_index(
         conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
         cursor = conn.cursor(row_factory=dict_row)
         options = {"centred": centred, "m": m, "ef_construction": ef_construction}
-        row = cursor.execute(_SQL["create"], options).fetchone()
+        with conn.transaction():
+            row = cursor.execute(_SQL["create"], options).fetchone()
+            conn.execute(_SQL["forget_recall"])
     assert row is not None  # the function returns one row
     return row
 
 
 def drop_index(url: str) -> bool:
     """Drop the index and its code function; False when there was none."""
-    with connect(url, autocommit=True) as conn:
+    with connect(url) as conn:
         row = conn.execute(_SQL["drop"]).fetchone()
+        conn.execute(_SQL["forget_recall"])
     return bool(row and row[0])
 
 

@@ -141,9 +141,10 @@ def _sql_settings(kind: str, ef_search: int | None) -> str:
     if ef_search is None:
         return ("no hnsw.ef_search reaches the target for the farthest queries: order by the distance "
                 "plus 0 (ORDER BY embedding <=> q + 0), which the index cannot serve, for an exact answer")
-    if kind == "scan":
-        return f"SET hnsw.iterative_scan = relaxed_order; SET hnsw.ef_search = {ef_search};"
-    return f"SET hnsw.ef_search = {ef_search};"
+    iterative = "SET hnsw.iterative_scan = relaxed_order; " if kind in ("scan", "codes_filtered") else ""
+    if kind.startswith("codes_"):  # the two-stage query of docs/scaling.md
+        return f"{iterative}SET hnsw.ef_search = {ef_search}; and LIMIT {ef_search} candidates in the two-stage query"
+    return f"{iterative}SET hnsw.ef_search = {ef_search};"
 
 
 def _report(items: Sequence[Measured], probes: Sequence[Any], started: float, kinds: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ each band reaches; an index answer carries that figure.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,9 +23,10 @@ from prodvec.search.execute import IndexSettings, Query
 from prodvec.search.result import Hit
 
 #: The planner's kinds of index search (plan.index_plan): no filter; an iterative scan under
-#: a broad filter; one quick look under a selective one; a category's own index.
-Kind = Literal["unfiltered", "scan", "quick_look", "category"]
-KINDS: tuple[Kind, ...] = ("unfiltered", "scan", "quick_look", "category")
+#: a broad filter; one quick look under a selective one; a category's own index; and where the
+#: binary-code index exists (quantized.py), its unfiltered search and its filtered scan.
+Kind = Literal["unfiltered", "scan", "quick_look", "category", "codes_unfiltered", "codes_filtered"]
+KINDS: tuple[Kind, ...] = ("unfiltered", "scan", "quick_look", "category", "codes_unfiltered", "codes_filtered")
 #: A band's effort when no candidate list reaches the target: its queries are answered exactly.
 EXACT = 0
 #: pgvector's own upper bound for hnsw.ef_search.
@@ -78,10 +80,13 @@ def index_answer(
 
 
 def with_effort(settings: IndexSettings, ef_search: int | None) -> IndexSettings:
-    """The settings with at least this candidate list; an iterative scan's budget grows with
-    it, so the longer list is not cut short."""
+    """The settings with at least this candidate list (through the code index: this many
+    candidates re-ranked); an iterative scan's budget grows with it, so the longer list is
+    not cut short."""
     if ef_search is None or ef_search <= settings.ef_search:
         return settings
     ef_search = min(EF_SEARCH_LIMIT, ef_search)
     budget = settings.max_scan_tuples
-    return IndexSettings(ef_search, None if budget is None else max(budget, SCAN_BUDGET_PER_EF_SEARCH * ef_search))
+    if budget is not None:
+        budget = max(budget, SCAN_BUDGET_PER_EF_SEARCH * ef_search)
+    return dataclasses.replace(settings, ef_search=ef_search, max_scan_tuples=budget)

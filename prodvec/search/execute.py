@@ -3,7 +3,8 @@
 exact: cosine distance to every product the filter keeps (found with its B-trees), top k;
        optionally capped, to find out cheaply that a filter keeps more than expected.
 index: through the HNSW index with transaction-local settings (its first search only, or
-       pgvector's iterative scan); it may come back short.
+       pgvector's iterative scan), or through the binary-code index for candidates re-ranked
+       by exact distance (quantized.py); it may come back short.
 
 The statements (prodvec/sql/search_passes.sql) go straight to psycopg, in the session's
 transaction: an index pass is one round trip (pipeline mode: savepoint, SET LOCAL, the query,
@@ -65,6 +66,9 @@ class IndexSettings:
     #: query 0.8) relaxed against 0.980 (lowest 0.0) strict; 1% far 0.934 against 0.916. Same
     #: recall and latency at 100k, with or without category indexes.
     max_scan_tuples: int | None
+    #: The width of the binary codes when the pass goes through the code index (quantized.py):
+    #: its ef_search candidates are re-ranked by exact distance. None: the halfvec index.
+    code_dimensions: int | None = None
 
     def as_params(self) -> dict[str, str]:
         return {
@@ -91,7 +95,11 @@ def exact_capped(session: Session, query: Query, cap: int) -> list[Hit] | None:
 
 def index(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
     """The index's answer: up to k hits, fewer when the scan gave up (or fewer products match)."""
-    sql = statement("index", query.filter, query.vector_column, k=query.k)
+    if settings.code_dimensions is None:
+        sql = statement("index", query.filter, query.vector_column, k=query.k)
+    else:
+        sql = statement("index_codes", query.filter, query.vector_column, k=query.k,
+                        dimensions=settings.code_dimensions, candidates=settings.ef_search)
     set_local = queries("search_passes.sql")["index_settings"]
     with _connection(session, sql) as conn:
         # In autocommit mode there is no transaction to hold a savepoint: make one.
@@ -111,6 +119,8 @@ def index(session: Session, query: Query, settings: IndexSettings) -> list[Hit]:
             if autocommit:  # the failed statement skipped the ROLLBACK; the caller began nothing
                 conn.execute("ROLLBACK")
             raise
+    if settings.code_dimensions is not None and (not rows or rows[0][-1] < settings.ef_search):
+        return []  # fewer candidates than asked: a re-rank of them is no answer
     return _hits(session, rows)
 
 

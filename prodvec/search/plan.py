@@ -4,10 +4,12 @@ Few → exact distances over just those rows (the B-trees find them). More → t
 first: up to a few exact passes' worth, one quick look (its first search, no iterative scan);
 beyond, an iterative scan sized for k and the filter's selectivity. A filter pinned to one
 category that has its own index (migrations/0003) gets an iterative scan of that category's
-graph, near or far from the query. The estimate is the planner's (EXPLAIN, kept a while per
-filter), or for a filter on categories alone what their indexes hold or the statistics the
-planner would read; where it is wrong every way stays correct: an exact pass is capped (over
-the cap, the index takes over) and an index pass that comes back short hands over to exact.
+graph, near or far from the query. Where the binary-code index exists, it serves the index
+passes no category index serves (quantized.py). The estimate is the planner's (EXPLAIN, kept
+a while per filter), or for a filter on categories alone what their indexes hold or the
+statistics the planner would read; where it is wrong every way stays correct: an exact pass
+is capped (over the cap, the index takes over) and an index pass that comes back short hands
+over to exact.
 """
 from __future__ import annotations
 
@@ -22,10 +24,10 @@ from typing import Any
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from prodvec.search import execute
+from prodvec.search import execute, quantized
 from prodvec.search.effort import EF_SEARCH_LIMIT, Band, Kind
 from prodvec.search.execute import IndexSettings, Query
-from prodvec.search.statements import statement
+from prodvec.search.statements import VECTOR_COLUMNS, statement
 from prodvec.sql import queries
 
 #: Exact for up to this many matching products. Measured on 100k × 512-d halfvec: ~0.45 µs a
@@ -95,6 +97,8 @@ class TableFacts:
     #: The (category, price) index carries the vectors (migrations/0005): exact passes over
     #: category and price filters read it alone, ~3x faster than from the table.
     vectors_in_filter_index: bool
+    #: The binary codes' width when products has the code index (migrations/0008), else None.
+    code_dimensions: int | None
     #: Per kind of index search, its distance bands with their tuned effort and measured
     #: recall, nearest first (prodvec_recall_settings, `prodvec recall`); none: as planned.
     recall_bands: dict[str, tuple[Band, ...]] = field(default_factory=dict)
@@ -169,7 +173,8 @@ def table_facts(session: Session, model_id: int | None = None) -> TableFacts:
     facts = _facts.get(key)
     if facts is not None:
         return facts
-    ((indexed_rows, dimensions, category_indexes, category_shares, vectors_in_filter_index),) = execute.fetch(
+    ((indexed_rows, dimensions, category_indexes, category_shares, vectors_in_filter_index, code_dimensions),) = \
+        execute.fetch(
         session, queries("search_passes.sql")["table_facts"], {}
     )
     facts = TableFacts(
@@ -178,6 +183,7 @@ def table_facts(session: Session, model_id: int | None = None) -> TableFacts:
         {category: float(products) for category, products in category_indexes.items()},
         {category: float(share) for category, share in category_shares.items()},
         bool(vectors_in_filter_index),
+        code_dimensions,
         _recall_bands(session),
     )
     _facts.put(key, facts)
@@ -206,6 +212,9 @@ def index_plan(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, I
     """The kind of index search the planner makes for a filter keeping ``matches`` products,
     and its settings, once the index is to answer (`prodvec recall` measures each kind)."""
     if query.filter.empty:
+        codes = _code_index(query, facts, 0)
+        if codes is not None:
+            return codes
         # No filter: the index's first search holds the k nearest (but the query product).
         ef_search = min(EF_SEARCH_LIMIT, max(EF_SEARCH_MIN, query.k + 1))
         return "unfiltered", IndexSettings(ef_search=ef_search, max_scan_tuples=None)
@@ -244,9 +253,20 @@ def _serving_category_index(query: Query, facts: TableFacts, matches: float) -> 
 
 
 def _main_index(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, IndexSettings]:
+    codes = _code_index(query, facts, matches)
+    if codes is not None:
+        return codes
     total = max(facts.indexed_rows or 0.0, 1.0)
     settings = index_settings(query.k, matches, total, in_categories=_pinned_rows(query, facts))
     return ("quick_look" if settings.max_scan_tuples is None else "scan"), settings
+
+
+def _code_index(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, IndexSettings] | None:
+    """The pass through the binary-code index, when there is one for the column searched."""
+    if facts.code_dimensions is None or query.vector_column != VECTOR_COLUMNS[0]:
+        return None
+    return quantized.code_plan(query.k, matches, max(facts.indexed_rows or 0.0, 1.0),
+                               filtered=not query.filter.empty, dimensions=facts.code_dimensions)
 
 
 def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:

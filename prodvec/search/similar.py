@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session
 from prodvec.config import CatalogViews, catalog_policy
 from prodvec.errors import ModelChanged, QueryError, SchemaMismatch
 from prodvec.images.views import embedding_model, merge_views
-from prodvec.search import effort, execute, plan, quantized
+from prodvec.search import effort, execute, plan
 from prodvec.search.query import QueryInput, QueryVector, Text, resolve
 from prodvec.search.result import Hit, SearchResult, Strategy
 from prodvec.search.statements import VECTOR_COLUMNS, Filter, compile_filter
@@ -177,12 +177,8 @@ def _search_vector(
         hits = execute.exact_capped(session, query, chosen.exact_cap)
         if hits is not None:
             return _result(hits, "exact", chosen, max_distance)
-    coded = quantized.index_pass(session, query, chosen, facts)  # binary codes, when their index serves
-    if coded is not None:
-        hits, band = coded, None  # the tuned efforts and their recall are the halfvec index's
-    else:
-        # At the effort `prodvec recall --tune` found for this kind of search and the query's distance.
-        hits, band = effort.index_answer(session, query, chosen.index, facts.recall_bands.get(chosen.kind, ()))
+    # At the effort `prodvec recall --tune` found for this kind of search and the query's distance.
+    hits, band = effort.index_answer(session, query, chosen.index, facts.recall_bands.get(chosen.kind, ()))
     if len(hits) == k:
         return _result(hits, "hnsw", chosen, max_distance, recall=band.recall if band else None)
     # Short: the scan spent its budget, or the filter keeps fewer than k. Only exact can tell.

@@ -1,35 +1,5 @@
--- The two-stage search through the binary-code index (migrations/0008_quantized_index.sql,
--- prodvec/search/quantized.py). Placeholders and {slots} as in search_passes.sql, plus
--- {dimensions} (the codes' width, as the index casts them) and {candidates}.
-
--- name: code_dimensions
--- The codes' width when products has the binary-code index, else no row.
-SELECT a.atttypmod
-FROM pg_attribute a
-WHERE a.attrelid = to_regclass('products_embedding_bit_hnsw') AND a.attnum = 1
-
--- name: rerank
--- Stage 1: the {candidates} matching products nearest to the query's code (Hamming distance,
--- through the index; with a filter, its iterative scan). Stage 2: their exact halfvec
--- distances, top k. "kept" (the same on every row) says how many candidates the index gave:
--- fewer than asked means its scan gave up (or fewer products match), so the caller cannot
--- trust the re-rank and asks the exact pass.
-SELECT {columns}, distance, kept
-FROM (
-    SELECT id, distance, count(*) OVER () AS kept
-    FROM (
-        SELECT id, embedding <=> %(query)s AS distance
-        FROM products
-        WHERE embedding IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
-        ORDER BY prodvec_binary_code(embedding)::bit({dimensions})
-                 <~> prodvec_binary_code(%(query)s)::bit({dimensions})
-        LIMIT {candidates}
-    ) candidates
-    ORDER BY distance + 0, id
-    LIMIT {k}
-) nearest
-JOIN products USING (id)
-ORDER BY distance, id
+-- `prodvec quantized-index` (prodvec/db/quantized_index.py): the opt-in binary-code index of
+-- migrations/0008_quantized_index.sql. Searches through it: search_passes.sql's index_codes.
 
 -- name: create
 -- `prodvec quantized-index create`: the code function with the catalog mean (or none), then
@@ -43,3 +13,8 @@ SELECT prodvec_drop_quantized_index() AS dropped
 -- name: size
 -- The binary-code index's size on disk, bytes; NULL without it.
 SELECT pg_relation_size(to_regclass('products_embedding_bit_hnsw'))
+
+-- name: forget_recall
+-- The recall measured through the code index (and the effort tuned for it) describes the graph
+-- just dropped or replaced: searches through a new one run as planned until `prodvec recall`.
+DELETE FROM prodvec_recall_settings WHERE kind IN ('codes_unfiltered', 'codes_filtered')

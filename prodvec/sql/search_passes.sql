@@ -69,8 +69,9 @@ SELECT id, spec, catalog_views FROM prodvec_pin_active_model()
 -- What plans are sized by (prodvec/search/plan.py, cached): products with an embedding as the
 -- planner estimates them (reltuples is -1 before the first VACUUM or ANALYZE), the vector
 -- column's dimensions, the per-category indexes (migrations/0003): category (the index's
--- comment) → products it holds, the most common categories' shares of the products, and
--- whether the (category, price) index carries the vectors (migrations/0005).
+-- comment) → products it holds, the most common categories' shares of the products,
+-- whether the (category, price) index carries the vectors (migrations/0005), and the width of
+-- the binary codes when the code index exists (migrations/0008), else NULL.
 SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
        a.atttypmod AS dimensions,
        (SELECT coalesce(json_object_agg(obj_description(x.indexrelid, 'pg_class'), ic.reltuples), '{}')
@@ -80,7 +81,9 @@ SELECT c.reltuples * (1 - coalesce(s.null_frac, 0)) AS indexed_rows,
        (SELECT coalesce(json_object_agg(common.category, common.share), '{}')
         FROM unnest(cs.most_common_vals::text::text[], cs.most_common_freqs) AS common (category, share)
        ) AS category_shares,
-       coalesce(prodvec_filter_index_carries_vectors(), false) AS vectors_in_filter_index
+       coalesce(prodvec_filter_index_carries_vectors(), false) AS vectors_in_filter_index,
+       (SELECT ca.atttypmod FROM pg_attribute ca
+        WHERE ca.attrelid = to_regclass('products_embedding_bit_hnsw') AND ca.attnum = 1) AS code_dimensions
 FROM pg_class c
 JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
 LEFT JOIN pg_stats s ON s.schemaname = c.relnamespace::regnamespace::text
@@ -104,3 +107,27 @@ WITH nearest AS MATERIALIZED (
 SELECT *
 FROM nearest
 ORDER BY distance + 0, id
+
+-- name: index_codes
+-- Through the binary-code index (migrations/0008, prodvec/search/quantized.py), in two
+-- stages: the {candidates} matching products nearest to the query's code by Hamming distance
+-- (through the index; with a filter, its iterative scan), then their exact distances, top k.
+-- {dimensions} is the codes' width, as the index casts them. "kept" (the same on every row)
+-- says how many candidates the index gave: fewer than asked means its scan gave up (or fewer
+-- products match), so the re-rank cannot be trusted and the exact pass answers.
+SELECT {columns}, distance, kept
+FROM (
+    SELECT id, distance, count(*) OVER () AS kept
+    FROM (
+        SELECT id, {vector_column} <=> %(query)s AS distance
+        FROM products
+        WHERE {vector_column} IS NOT NULL AND id IS DISTINCT FROM %(exclude_id)s AND ({filters})
+        ORDER BY prodvec_binary_code({vector_column})::bit({dimensions})
+                 <~> prodvec_binary_code(%(query)s)::bit({dimensions})
+        LIMIT {candidates}
+    ) candidates
+    ORDER BY distance + 0, id
+    LIMIT {k}
+) nearest
+JOIN products USING (id)
+ORDER BY distance, id
