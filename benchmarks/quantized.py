@@ -7,6 +7,9 @@ a large component shared by every vector, so the vectors are far from centred), 
 its loader, which builds the halfvec index as `prodvec worker --once --bulk` does (m 32,
 ef_construction 200). Unfiltered queries: "near" ones drawn from a catalog cluster (their
 nearest products at cosine ~0.85), "far" ones random directions (nearest at cosine ~0.2).
+Real photos instead (benchmarks/fashion_catalog.py): `--fashion-features`, the offline
+encoder's 1280-d features of Fashion-MNIST's 70,000 photos, with filtered cases of the same four
+selectivities; or `--fashion-pixels`, raw pixels, unfiltered only.
 
 Reported, each on the same queries, truth by numpy brute force over the stored halfvec values:
 - build time and size of the halfvec index and of the binary-code index, codes taken from the
@@ -32,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import fashion_catalog
 import filtered_search
 import numpy as np
 import psycopg
@@ -83,26 +87,6 @@ def unfiltered_queries(catalog: Catalog, per_kind: int, seed: int) -> list[tuple
     far = rng.standard_normal((per_kind, DIMENSIONS))
     far /= np.linalg.norm(far, axis=1, keepdims=True)
     return [("near", v) for v in near] + [("far", v.astype(np.float32)) for v in far]
-
-
-def fashion_pixels(per_kind: int, seed: int) -> tuple[Catalog, list[tuple[str, np.ndarray]]]:
-    """Fashion-MNIST's training photos as 784-d raw-pixel vectors: real photos, and every
-    component >= 0, so their raw signs say almost nothing (the case centring is for). Queries:
-    test photos ("near"), and test photos inverted to dark-on-white ("far": a product photo
-    unlike every catalog photo's look). Not an encoder's features: no model runs here."""
-    import fashion_mnist
-
-    images, labels = fashion_mnist.load("train")
-    vectors = images.reshape(len(images), -1).astype(np.float32)
-    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float16)
-    rng = np.random.default_rng(seed)
-    catalog = Catalog(vectors, labels.astype(int), labels.astype(int), np.round(rng.uniform(5, 200, len(labels)), 2),
-                      rng.random(len(labels)) < 0.5, generator=lambda cluster, n: np.empty((0,)))
-    test, _ = fashion_mnist.load("t10k")
-    picked = rng.choice(len(test), per_kind, replace=False)
-    near = [image.reshape(-1).astype(np.float32) for image in test[picked]]
-    far = [(255 - image).reshape(-1).astype(np.float32) for image in test[picked]]
-    return catalog, [("near", v) for v in near] + [("far", v) for v in far]
 
 
 def top_k(stored: np.ndarray, vector: np.ndarray, k: int = K) -> tuple[set[int], float]:
@@ -166,7 +150,6 @@ def filtered(url: str, catalog: Catalog, cases: list[Case]) -> dict[tuple[str, s
     event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
     cells: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
     plan.forget()
-    quantized.forget()
     with Session(engine) as session:
         for case in cases[:20]:
             run_prodvec(session, case.vector, case.filter.clauses())
@@ -229,9 +212,14 @@ def main() -> None:
     parser.add_argument("--ef-construction", type=int, default=DEFAULT_EF_CONSTRUCTION)
     parser.add_argument("--filtered", action=argparse.BooleanOptionalAction, default=True,
                         help="also time Product.similar_to's filtered searches with and without the code index")
-    parser.add_argument("--fashion-pixels", action="store_true",
-                        help="real photos instead: Fashion-MNIST's 60,000 training photos as raw-pixel vectors "
-                             "(apt-get install dataset-fashion-mnist); --rows is ignored")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--fashion-features", action="store_true",
+                      help="real image features instead: the offline encoder's vectors of Fashion-MNIST's 70,000 "
+                           "photos (apt-get install dataset-fashion-mnist; encoded once by "
+                           "benchmarks/fashion_features.py and cached, ~40 min on 2 cores); --rows is ignored")
+    data.add_argument("--fashion-pixels", action="store_true",
+                      help="real photos instead: Fashion-MNIST's 60,000 training photos as raw-pixel vectors "
+                           "(apt-get install dataset-fashion-mnist); --rows is ignored")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
     parser.add_argument("--shared-buffers", default="512MB")
@@ -251,8 +239,13 @@ def main() -> None:
     server = configure(ensure_server(pgdata), pgdata, args.shared_buffers)
     started = time.perf_counter()
     try:
-        if args.fashion_pixels:
-            catalog, queries = fashion_pixels(args.queries, args.seed)
+        cases: list[Case] = []
+        if args.fashion_features:
+            catalog, queries, cases = fashion_catalog.features(args.queries, args.queries // 2 or 1, args.seed)
+            name, dimensions = f"fashion_features_v1_{args.queries}_{args.seed}", catalog.vectors.shape[1]
+            filtered_search.DIMENSIONS = dimensions  # the loader sizes the embedding column by it
+        elif args.fashion_pixels:
+            catalog, queries = fashion_catalog.pixels(args.queries, args.seed)
             name, dimensions = "fashion_pixels_v1", catalog.vectors.shape[1]
             filtered_search.DIMENSIONS = dimensions  # the loader sizes the embedding column by it
             args.filtered = False  # its filters and queries come from the synthetic clusters
@@ -279,7 +272,10 @@ def main() -> None:
             print(f"  halfvec: index kept from an earlier run, which built it in {earlier[1]}", flush=True)
         stored = catalog.vectors.astype(np.float32)
         stored /= np.linalg.norm(stored, axis=1, keepdims=True)
-        cases = make_cases(catalog, args.queries // 2 or 1, args.seed) if args.filtered else []
+        if args.filtered and not cases:
+            cases = make_cases(catalog, args.queries // 2 or 1, args.seed)
+        elif not args.filtered:
+            cases = []
         results: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
         halfvec_methods = {"halfvec ef 40": (HALFVEC.format(k=K), 40), "halfvec ef 100": (HALFVEC.format(k=K), 100)}
 
