@@ -20,8 +20,9 @@ Reported, each on the same queries, truth by numpy brute force over the stored h
   m and ef_construction; their queries run in one random order with the first code index's;
 - unfiltered recall@10 and p50/p95 of plain SQL: the halfvec index (prodvec's unfiltered
   setting, ef_search 40, and ef_search 100) and the two-stage query at each candidate count;
-- filtered recall@10 and p50/p95 of Product.similar_to with and without the code index
-  (filtered_search.py's four selectivities, near and far), which keeps its exact fallback.
+- recall@10 and p50/p95 of Product.similar_to, unfiltered and filtered (filtered_search.py's four
+  selectivities, near and far), which keeps its exact fallback: through the code index as
+  planned, after `--tune TARGET` (`prodvec recall --tune`), and without the code index.
 """
 from __future__ import annotations
 
@@ -39,27 +40,22 @@ import fashion_catalog
 import filtered_search
 import numpy as np
 import psycopg
+import quantized_search
 from filtered_search import (
     DATA_VERSION,
     DIMENSIONS,
-    SELECTIVITIES,
     Case,
     Catalog,
     K,
-    all_truths,
     configure,
     load,
     make_cases,
     make_catalog,
-    run_prodvec,
 )
 from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 from projection_index import Projector, build_projection, drop_projections, parse, two_stage_sql
-from sqlalchemy import create_engine, event
-from sqlalchemy.orm import Session
 
-from prodvec.db.connection import sqlalchemy_url
 from prodvec.db.embedded import ensure_server, stop_server
 from prodvec.db.quantized_index import (
     DEFAULT_EF_CONSTRUCTION,
@@ -68,7 +64,7 @@ from prodvec.db.quantized_index import (
     drop_index,
     index_bytes,
 )
-from prodvec.search import plan, quantized
+from prodvec.search import quantized
 from prodvec.worker.bulk import rebuild_hnsw_index
 
 HALFVEC = "SELECT id FROM products ORDER BY embedding <=> %(q)s LIMIT {k}"
@@ -106,11 +102,6 @@ def timed_sql(conn: psycopg.Connection, sql: str, params: dict[str, HalfVector],
     return ids, time.perf_counter() - started
 
 
-def summary(recalls: list[float], seconds: list[float]) -> str:
-    return (f"recall@10 {np.mean(recalls):.3f} (min {min(recalls):.1f})  p50 {np.quantile(seconds, .5) * 1000:6.2f} ms"
-            f"  p95 {np.quantile(seconds, .95) * 1000:6.2f} ms")
-
-
 def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray]], methods: dict[str, tuple[str, int]],
                projectors: list[Projector] | None = None,
                ) -> dict[str, dict[str, tuple[list[float], list[float]]]]:
@@ -143,25 +134,6 @@ def unfiltered(url: str, stored: np.ndarray, queries: list[tuple[str, np.ndarray
     return results
 
 
-def filtered(url: str, catalog: Catalog, cases: list[Case]) -> dict[tuple[str, str], tuple[list[float], list[float]]]:
-    """Product.similar_to on filtered_search.py's cases: (selectivity, near/far) → recalls, seconds."""
-    truths = all_truths(catalog, cases)
-    engine = create_engine(sqlalchemy_url(url))
-    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
-    cells: dict[tuple[str, str], tuple[list[float], list[float]]] = {}
-    plan.forget()
-    with Session(engine) as session:
-        for case in cases[:20]:
-            run_prodvec(session, case.vector, case.filter.clauses())
-        for case, (right, need) in zip(cases, truths, strict=True):
-            measured = run_prodvec(session, case.vector, case.filter.clauses())
-            recall, seconds = cells.setdefault((case.selectivity, case.placement), ([], []))
-            recall.append(min(len(set(measured.ids) & right), need) / need if need else 1.0)
-            seconds.append(measured.seconds)
-    engine.dispose()
-    return cells
-
-
 def has_halfvec_index(url: str) -> bool:
     with psycopg.connect(url) as conn:
         return conn.execute("SELECT to_regclass('products_embedding_hnsw') IS NOT NULL").fetchone()[0]
@@ -188,16 +160,8 @@ def recorded_halfvec_build(url: str) -> tuple[float, str] | None:
 def report_unfiltered(results: dict[str, dict[str, tuple[list[float], list[float]]]], per_kind: int) -> None:
     print(f"\nunfiltered, plain SQL ({per_kind} near, {per_kind} far queries)")
     for name, kinds in results.items():
-        print(f"  {name:>18}  near: {summary(*kinds['near'])}   far: {summary(*kinds['far'])}", flush=True)
-
-
-def report_filtered(runs: dict[str, dict[tuple[str, str], tuple[list[float], list[float]]]], per_cell: int) -> None:
-    print(f"\nfiltered, Product.similar_to ({per_cell} queries per cell); 'codes': the code index with "
-          f"{quantized.CANDIDATES_PER_HIT} × k candidates, 'halfvec': without it")
-    for key in SELECTIVITIES:
-        for placement in ("near", "far"):
-            cells = "   ".join(f"{name}: {summary(*run[(key, placement)])}" for name, run in runs.items())
-            print(f"  {key:>5} {placement:>4}  {cells}", flush=True)
+        print(f"  {name:>18}  near: {quantized_search.summary(*kinds['near'])}   "
+              f"far: {quantized_search.summary(*kinds['far'])}", flush=True)
 
 
 def main() -> None:
@@ -220,6 +184,11 @@ def main() -> None:
     data.add_argument("--fashion-pixels", action="store_true",
                       help="real photos instead: Fashion-MNIST's 60,000 training photos as raw-pixel vectors "
                            "(apt-get install dataset-fashion-mnist); --rows is ignored")
+    parser.add_argument("--tune", type=float, metavar="TARGET",
+                        help="also run `prodvec recall --tune --target TARGET` with the code index and time "
+                             "Product.similar_to again with the candidates it chose")
+    parser.add_argument("--tune-queries", type=int, default=30, help="--tune: sampled queries per filter")
+    parser.add_argument("--tune-seconds", type=float, default=900.0, help="--tune: time bound")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--pgdata", type=Path, help="keep the server and databases here (reused when rerun)")
     parser.add_argument("--shared-buffers", default="512MB")
@@ -272,8 +241,9 @@ def main() -> None:
             print(f"  halfvec: index kept from an earlier run, which built it in {earlier[1]}", flush=True)
         stored = catalog.vectors.astype(np.float32)
         stored /= np.linalg.norm(stored, axis=1, keepdims=True)
+        per_cell = args.queries // 2 or 1
         if args.filtered and not cases:
-            cases = make_cases(catalog, args.queries // 2 or 1, args.seed)
+            cases = make_cases(catalog, per_cell, args.seed)
         elif not args.filtered:
             cases = []
         results: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
@@ -321,9 +291,19 @@ def main() -> None:
             report_unfiltered(measured, args.queries)
             results.update(measured)
         drop_projections(url, projections)
-        with_codes = filtered(url, catalog, cases) if args.filtered else {}
-        if with_codes:
-            report_filtered({"codes": with_codes}, args.queries // 2 or 1)
+        # Through Product.similar_to: the last code index as planned, then tuned; later without it.
+        truths = [top_k(stored, vector)[0] for _, vector in queries]
+        api: dict[str, quantized_search.Cells] = {}
+        if code_variants:
+            api["codes"] = {**quantized_search.unfiltered(url, queries, truths),
+                            **(quantized_search.filtered(url, catalog, cases) if args.filtered else {})}
+            quantized_search.report("Product.similar_to, the code index as planned", api, per_cell)
+        if code_variants and args.tune:
+            quantized_search.tune(url, args.tune, args.tune_queries, args.tune_seconds)
+            api["codes tuned"] = {**quantized_search.unfiltered(url, queries, truths),
+                                  **(quantized_search.filtered(url, catalog, cases) if args.filtered else {})}
+            quantized_search.report("Product.similar_to, the code index tuned", {"codes tuned": api["codes tuned"]},
+                                    per_cell)
         drop_index(url)
         if not halfvec_ready:
             with psycopg.connect(url, autocommit=True) as conn:
@@ -339,7 +319,8 @@ def main() -> None:
             halfvec_bytes = conn.execute("SELECT pg_relation_size('products_embedding_hnsw')").fetchone()[0]
         builds["halfvec"] = (builds.get("halfvec", (float("nan"), None))[0], halfvec_bytes)
         del stored
-        without = filtered(url, catalog, cases) if args.filtered else {}
+        api["halfvec"] = {**quantized_search.unfiltered(url, queries, truths),
+                          **(quantized_search.filtered(url, catalog, cases) if args.filtered else {})}
 
         print(f"\n{len(catalog.vectors):,} rows, {dimensions}-d, k={K}; load average {os.getloadavg()[0]:.1f} "
               f"on {os.cpu_count()} CPUs")
@@ -347,8 +328,9 @@ def main() -> None:
         for name, (seconds, size) in builds.items():
             print(f"{name:>12} {seconds:8.1f} {(size or 0) / 2**20:8.1f}")
         report_unfiltered(results, args.queries)
-        if args.filtered:
-            report_filtered({"codes": with_codes, "halfvec": without}, args.queries // 2 or 1)
+        quantized_search.report(f"Product.similar_to: 'codes' the code index with {quantized.CANDIDATES_PER_HIT} × k "
+                                f"candidates, 'codes tuned' as `prodvec recall --tune` chose, 'halfvec' without it",
+                                api, per_cell)
     finally:
         if args.pgdata is None:
             stop_server(pgdata)
