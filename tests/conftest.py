@@ -18,6 +18,8 @@ from prodvec.db.migrate import upgrade
 #: Random weights: plumbing only, never quality. 512-d like the default model.
 TEST_MODEL = "open_clip:ViT-B-32:none"
 TEST_DIMENSIONS = 512
+#: A second random-weight model, of other dimensions, for model changes.
+NARROW_MODEL = "open_clip:ViT-S-32-alt:none"
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import NARROW_MODEL, TEST_MODEL
 
 from prodvec.cli.main import main
 from prodvec.db.connection import connect
@@ -106,8 +107,16 @@ def test_failures_and_retry(capsys, db_url: str, tmp_path: Path) -> None:
     assert main(["worker", "--once"]) == 0
     failures = _run_json(capsys, "failures")
     assert failures[0]["sku"] == "X1" and "not an image" in failures[0]["reason"]
+    assert failures[0]["model"] == TEST_MODEL
+    # A model being added fails on the same photo: both jobs are listed, each with its model.
+    assert main(["model", "add", NARROW_MODEL]) == 0
+    assert main(["worker", "--once"]) == 0
+    capsys.readouterr()
+    assert [(f["sku"], f["model"]) for f in _run_json(capsys, "failures")] == [("X1", TEST_MODEL), ("X1", NARROW_MODEL)]
+    assert main(["failures"]) == 0
+    assert re.search(rf"X1 +failed .* {re.escape(NARROW_MODEL)}", capsys.readouterr().out)
     assert main(["retry", "--all"]) == 0
-    assert "requeued 1" in capsys.readouterr().out
+    assert "requeued 2" in capsys.readouterr().out
     assert _run_json(capsys, "status")["pending"] == 1
     assert main(["requeue"]) == 0  # every product with an image, whatever its state
     assert "queued 1 product(s)" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
-from conftest import TEST_MODEL
+from conftest import NARROW_MODEL, TEST_MODEL
 from test_cli import _fails, _prodvec, _run_json
 from test_migrations import _psql_schema, _schema_dump
 from test_service import running, settings_for, upload
@@ -31,8 +31,6 @@ from prodvec.service.app import create_app
 from prodvec.sql import queries
 from prodvec.worker.pipeline import Worker, WorkerOptions
 
-#: A second random-weight model, narrower than the test model's 512 dimensions.
-NARROW_MODEL = "open_clip:ViT-S-32-alt:none"
 OPTIONS = WorkerOptions(batch_size=4, poll_seconds=0.2)
 
 

@@ -67,6 +67,7 @@ class Failure:
     reason: str | None
     retry_in_seconds: float | None
     image: str
+    model: str  # the spec of the model whose job failed
 
 
 @dataclass(frozen=True)
@@ -195,10 +196,10 @@ def status(conn: psycopg.Connection) -> QueueStatus:
 
 
 def failures(conn: psycopg.Connection, *, limit: int = 100) -> list[Failure]:
-    """Failed products first, then those waiting to retry; each with its last error."""
+    """Failed products first, then those waiting to retry, of every model; each with its last error."""
     return [
-        Failure(sku, state, attempts, reason, None if retry_in is None else float(retry_in), image)
-        for sku, state, attempts, reason, retry_in, image in conn.execute(_SQL["failures"], {"limit": limit})
+        Failure(sku, state, attempts, reason, None if retry_in is None else float(retry_in), image, model)
+        for sku, state, attempts, reason, retry_in, image, model in conn.execute(_SQL["failures"], {"limit": limit})
     ]
 
 

@@ -114,14 +114,17 @@ FROM (
 ) AS product_states;
 
 -- name: failures
--- The active model's failed products, then those waiting to retry after a transient error (with the seconds
--- until their next try): each with the last error.
+-- Failed products, then those waiting to retry after a transient error (with the seconds until their
+-- next try): each with the last error and the model whose job it is (a model being added backfills too),
+-- the active model's first.
 SELECT p.sku, j.state, j.attempts, j.last_error,
        CASE WHEN j.state = 'pending' THEN greatest(0, extract(epoch FROM j.run_after - now())) END,
-       j.image
-FROM embedding_jobs AS j JOIN products AS p ON p.id = j.product_id
-WHERE (j.state = 'failed' OR j.last_error IS NOT NULL) AND j.model_id = (SELECT id FROM active_model)
-ORDER BY j.state, p.sku
+       j.image, m.spec
+FROM embedding_jobs AS j
+JOIN products AS p ON p.id = j.product_id
+JOIN embedding_models AS m ON m.id = j.model_id
+WHERE j.state = 'failed' OR j.last_error IS NOT NULL
+ORDER BY j.state, NOT m.active, p.sku, m.id
 LIMIT %(limit)s;
 
 -- name: waiting_to_retry
