@@ -350,16 +350,18 @@ def test_replica_settings_are_read_at_the_edges(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_service_reads_from_the_replica_and_falls_back_to_the_primary(
-        routed: Replicated, catalog, test_encoder, caplog) -> None:
-    """A real server: searches and lookups come from the replica, with the primary's answers; a
-    product written through the server is found at once; a stopped replica sends reads to the
-    primary, and /v1/status and the log say which answered."""
+        routed: Replicated, catalog, silent: str, test_encoder, caplog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real server: searches and lookups come from the replica, with the primary's answers
+    (a replica that never answers its checks is skipped); a product written through the server is
+    found at once; a stopped replica sends reads to the primary, and /v1/status and the log say
+    which answered."""
     caplog.set_level(logging.INFO, logger="prodvec.replicas")
+    monkeypatch.setenv("PRODVEC_READ_URLS", f"{os.environ['PRODVEC_READ_URLS']},{silent}")
     _caught_up(routed.primary, routed.replica)
     replica = replicas.describe(routed.replica)
     skus = list(catalog)[:3]
     settings = settings_for(routed.primary, admin_keys=("admin-key",))
-    assert settings.prodvec.read_urls == load_settings().read_urls  # the unreachable one and the standby
+    assert settings.prodvec.read_urls == load_settings().read_urls  # the unreachable one, the standby, the silent one
     with running(create_app(settings, encoder=test_encoder)) as base, httpx.Client(base_url=base, timeout=120) as http:
         def similar(sku: str) -> tuple[list[str], str]:
             answer = http.get(f"/v1/products/{sku}/similar", params={"k": 5})
@@ -375,7 +377,7 @@ def test_the_service_reads_from_the_replica_and_falls_back_to_the_primary(
         reads = http.get("/v1/status").json()["reads"]
         assert reads["answered"] == {replica: 5}
         assert {item["target"]: item["usable"] for item in reads["replicas"]} == {
-            f"{routed.replica_pgdata}/gone:5432/nowhere": False, replica: True}
+            f"{routed.replica_pgdata}/gone:5432/nowhere": False, replica: True, replicas.describe(silent): False}
 
         # Written on the primary while the standby does not replay: still found (the primary answers).
         with psycopg.connect(routed.replica, autocommit=True) as standby:
