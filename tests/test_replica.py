@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -114,8 +115,18 @@ def replicated() -> Iterator[Replicated]:
         shutil.rmtree(home, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def silent() -> Iterator[str]:
+    """A replica URL whose server never answers: a port that accepts connections (the kernel
+    completes them) and says nothing, so each check of it waits the whole connect timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        yield f"postgresql://postgres@127.0.0.1:{listening.getsockname()[1]}/prodvec"
+
+
 @pytest.fixture
-def routed(replicated: Replicated, monkeypatch: pytest.MonkeyPatch) -> Replicated:
+def routed(replicated: Replicated, monkeypatch: pytest.MonkeyPatch) -> Iterator[Replicated]:
     """The environment a search process has: DATABASE_URL the primary, PRODVEC_READ_URLS the standby."""
     monkeypatch.setenv("DATABASE_URL", replicated.primary)
     monkeypatch.setenv("PRODVEC_READ_URLS", f"postgresql://postgres@/nowhere?host={replicated.replica_pgdata}/gone,"
@@ -126,10 +137,11 @@ def routed(replicated: Replicated, monkeypatch: pytest.MonkeyPatch) -> Replicate
     monkeypatch.setenv("PRODVEC_MAX_REPLICA_LAG", "60")
     monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
     monkeypatch.setenv("PRODVEC_DEVICE", "cpu")
-    replicas.router.cache_clear()
+    replicas.forget()
     plan.forget()
     quantized.forget()
-    return replicated
+    yield replicated
+    replicas.forget()  # the shared router's checker stops with the test
 
 
 @pytest.fixture(scope="module")
@@ -151,6 +163,20 @@ def catalog(replicated: Replicated, test_encoder, tmp_path_factory: pytest.TempP
     with connect(replicated.primary) as conn:
         return {sku: vector.to_numpy().astype(np.float32)
                 for sku, vector in conn.execute("SELECT sku, embedding FROM products")}
+
+
+def _shared_router(primary: str) -> replicas.ReadRouter:
+    """The process's router under this environment (the one read_session and the CLI use)."""
+    return replicas.router(primary, load_settings().read_urls, load_settings().max_replica_lag)
+
+
+def _answered(router: replicas.ReadRouter, url: str, *, usable: bool, timeout: float = 60.0) -> replicas.ReplicaState:
+    """The replica's state once the checker's answer about it is ``usable``."""
+    deadline = time.monotonic() + timeout
+    while (state := router.state(url)).usable != usable:
+        assert time.monotonic() < deadline, f"the checker still says {state.reason!r} of {url}"
+        time.sleep(0.02)
+    return state
 
 
 def _host(session) -> str:
@@ -185,7 +211,7 @@ def test_searches_read_from_the_caught_up_replica(routed: Replicated, catalog, c
             assert [hit.distance for hit in on_replica] == pytest.approx(truth, abs=2e-3)
     assert f"searches read from replica {routed.replica_pgdata}" in caplog.text
     assert "skipped: down" in caplog.text  # the replica that does not exist
-    counts = replicas.router(routed.primary, load_settings().read_urls, load_settings().max_replica_lag).routed
+    counts = _shared_router(routed.primary).routed
     assert counts[replicas.describe(routed.replica)] == 1 and counts[replicas.PRIMARY] == 0
 
 
@@ -212,28 +238,76 @@ def test_cli_search_reads_from_the_replica(routed: Replicated, catalog, capsys) 
     sku = next(iter(catalog))
     assert cli_main(["search", "--sku", sku, "-k", "3", "--json"]) == 0
     assert f'"{_nearest(catalog, sku, 1)[0]}"' in capsys.readouterr().out
-    counts = replicas.router(routed.primary, load_settings().read_urls, load_settings().max_replica_lag).routed
+    counts = _shared_router(routed.primary).routed
     assert counts == {replicas.describe(routed.replica): 1}
 
 
-def test_a_lagging_replica_is_skipped(routed: Replicated, catalog, monkeypatch: pytest.MonkeyPatch) -> None:
-    router = replicas.ReadRouter(routed.primary, (routed.replica,), max_lag_seconds=0.5, check_interval=0)
+def test_a_lagging_replica_is_skipped(routed: Replicated, catalog) -> None:
     _caught_up(routed.primary, routed.replica)
-    assert router.url() == routed.replica
-    with psycopg.connect(routed.replica, autocommit=True) as replica:
-        replica.execute("SELECT pg_wal_replay_pause()")
-        try:
-            with psycopg.connect(routed.primary, autocommit=True) as primary:
-                primary.execute("UPDATE products SET price = price + 1 WHERE sku = %s", (next(iter(catalog)),))
-            time.sleep(1.0)  # the standby receives the change but does not replay it
-            state = router.state(routed.replica)
-            assert not state.usable and state.reason.startswith("lag ")
-            assert router.url() == routed.primary
-        finally:
-            replica.execute("SELECT pg_wal_replay_resume()")
-    _caught_up(routed.primary, routed.replica)
-    assert router.url() == routed.replica
+    with replicas.ReadRouter(routed.primary, (routed.replica,), max_lag_seconds=0.5, check_interval=0.05) as router:
+        _answered(router, routed.replica, usable=True)
+        assert router.url() == routed.replica
+        with psycopg.connect(routed.replica, autocommit=True) as replica:
+            replica.execute("SELECT pg_wal_replay_pause()")
+            try:
+                with psycopg.connect(routed.primary, autocommit=True) as primary:
+                    primary.execute("UPDATE products SET price = price + 1 WHERE sku = %s", (next(iter(catalog)),))
+                # The standby receives the change but does not replay it: it falls behind.
+                assert _answered(router, routed.replica, usable=False).reason.startswith("lag ")
+                assert router.url() == routed.primary
+            finally:
+                replica.execute("SELECT pg_wal_replay_resume()")
+        _caught_up(routed.primary, routed.replica)
+        _answered(router, routed.replica, usable=True)
+        assert router.url() == routed.replica
     assert router.routed == {replicas.describe(routed.replica): 2, replicas.PRIMARY: 1}
+
+
+def _slowest_url(router: replicas.ReadRouter, seconds: float) -> tuple[set[str], float]:
+    """Ask ``router`` for a server for ``seconds``: the servers it named and its slowest answer."""
+    chosen: set[str] = set()
+    slowest = 0.0
+    until = time.monotonic() + seconds
+    while time.monotonic() < until:
+        began = time.monotonic()
+        chosen.add(router.url())
+        slowest = max(slowest, time.monotonic() - began)
+        time.sleep(0.01)
+    return chosen, slowest
+
+
+def test_no_search_waits_for_a_replica_check(routed: Replicated, catalog, silent: str) -> None:
+    """Each check of the silent replica waits the connect timeout (2 s): routing never does. An
+    inline check would hold one search per check interval that long."""
+    _caught_up(routed.primary, routed.replica)
+    window = 2 * replicas.CONNECT_TIMEOUT_SECONDS + 1  # more than two checks of the silent one
+    with replicas.ReadRouter(routed.primary, (silent,), max_lag_seconds=60, check_interval=0.05) as alone:
+        chosen, slowest = _slowest_url(alone, window)
+        assert chosen == {routed.primary} and slowest < 0.5
+        assert alone.state(silent).reason.startswith("down: ")  # its checks end as the connect timeout does
+    with replicas.ReadRouter(routed.primary, (silent, routed.replica), max_lag_seconds=60,
+                             check_interval=0.05) as router:
+        _answered(router, routed.replica, usable=True)
+        chosen, slowest = _slowest_url(router, window)
+        assert chosen == {routed.replica} and slowest < 0.5
+        assert router.state(silent).reason.startswith("down: ")
+
+
+def test_a_stale_answer_is_not_trusted(routed: Replicated, catalog, caplog) -> None:
+    """An answer older than a check can take (the checker is stuck; here: stopped) is not used."""
+    caplog.set_level(logging.INFO, logger="prodvec.replicas")
+    _caught_up(routed.primary, routed.replica)
+    router = replicas.ReadRouter(routed.primary, (routed.replica,), max_lag_seconds=60, check_interval=0.05)
+    assert router.url() == routed.primary  # not started: nothing is known
+    assert router.state(routed.replica).reason == "not checked yet"
+    with router:
+        assert _answered(router, routed.replica, usable=True).reason.startswith("lag ")
+        assert router.url() == routed.replica
+    stale = _answered(router, routed.replica, usable=False)
+    assert stale.reason.startswith("stale: no answer for ")
+    assert time.monotonic() - stale.checked_at > router.stale_after
+    assert router.url() == routed.primary
+    assert f"replica {replicas.describe(routed.replica)} skipped: stale" in caplog.text
 
 
 def test_a_stopped_replica_sends_searches_to_the_primary(routed: Replicated, catalog, caplog) -> None:
@@ -244,7 +318,7 @@ def test_a_stopped_replica_sends_searches_to_the_primary(routed: Replicated, cat
         assert _host(db) == str(routed.replica_pgdata)
     _pg_ctl(routed.replica_pgdata, "-w", "-m", "fast", "stop")
     try:
-        time.sleep(replicas.CHECK_INTERVAL_SECONDS)  # the replica's last answer expires
+        _answered(_shared_router(routed.primary), routed.replica, usable=False)  # the checker's next answer
         with prodvec.read_session() as db:
             assert _host(db) != str(routed.replica_pgdata)
             found = [hit.product.sku for hit in Product.similar_to(Sku(sku), session=db, k=3)]
@@ -253,7 +327,7 @@ def test_a_stopped_replica_sends_searches_to_the_primary(routed: Replicated, cat
     finally:
         _start_replica(routed.replica_pgdata)
     _caught_up(routed.primary, routed.replica)
-    time.sleep(replicas.CHECK_INTERVAL_SECONDS)
+    _answered(_shared_router(routed.primary), routed.replica, usable=True)
     with prodvec.read_session() as db:
         assert _host(db) == str(routed.replica_pgdata)
 
@@ -276,16 +350,18 @@ def test_replica_settings_are_read_at_the_edges(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_the_service_reads_from_the_replica_and_falls_back_to_the_primary(
-        routed: Replicated, catalog, test_encoder, caplog) -> None:
-    """A real server: searches and lookups come from the replica, with the primary's answers; a
-    product written through the server is found at once; a stopped replica sends reads to the
-    primary, and /v1/status and the log say which answered."""
+        routed: Replicated, catalog, silent: str, test_encoder, caplog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real server: searches and lookups come from the replica, with the primary's answers
+    (a replica that never answers its checks is skipped); a product written through the server is
+    found at once; a stopped replica sends reads to the primary, and /v1/status and the log say
+    which answered."""
     caplog.set_level(logging.INFO, logger="prodvec.replicas")
+    monkeypatch.setenv("PRODVEC_READ_URLS", f"{os.environ['PRODVEC_READ_URLS']},{silent}")
     _caught_up(routed.primary, routed.replica)
     replica = replicas.describe(routed.replica)
     skus = list(catalog)[:3]
     settings = settings_for(routed.primary, admin_keys=("admin-key",))
-    assert settings.prodvec.read_urls == load_settings().read_urls  # the unreachable one and the standby
+    assert settings.prodvec.read_urls == load_settings().read_urls  # the unreachable one, the standby, the silent one
     with running(create_app(settings, encoder=test_encoder)) as base, httpx.Client(base_url=base, timeout=120) as http:
         def similar(sku: str) -> tuple[list[str], str]:
             answer = http.get(f"/v1/products/{sku}/similar", params={"k": 5})
@@ -301,7 +377,7 @@ def test_the_service_reads_from_the_replica_and_falls_back_to_the_primary(
         reads = http.get("/v1/status").json()["reads"]
         assert reads["answered"] == {replica: 5}
         assert {item["target"]: item["usable"] for item in reads["replicas"]} == {
-            f"{routed.replica_pgdata}/gone:5432/nowhere": False, replica: True}
+            f"{routed.replica_pgdata}/gone:5432/nowhere": False, replica: True, replicas.describe(silent): False}
 
         # Written on the primary while the standby does not replay: still found (the primary answers).
         with psycopg.connect(routed.replica, autocommit=True) as standby:

@@ -1,11 +1,17 @@
 """Read routing: searches go to hot-standby replicas that are up and caught up, else the primary.
 
 PRODVEC_READ_URLS names the replicas (streaming replicas of DATABASE_URL's server, e.g.
-made with pg_basebackup -R). Before searches use one, it is asked whether it is a standby that
-streams from the primary and how far its replay trails (prodvec/sql/replicas.sql); one that is
-down, not a standby, not streaming or lagging more than PRODVEC_MAX_REPLICA_LAG seconds is
-skipped, and the primary answers. Replicas that pass take turns. Each one's answer is kept
-CHECK_INTERVAL_SECONDS, so a busy service asks each replica about once a second.
+made with pg_basebackup -R). Each replica is asked whether it is a standby that streams from
+the primary and how far its replay trails (prodvec/sql/replicas.sql); one that is down, not a
+standby, not streaming or lagging more than PRODVEC_MAX_REPLICA_LAG seconds is skipped, and the
+primary answers. Replicas that pass take turns.
+
+The asking is done by the router's checker, one daemon thread per replica that asks every
+CHECK_INTERVAL_SECONDS, so a replica that does not answer delays only its own next answer.
+Picking a server (``ReadRouter.url``) only reads the last answers: no search waits for a check.
+An answer older than a check can take (its thread is stuck) counts as stale: skipped.
+``ReadRouter.start`` starts the checker (the service does, in its lifespan) and ``stop`` ends
+it; the process-wide ``router()`` behind ``read_url()`` starts its own for the process's life.
 
 Only searches are routed: the worker, imports and migrations always use the primary
 (`database_url()`), and a search needs nothing written. Changes of route are logged (logger
@@ -19,7 +25,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from functools import cache
+from types import TracebackType
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -29,7 +35,7 @@ from prodvec.sql import queries
 
 log = logging.getLogger("prodvec.replicas")
 
-#: Seconds a replica's health answer is reused.
+#: Seconds between two checks of one replica.
 CHECK_INTERVAL_SECONDS = 1.0
 #: Seconds to wait for a replica's connection before skipping it (libpq's connect_timeout
 #: counts whole seconds; 2 is its smallest useful value).
@@ -45,11 +51,12 @@ class ReplicaState:
     url: str
     usable: bool
     reason: str  # e.g. "lag 0.2 s", "down: connection refused", "lag 12.0 s > 5 s"
-    checked_at: float
+    checked_at: float  # time.monotonic() when the answer came
 
 
 class ReadRouter:
-    """Picks the server a search reads from: a healthy replica in turn, else the primary."""
+    """Picks the server a search reads from: a healthy replica in turn, else the primary.
+    Its checker runs between ``start()`` and ``stop()`` (or as a context manager)."""
 
     def __init__(self, primary_url: str, read_urls: tuple[str, ...], max_lag_seconds: float,
                  *, check_interval: float = CHECK_INTERVAL_SECONDS) -> None:
@@ -57,14 +64,56 @@ class ReadRouter:
         self.read_urls = read_urls
         self.max_lag_seconds = max_lag_seconds
         self.check_interval = check_interval
+        #: An answer is renewed every check_interval plus the time its check takes, which a
+        #: connect timeout bounds for a replica that does not answer; older, its check hangs
+        #: (a connection stalled after connecting) or its thread died: do not trust it.
+        self.stale_after = 3 * check_interval + CONNECT_TIMEOUT_SECONDS
         #: Searches routed per target (PRIMARY or a replica's host/port/dbname), for metrics.
         self.routed: Counter[str] = Counter()
         self._states: dict[str, ReplicaState] = {}
+        self._reported: dict[str, bool] = {}  # usable as last logged, so each change logs once
         self._next = 0
         self._lock = threading.Lock()
+        self._answered = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """Start checking each replica in the background, and wait (at most a connect timeout
+        and a second) for their first answers: a server that has just started then routes its
+        first searches as it will its later ones, instead of loading the primary with all of
+        them until the first answers come. A replica that does not answer in that time is
+        skipped until it does."""
+        if self._threads:
+            return
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._check_every_interval, args=(url, self._stopping),
+                                          name=f"prodvec-replica-check {describe(url)}", daemon=True)
+                         for url in self.read_urls]
+        for thread in self._threads:
+            thread.start()
+        with self._answered:
+            self._answered.wait_for(lambda: all(url in self._states for url in self.read_urls),
+                                    timeout=CONNECT_TIMEOUT_SECONDS + 1)
+
+    def stop(self) -> None:
+        """Stop the checker and wait for its threads (a check in flight ends within a connect
+        timeout; one that hangs longer is left to die with the process)."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=CONNECT_TIMEOUT_SECONDS + 1)
+        self._threads = []
+
+    def __enter__(self) -> ReadRouter:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self.stop()
 
     def url(self) -> str:
-        """The URL the next search should read from."""
+        """The URL the next search should read from (the last answers decide: nothing is asked now)."""
         usable = [state.url for state in map(self.state, self.read_urls) if state.usable]
         with self._lock:
             if usable:
@@ -76,48 +125,68 @@ class ReadRouter:
         return chosen
 
     def state(self, url: str) -> ReplicaState:
-        """The replica's health, asked again once the last answer is CHECK_INTERVAL_SECONDS old."""
+        """The replica's last answer; not usable while none has come, or when it is stale."""
+        now = time.monotonic()
         with self._lock:
             known = self._states.get(url)
-        if known is not None and time.monotonic() - known.checked_at < self.check_interval:
+        if known is None:
+            state = ReplicaState(url, False, "not checked yet", now)
+        elif now - known.checked_at > self.stale_after:
+            state = ReplicaState(url, False, f"stale: no answer for {now - known.checked_at:.0f} s "
+                                             "(its check is stuck, or the checker is stopped)", known.checked_at)
+        else:
             return known
-        state = check_replica(url, self.max_lag_seconds)
-        with self._lock:
-            self._states[url] = state
-        if known is None or known.usable != state.usable:
-            if state.usable:
-                log.info("searches read from replica %s (%s)", describe(url), state.reason)
-            else:
-                log.warning("replica %s skipped: %s; the primary answers unless another replica can",
-                            describe(url), state.reason)
+        self._report(state)
         return state
 
     def failed(self, url: str, reason: str) -> None:
         """A read on the replica failed although its last check passed (it stopped, its
         connection broke, a recovery conflict cancelled the statement): skip it until the next
-        check, CHECK_INTERVAL_SECONDS from now."""
+        check (one that began before the failure does not count)."""
+        state = ReplicaState(url, False, f"failed: {reason}", time.monotonic())
         with self._lock:
-            known = self._states.get(url)
-            self._states[url] = ReplicaState(url, False, f"failed: {reason}", time.monotonic())
-        if known is None or known.usable:
-            log.warning("replica %s skipped: failed: %s; the primary answers unless another replica can",
-                        describe(url), reason)
+            self._states[url] = state
+        self._report(state)
 
     def states(self) -> list[ReplicaState]:
-        """Each replica's last known state, as checked (nothing is asked now): for metrics."""
+        """Each replica's state as url() sees it (nothing is asked now): for metrics."""
+        return [self.state(url) for url in self.read_urls]
+
+    def _check_every_interval(self, url: str, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            began = time.monotonic()
+            state = check_replica(url, self.max_lag_seconds)
+            with self._answered:
+                known = self._states.get(url)
+                if known is None or known.checked_at <= began:  # a read's failure since is newer news
+                    self._states[url] = known = state
+                self._answered.notify_all()
+            self._report(known)
+            stopping.wait(self.check_interval)
+
+    def _report(self, state: ReplicaState) -> None:
+        """Log a replica's state when its usability differs from the one last logged."""
         with self._lock:
-            return [self._states[url] for url in self.read_urls if url in self._states]
+            changed = self._reported.get(state.url) != state.usable
+            self._reported[state.url] = state.usable
+        if not changed:
+            return
+        if state.usable:
+            log.info("searches read from replica %s (%s)", describe(state.url), state.reason)
+        else:
+            log.warning("replica %s skipped: %s; the primary answers unless another replica can",
+                        describe(state.url), state.reason)
 
 
 def check_replica(url: str, max_lag_seconds: float) -> ReplicaState:
     """Ask one replica whether it may answer searches now."""
-    now = time.monotonic()
     try:
         with psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS) as conn:
             row = conn.execute(queries("replicas.sql")["standby_state"]).fetchone()
     except psycopg.Error as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return ReplicaState(url, False, f"down: {reason}", now)
+        return ReplicaState(url, False, f"down: {reason}", time.monotonic())
+    now = time.monotonic()
     assert row is not None  # the statement returns one row
     in_recovery, streaming, lag = row
     if not in_recovery:
@@ -135,10 +204,31 @@ def describe(url: str) -> str:
     return f"{params.get('host') or 'localhost'}:{params.get('port') or 5432}/{params.get('dbname', '')}"
 
 
-@cache
+_shared: dict[tuple[str, tuple[str, ...], float], ReadRouter] = {}
+_shared_lock = threading.Lock()
+
+
 def router(primary_url: str, read_urls: tuple[str, ...], max_lag_seconds: float) -> ReadRouter:
-    """One router per configuration, shared by the process (its health answers and counts)."""
-    return ReadRouter(primary_url, read_urls, max_lag_seconds)
+    """One router per configuration, shared by the process (its answers and counts), its checker
+    started on first use and running while the process does (daemon threads): a one-shot
+    `prodvec search` waits for the first answers as for an inline check; a long-running
+    process's searches never wait for one."""
+    key = (primary_url, read_urls, max_lag_seconds)
+    with _shared_lock:  # one router per key, however many threads ask first
+        shared = _shared.get(key)
+        if shared is None:
+            shared = _shared[key] = ReadRouter(primary_url, read_urls, max_lag_seconds)
+            shared.start()
+    return shared
+
+
+def forget() -> None:
+    """Stop and drop the shared routers (tests: another environment in this process)."""
+    with _shared_lock:
+        stopping = list(_shared.values())
+        _shared.clear()
+    for shared in stopping:
+        shared.stop()
 
 
 def read_url(settings: Settings, primary_url: str) -> str:

@@ -63,10 +63,11 @@ def create_app(
         app.state.service = state
         log.info("serving %s on %s", state.batcher.model, state.batcher.encoder.device)
         try:
+            await run_in_threadpool(state.reads.start)  # waits up to a connect timeout: off the event loop
             yield
         finally:
             await run_in_threadpool(state.batcher.close)
-            state.reads.dispose()
+            await run_in_threadpool(state.reads.dispose)  # joins the checker, which may be mid-check
             state.engine.dispose()
 
     app = FastAPI(

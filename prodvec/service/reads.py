@@ -1,6 +1,8 @@
 """Which server answers the service's reads: a hot-standby replica of PRODVEC_READ_URLS, as
 prodvec.db.replicas routes searches (up, streaming, within PRODVEC_MAX_REPLICA_LAG, in turn),
-else the primary. Each server has its own bounded connection pool, made once at startup.
+else the primary. Each server has its own bounded connection pool, made once at startup. The
+router's checker runs from ``start()`` (the app's lifespan) to ``dispose()``: reads only look
+at its last answers, so none waits for a replica's health check.
 
 Searches and product, category and thumbnail lookups read here; writes, /v1/status (the queue
 must be current) and /readyz use the primary's pool directly. A replica whose connection fails
@@ -77,7 +79,14 @@ class ReadTargets:
         with self._lock:
             self._answered[target] += 1
 
+    def start(self) -> None:
+        """Start the replicas' checker; returns once each replica has answered, or a connect
+        timeout has passed."""
+        self.router.start()
+
     def dispose(self) -> None:
+        """Stop the checker (its threads joined), then close the replicas' pools."""
+        self.router.stop()
         for engine in self.replicas.values():
             engine.dispose()
 
