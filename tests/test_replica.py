@@ -40,7 +40,7 @@ from prodvec.db.migrate import upgrade
 from prodvec.db.quantized_index import create_index
 from prodvec.errors import ConfigError
 from prodvec.models import Product
-from prodvec.search import Sku, plan, quantized
+from prodvec.search import Sku, plan
 from prodvec.service.app import create_app
 from prodvec.service.reads import READ_FROM_HEADER
 from prodvec.worker.pipeline import Worker, WorkerOptions
@@ -139,7 +139,6 @@ def routed(replicated: Replicated, monkeypatch: pytest.MonkeyPatch) -> Iterator[
     monkeypatch.setenv("PRODVEC_DEVICE", "cpu")
     replicas.forget()
     plan.forget()
-    quantized.forget()
     yield replicated
     replicas.forget()  # the shared router's checker stops with the test
 
@@ -305,7 +304,7 @@ def test_a_stale_answer_is_not_trusted(routed: Replicated, catalog, caplog) -> N
         assert router.url() == routed.replica
     stale = _answered(router, routed.replica, usable=False)
     assert stale.reason.startswith("stale: no answer for ")
-    assert time.monotonic() - stale.checked_at > router.stale_after
+    assert stale.checked_at is not None and time.monotonic() - stale.checked_at > router.stale_after
     assert router.url() == routed.primary
     assert f"replica {replicas.describe(routed.replica)} skipped: stale" in caplog.text
 
@@ -378,6 +377,8 @@ def test_the_service_reads_from_the_replica_and_falls_back_to_the_primary(
         assert reads["answered"] == {replica: 5}
         assert {item["target"]: item["usable"] for item in reads["replicas"]} == {
             f"{routed.replica_pgdata}/gone:5432/nowhere": False, replica: True, replicas.describe(silent): False}
+        ages = {item["target"]: item["age_seconds"] for item in reads["replicas"]}
+        assert 0 <= ages[replica] < 5  # answered by the background checker, about once a second
 
         # Written on the primary while the standby does not replay: still found (the primary answers).
         with psycopg.connect(routed.replica, autocommit=True) as standby:

@@ -51,7 +51,7 @@ class ReplicaState:
     url: str
     usable: bool
     reason: str  # e.g. "lag 0.2 s", "down: connection refused", "lag 12.0 s > 5 s"
-    checked_at: float  # time.monotonic() when the answer came
+    checked_at: float | None  # time.monotonic() when the answer came; None: no answer yet
 
 
 class ReadRouter:
@@ -129,8 +129,8 @@ class ReadRouter:
         now = time.monotonic()
         with self._lock:
             known = self._states.get(url)
-        if known is None:
-            state = ReplicaState(url, False, "not checked yet", now)
+        if known is None or known.checked_at is None:
+            state = ReplicaState(url, False, "not checked yet", None)
         elif now - known.checked_at > self.stale_after:
             state = ReplicaState(url, False, f"stale: no answer for {now - known.checked_at:.0f} s "
                                              "(its check is stuck, or the checker is stopped)", known.checked_at)
@@ -158,7 +158,8 @@ class ReadRouter:
             state = check_replica(url, self.max_lag_seconds)
             with self._answered:
                 known = self._states.get(url)
-                if known is None or known.checked_at <= began:  # a read's failure since is newer news
+                # A read's failure since the check began is newer news.
+                if known is None or known.checked_at is None or known.checked_at <= began:
                     self._states[url] = known = state
                 self._answered.notify_all()
             self._report(known)

@@ -3,6 +3,7 @@ the encoder, where reads were answered). The queue and readiness are read from t
 must be current."""
 from __future__ import annotations
 
+import time
 from typing import cast
 
 import psycopg
@@ -54,7 +55,9 @@ async def status(request: Request) -> schemas.Status:
         encoder=schemas.EncoderQueue(queued=batcher.queued, limit=batcher.limit, passes=batcher.passes,
                                      queries=batcher.queries),
         reads=schemas.Reads(answered=state.reads.answered(), replicas=[
-            schemas.ReplicaHealth(target=describe(replica.url), usable=replica.usable, reason=replica.reason)
+            schemas.ReplicaHealth(target=describe(replica.url), usable=replica.usable, reason=replica.reason,
+                                  age_seconds=None if replica.checked_at is None
+                                  else round(time.monotonic() - replica.checked_at, 1))
             for replica in state.reads.states()]),
     )
 

@@ -138,7 +138,9 @@ class EncoderQueue(BaseModel):
 class ReplicaHealth(BaseModel):
     target: str = Field(description="host:port/dbname of a PRODVEC_READ_URLS replica")
     usable: bool = Field(description="at its last check it could answer reads")
-    reason: str = Field(description='e.g. "lag 0.2 s", "down: connection refused", "lag 12.0 s > 5 s"')
+    reason: str = Field(description='e.g. "lag 0.2 s", "down: connection refused", "lag 12.0 s > 5 s", '
+                                    '"not checked yet"')
+    age_seconds: float | None = Field(description="seconds since its last check answered; null: none has yet")
 
 
 class Reads(BaseModel):
@@ -146,8 +148,8 @@ class Reads(BaseModel):
 
     answered: dict[str, int] = Field(description="reads answered since start, per server: 'primary' or a "
                                                  "replica's host:port/dbname")
-    replicas: list[ReplicaHealth] = Field(description="each replica's last check (empty: no PRODVEC_READ_URLS, "
-                                                      "or none checked yet)")
+    replicas: list[ReplicaHealth] = Field(description="each replica's last check, made in the background "
+                                                      "(empty: no PRODVEC_READ_URLS)")
 
 
 class Status(BaseModel):
