@@ -70,7 +70,7 @@ def main() -> None:
             timed("GpuJpegDecoder.decode, 4 threads at once", lambda: list(
                 pool.map(decoder.decode, [jpegs[i : i + quarter] for i in range(0, count, quarter)])
             ))
-        jobs = [Job(i, str(path), 1) for i, path in enumerate(paths)]
+        jobs = [Job(i, str(path), 1, path.stem) for i, path in enumerate(paths)]
         default_threads = torch.get_num_threads()
         for torch_threads in sorted({default_threads, 1}, reverse=True):
             torch.set_num_threads(torch_threads)

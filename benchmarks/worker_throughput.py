@@ -93,7 +93,8 @@ def insert_products(conn, images: list[str], prefix: str) -> None:
 
 
 def all_jobs(conn) -> list[jobs.Job]:
-    rows = conn.execute("SELECT product_id, image, attempts FROM embedding_jobs ORDER BY product_id")
+    rows = conn.execute("SELECT j.product_id, j.image, j.attempts, p.sku FROM embedding_jobs AS j "
+                        "JOIN products AS p ON p.id = j.product_id ORDER BY j.product_id")
     return [jobs.Job(*row) for row in rows]
 
 

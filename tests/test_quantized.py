@@ -198,3 +198,19 @@ def test_recall_measures_and_tunes_searches_through_the_code_index(conn, db_url,
         assert not {row["kind"] for row in store.stored(db)} & {"codes_unfiltered", "codes_filtered"}
         result = Product.similar_to(_queries(catalog, 1)[0], session=db, k=10)
         assert result.strategy == "hnsw" and result.recall is None
+
+
+def test_recall_says_when_the_code_index_answered_nothing(conn, db_url, capsys) -> None:
+    """30 products, fewer than a pass's 100 candidates: every code pass comes back short and
+    the exact pass answers. The report says so, and advises no plain-SQL setting."""
+    rng = np.random.default_rng(3)
+    for i, vector in enumerate(_unit(rng.standard_normal((30, DIMENSIONS)))):
+        conn.execute("INSERT INTO products (sku, category, embedding) VALUES (%s, 'c', %s)",
+                      (f"S{i:02d}", HalfVector(vector)))
+    conn.execute("ANALYZE products")
+    create_index(db_url)
+    plan.forget()
+    assert cli_main(["recall", "--tune", "--target", "0.95", "--queries", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "codes_unfiltered: the index answered none of its" in out
+    assert "codes_unfiltered: SET" not in out

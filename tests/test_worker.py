@@ -119,7 +119,9 @@ def test_queue_rules(conn) -> None:
     assert set(_job_states(conn)) == {"Q1"}  # no image, or a vector supplied: nothing to embed
 
 
-def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir: Path, tmp_path: Path) -> None:
+def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir: Path, tmp_path: Path,
+                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="prodvec")
     (tmp_path / "not-an-image.jpg").write_text("hello")
     good = sorted(photo_dir.iterdir())[:2]
     _insert(conn, "GOOD1", str(good[0]))
@@ -131,6 +133,7 @@ def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir:
     reasons = {failure.sku: failure.reason for failure in jobs.failures(conn)}
     assert "not an image" in reasons["BROKEN"]
     assert "unsupported image location scheme" in reasons["SCHEME"]
+    assert "product BROKEN: " in caplog.text  # logs name products as the shop does, by sku
     assert jobs.retry_failed(conn, ["BROKEN"]) == ["BROKEN"]
     assert _job_states(conn) == {"BROKEN": "pending", "SCHEME": "failed"}
 

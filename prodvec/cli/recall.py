@@ -188,6 +188,12 @@ def _print(report: dict[str, Any], *, as_json: bool) -> None:
         columns += ["before: recall", "ef_search ", "p50 ms "]
     columns += ["exact", "own", "turned", "mixed", "given"]
     print_table(rows, columns)
+    for kind, figures in report["kinds"].items():
+        measured = figures["after"] if tuned else figures
+        if not measured["queries"] and measured["exact"]:
+            print(f"{kind}: the index answered none of its {measured['exact']} queries (each pass came back short, "
+                  "so the exact pass answered: complete, but slower at scale); the catalog holds fewer products than "
+                  "a pass's candidate list, or the filters keep too few")
     if tuned:
         short = [kind for kind, figures in report["kinds"].items() if not figures["meets_target"]]
         if short:

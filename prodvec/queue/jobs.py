@@ -26,6 +26,7 @@ class Job:
     product_id: int
     image: str
     attempts: int
+    sku: str  # for logs: what the shop calls the product
 
 
 @dataclass(frozen=True)

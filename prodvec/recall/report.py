@@ -79,15 +79,17 @@ def tune_recall(session: Session, options: Options, target: float = DEFAULT_TARG
         store.save_tuned(session, kind, bands, target=target, products=facts.indexed_rows or 0)
         before = [item.passes[None] for item in group]
         after = tune.answers_at(group, bands)
+        reached = tune.figures(group, after)
         kinds[kind] = {
             "before": asdict(tune.figures(group, before)),
-            "after": asdict(tune.figures(group, after)),
+            "after": asdict(reached),
             "meets_target": all(b.figures.recall is None or b.figures.recall >= target for b in bands),
             "by_source": {"before": _by_source(group, before), "after": _by_source(group, after)},
             "bands": [{"band": number, "max_distance": band.max_distance, "min_ef_search": band.ef_search,
                        **asdict(band.figures)} for number, band in enumerate(bands)],
             "sql_ef_search": _sql_ef_search(bands, after),
-            "sql": _sql_settings(kind, _sql_ef_search(bands, after)),
+            # Nothing to advise where the index answered none of the sample (every pass came back short).
+            "sql": _sql_settings(kind, _sql_ef_search(bands, after)) if reached.queries else None,
         }
     return {"target": target, **_report(items, probes, started, kinds)}
 

@@ -19,9 +19,9 @@ UPDATE embedding_jobs AS j
 SET leased_until = now() + make_interval(secs => %(lease_seconds)s),
     lease_token = %(token)s,
     attempts = j.attempts + 1
-FROM ready
+FROM ready JOIN products AS p ON p.id = ready.product_id
 WHERE j.product_id = ready.product_id AND j.model_id = %(model_id)s
-RETURNING j.product_id, j.image, j.attempts;
+RETURNING j.product_id, j.image, j.attempts, p.sku;
 
 -- name: lock_products
 -- Lock product rows before job rows, the same order as an import's UPDATE → trigger, so a

@@ -320,7 +320,7 @@ class _Writer:
                 jobs.retry_later(self.conn, token, item.job.product_id, item.error.reason,
                                  base_delay_seconds=options.retry_base_delay_seconds)
                 retried.append(item.error.kind)
-            log.info("product %s: %s", item.job.product_id, item.error.reason)
+            log.info("product %s: %s", item.job.sku, item.error.reason)
         self.leases.drop(token)  # every job of the claim is settled
         finished = time.perf_counter()
         metrics = self.worker.metrics
