@@ -216,6 +216,8 @@ def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path
     assert any(f"skipping {added}" in record.message for record in caplog.records)
     report = _run_json(capsys, "model")
     assert report["models"][1]["pending"] == queued and report["models"][1]["failed"] == 0
+    assert main(["model"]) == 0  # its jobs stay: the listing says where to look
+    assert "their log says why" in capsys.readouterr().err
     assert "lacks vectors" in _fails(capsys, "model", "activate", missing.spec)
     assert "no model" in _fails(capsys, "model", "activate", "open_clip:RN50:none")
     assert "no previous model" in _fails(capsys, "model", "rollback")
