@@ -10,6 +10,7 @@ import pytest
 from conftest import record_catalog_views
 from pgvector import HalfVector
 
+from prodvec import Product, session
 from prodvec import queue as jobs
 from prodvec.db.model_registry import list_models
 from prodvec.worker.pipeline import Worker, WorkerOptions
@@ -136,6 +137,22 @@ def test_broken_images_fail_alone_with_reasons(conn, db_url, encoder, photo_dir:
     assert "product BROKEN: " in caplog.text  # logs name products as the shop does, by sku
     assert jobs.retry_failed(conn, ["BROKEN"]) == ["BROKEN"]
     assert _job_states(conn) == {"BROKEN": "pending", "SCHEME": "failed"}
+
+
+def test_a_drained_queue_leaves_the_products_analysed(conn, db_url, encoder, photo_dir: Path) -> None:
+    """A small catalog never reaches autovacuum's threshold: the worker analyses products when it
+    has written a tenth of the rows the statistics know of, so searches size plans by real counts."""
+    def analysed() -> float:
+        return conn.execute("SELECT reltuples FROM pg_class WHERE oid = 'products'::regclass").fetchone()[0]
+
+    assert analysed() < 0  # a fresh table: never analysed
+    photos = sorted(photo_dir.iterdir())
+    for i, photo in enumerate(photos):
+        _insert(conn, f"A{i}", str(photo))
+    assert Worker(db_url, encoder).run(once=True).embedded == len(photos)
+    assert analysed() == len(photos)
+    with session(db_url) as db:
+        assert Product.similar_to(np.ones(512, np.float32), session=db, k=3).candidates == len(photos)
 
 
 def test_missing_file_is_retried_then_failed(conn, db_url, encoder, tmp_path: Path) -> None:

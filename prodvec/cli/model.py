@@ -86,7 +86,7 @@ def _list(args: argparse.Namespace) -> int:
         print_table(rows, ["spec", "dimensions", "catalog_views", "state", "embedded", "pending", "failed", "behind"])
     else:
         print_report(report, as_json=False)
-    if any(row["state"].startswith("backfilling") for row in rows):
+    if any(str(row["state"]).startswith("backfilling") for row in rows):
         print("note: `prodvec worker` backfills added models after the active one's jobs; if `behind` does not fall "
               "while workers run, their log says why (a worker that cannot load a model leaves its jobs)",
               file=sys.stderr)

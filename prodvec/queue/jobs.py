@@ -177,6 +177,16 @@ def claimable(conn: psycopg.Connection, model_ids: Sequence[int]) -> bool:
     return bool(_one_row(conn.execute(_SQL["claimable"], {"model_ids": list(model_ids)}))[0])
 
 
+def products_analyzed(conn: psycopg.Connection) -> float:
+    """Rows products held at its last ANALYZE; -1 when it was never analysed."""
+    return float(_one_row(conn.execute(_SQL["products_analyzed"]))[0])
+
+
+def analyze_products(conn: psycopg.Connection) -> None:
+    """Refresh the products' planner statistics (what searches size their plans by)."""
+    conn.execute(_SQL["analyze_products"])
+
+
 def seconds_until_due(conn: psycopg.Connection, model_ids: Sequence[int]) -> float | None:
     """Seconds until the next pending job of these models becomes claimable (None: none pending)."""
     seconds = _one_row(conn.execute(_SQL["seconds_until_due"], {"model_ids": list(model_ids)}))[0]

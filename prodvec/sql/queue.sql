@@ -189,3 +189,13 @@ SELECT count(*) FILTER (WHERE state = 'pending') AS pending,
        count(*) FILTER (WHERE state = 'pending' AND leased_until > now()) AS leased,
        count(*) FILTER (WHERE state = 'failed') AS failed
 FROM embedding_jobs;
+
+-- name: products_analyzed
+-- Rows products held at its last ANALYZE (-1: never analysed), for the worker's check below.
+SELECT reltuples FROM pg_class WHERE oid = 'products'::regclass;
+
+-- name: analyze_products
+-- After the worker drained the queue, when it wrote more than a tenth of the rows the statistics
+-- know of (or there are none): searches size their plans by them (prodvec/search/plan.py), and
+-- autovacuum waits for 50 changed rows plus a tenth, which a small catalog may never reach.
+ANALYZE products;

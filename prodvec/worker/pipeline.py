@@ -112,6 +112,7 @@ class Worker:
         self.policy = policy
         self.loader = loader
         self.stats = WorkerStats()
+        self._embedded_at_analyze = 0  # stats.embedded at this worker's last ANALYZE of products
         self.metrics = metrics or WorkerMetrics()
         self.stopping = threading.Event()
         self._on_progress = on_progress
@@ -197,8 +198,11 @@ class Worker:
                     writer.drain()
                     lanes.refresh(conn, force=True)
                     if not jobs.claimable(conn, lanes.model_ids):
+                        self._analyze_if_stale(conn)
                         return
                 else:
+                    writer.drain()
+                    self._analyze_if_stale(conn)
                     self._wait_for_jobs(conn, lanes)
                     lanes.refresh(conn, force=True)
         finally:
@@ -208,6 +212,17 @@ class Worker:
                 # On a lost connection this raises; those claims then go back when their lease ends.
                 jobs.release(conn, batch.claim.token)
                 leases.drop(batch.claim.token)
+
+    def _analyze_if_stale(self, conn: psycopg.Connection) -> None:
+        """With the queue drained: refresh the products' statistics when this worker wrote more
+        than a tenth of the rows they know of (or none are known)."""
+        written = self.stats.embedded - self._embedded_at_analyze
+        if not written:
+            return
+        known = jobs.products_analyzed(conn)
+        if known < 0 or written > 0.1 * known:
+            jobs.analyze_products(conn)
+            self._embedded_at_analyze = self.stats.embedded
 
     def _claim(self, conn: psycopg.Connection, lanes: Lanes) -> _Batch | None:
         """A batch of the first model with ready jobs, the active model first; None when none has any."""
