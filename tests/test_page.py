@@ -314,3 +314,24 @@ def test_text_search_where_the_model_reads_text(browser: Any, served: Served) ->
     assert all(int(card["stock"]) > 0 for card in cards)
     assert not problems
     page.close()
+
+
+def test_the_api_documentation_renders_without_internet(browser: Any, served: Served) -> None:
+    """/docs in a browser that can reach nothing but the server: Swagger UI still lists the endpoints."""
+    page = browser.new_page(viewport=DESKTOP)
+    elsewhere: list[str] = []
+
+    def only_the_server(route: Any) -> None:
+        if route.request.url.startswith(served.base_url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.goto(served.base_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+    paths = set(page.locator(".opblock-summary-path").evaluate_all("els => els.map(el => el.dataset.path)"))
+    assert {"/v1/search", "/v1/products/{sku}/similar", "/readyz"} <= paths
+    assert not elsewhere, f"/docs tried to load {elsewhere}"
+    page.close()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import socket
 import struct
 import threading
@@ -331,6 +332,21 @@ def test_the_page_and_the_openapi_document(client: httpx.Client):
     for path in ("/v1/products/{sku}/similar", "/v1/products/{sku}", "/v1/categories", "/v1/status",
                  "/healthz", "/readyz", "/images/{sku}"):
         assert path in spec["paths"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_documentation_needs_no_internet(client: httpx.Client, page: str):
+    """Swagger UI and ReDoc load their scripts and styles from this server, not from a CDN."""
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert any(asset.endswith(".js") for asset in assets), html.text
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), f"{page} loads {asset} from elsewhere"
+        loaded = client.get(asset)
+        assert loaded.status_code == 200 and len(loaded.content) > 0, asset
+    assert "http://" not in html.text and "https://" not in html.text, html.text
+    assert "/openapi.json" in html.text
 
 
 # --- errors ---------------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -70,7 +71,9 @@ def create_app(
             await run_in_threadpool(state.reads.dispose)  # joins the checker, which may be mid-check
             state.engine.dispose()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc from files installed with fastapi-offline, not from a CDN:
+    # prodvec's servers and their users may have no internet.
+    app = FastAPIOffline(
         title="prodvec", version=prodvec.__version__, lifespan=lifespan,
         description="Product image search inside PostgreSQL: a photo, a text or a sku in, similar products out, "
                     "with category, price and stock filters. Errors are JSON: {\"error\": \"what to do\"}.",
