@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 from conftest import TEST_MODEL
-from test_service import ServiceCatalog, base_url, running, service_catalog, settings_for  # noqa: F401
+from test_service import (  # noqa: F401
+    ServiceCatalog,
+    base_url,
+    jpeg_of,
+    running,
+    service_catalog,
+    settings_for,
+)
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need Playwright: pip install -e '.[dev]' (or pip install playwright)"
@@ -208,6 +215,21 @@ def test_an_api_error_is_shown_as_its_message(browser: Any, served: Served, scre
     assert page.locator("#error-title").inner_text() == "Not an image"
     assert page.locator("#grid .card").count() == 0
     page.screenshot(path=screenshots / "desktop-error.png", animations="disabled")
+    page.close()
+
+
+def test_a_truncated_photo_is_called_so(browser: Any, served: Served) -> None:
+    page, _ = _open(browser, served, DESKTOP)  # the 422 is logged as a failed load, on purpose
+    whole = jpeg_of(served.photo("FM-00004"))
+    upload = {"name": "shoe.jpg", "mimeType": "image/jpeg", "buffer": whole[: len(whole) // 2]}
+    with page.expect_response(lambda response: "/v1/search" in response.url) as answered:
+        page.set_input_files("#photo", upload)
+    _settled(page)
+    assert answered.value.status == 422
+    message = page.locator("#error-message").text_content()
+    assert message == answered.value.json()["error"] and message.startswith("the image is truncated or corrupt: ")
+    assert page.locator("#error-title").inner_text() == "Check the photo and filters"
+    assert page.locator("#grid .card").count() == 0
     page.close()
 
 

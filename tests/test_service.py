@@ -386,12 +386,20 @@ def test_a_streamed_upload_is_cut_off_at_the_limit(client: httpx.Client):
 
 def test_not_an_image_whatever_its_name(client: httpx.Client):
     text = b"these are not the pixels you are looking for\n" * 20
-    assert_error(upload(client, text, name="shoe.jpg"), 415, "not a photo")
+    assert_error(upload(client, text, name="shoe.jpg"), 415, "not a photo", "send a JPEG")
     html = b"<!doctype html><html><body>login</body></html>"
     assert_error(upload(client, html, name="shoe.png"), 415)
+
+
+def test_a_truncated_photo_is_422_not_415(client: httpx.Client):
+    """A photo of a kind the server reads, cut off: in its pixels or already in its header."""
     whole = jpeg_of(DEMO / "images" / "FM-00001.png")
-    truncated = whole[: len(whole) // 2]
-    assert_error(upload(client, truncated, name="cut.jpg"), 415, "cannot be decoded")
+    assert_error(upload(client, whole[: len(whole) // 2], name="cut.jpg"), 422,
+                 "the image is truncated or corrupt", "JPEG", "send the complete file")
+    assert_error(upload(client, whole[:300], name="cut.jpg"), 422,
+                 "the image is truncated or corrupt", "starts as a JPEG file", "header")
+    png = png_bytes(DEMO / "images" / "FM-00001.png")
+    assert_error(upload(client, png[: len(png) // 2], name="cut.png"), 422, "the image is truncated or corrupt", "PNG")
 
 
 def test_empty_bodies(client: httpx.Client):

@@ -54,6 +54,12 @@ class UnsupportedMedia(ApiError):
     status = 415
 
 
+class CorruptImage(ApiError):
+    """A photo in a format this server reads, but cut off or damaged: the file, not its kind, is the problem."""
+
+    status = 422
+
+
 class FetchFailed(ApiError):
     """image_url could not be fetched: the other server's problem, or the way to it."""
 
