@@ -233,6 +233,20 @@ def test_a_truncated_photo_is_called_so(browser: Any, served: Served) -> None:
     page.close()
 
 
+def test_a_price_range_error_is_shown_in_prodvecs_words(browser: Any, served: Served) -> None:
+    page, _ = _open(browser, served, DESKTOP)  # the 422 is logged as a failed load, on purpose
+    _search(page, lambda: page.set_input_files("#photo", served.photo("FM-00004")))
+    page.fill("#min-price", "50")
+    page.fill("#max-price", "10")
+    with page.expect_response(lambda response: "/v1/search" in response.url) as answered:
+        page.click("#apply")
+    _settled(page)
+    assert answered.value.status == 422
+    assert page.locator("#error-message").text_content() == (
+        "invalid request: min_price 50 is above max_price 10: no product can match")
+    page.close()
+
+
 def test_everything_works_from_the_keyboard(browser: Any, served: Served) -> None:
     page, problems = _open(browser, served, DESKTOP)
     # Playwright starts intercepting file dialogs when the first listener comes: early, so the

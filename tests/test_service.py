@@ -417,6 +417,33 @@ def test_bad_parameters_are_422(client: httpx.Client, params: dict[str, Any]):
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", **params}), 422, "invalid request")
 
 
+def test_invalid_parameters_read_as_prodvecs_own_words(client: httpx.Client, service_catalog: ServiceCatalog):
+    """Each problem names its field and what to do; nothing of pydantic's wording ("Value error, ",
+    "Extra inputs are not permitted", "Input should be")."""
+    photo = png_bytes(service_catalog.photo("FM-00004"))
+    price = "invalid request: min_price 50 is above max_price 10: no product can match"
+    answers = {
+        price: [client.get("/v1/products/FM-00004/similar", params={"min_price": 50, "max_price": 10}),
+                client.post("/v1/search", json={"sku": "FM-00004", "min_price": 50, "max_price": 10}),
+                upload(client, photo, min_price="50", max_price="10")],
+        "invalid request: unknown field 'photo' (the fields are: category, min_price, max_price, in_stock, "
+        "max_distance, k, robust, sku, text, vector, image_url)": [
+            client.post("/v1/search", json={"photo": "shoe.jpg"})],
+        "invalid request: unknown field 'colour' (the fields are: category, min_price, max_price, in_stock, "
+        "max_distance, k)": [client.get("/v1/products/FM-00004/similar", params={"colour": "red"})],
+        "invalid request: unknown field 'photo': send the photo in the field 'image' (curl -F image=@photo.jpg)": [
+            client.post("/v1/search", files={"photo": ("shoe.png", photo, "image/png")})],
+        "invalid request: k should be a valid integer, unable to parse string as an integer (got 'many')": [
+            client.get("/v1/products/FM-00004/similar", params={"k": "many"}), upload(client, photo, k="many")],
+        "invalid request: max_distance should be less than or equal to 2 (got 3); k should be greater than or "
+        "equal to 1 (got 0)": [client.post("/v1/search", json={"sku": "FM-00004", "max_distance": 3, "k": 0})],
+    }
+    for message, responses in answers.items():
+        for response in responses:
+            assert response.status_code == 422, response.text
+            assert response.json() == {"error": message}
+
+
 def test_an_unknown_category_is_422_naming_the_near_ones(client: httpx.Client, service_catalog: ServiceCatalog):
     """Categories match exactly: one no product has (a typo, most often) is refused, not answered empty."""
     assert "sneakers" not in {row["category"] for row in service_catalog.rows}

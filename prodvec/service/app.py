@@ -31,7 +31,7 @@ from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
 from prodvec.service.context import ServiceState
-from prodvec.service.errors import ApiError
+from prodvec.service.errors import ApiError, validation_message
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
@@ -146,11 +146,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for item in exc.errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-            problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return error(422, "invalid request: " + "; ".join(problems))
+        return error(422, validation_message(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -10,10 +10,25 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 MAX_K = 100
 
 
-class Filters(BaseModel):
-    """What every search takes besides its query: SQL filters, a distance cut-off and k."""
+class KnownFields(BaseModel):
+    """A request model that refuses an unknown field (a typo, most often), naming the fields it takes."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                named = ", ".join(repr(key) for key in unknown)
+                raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {named} "
+                                 f"(the fields are: {', '.join(cls.model_fields)})")
+        return data
+
+
+class Filters(KnownFields):
+    """What every search takes besides its query: SQL filters, a distance cut-off and k."""
 
     category: list[str] | None = Field(None, description="one category or several (any of them)")
     min_price: float | None = Field(None, ge=0)
@@ -103,10 +118,8 @@ class Product(BaseModel):
     last_error: str | None = Field(description="why the last embedding attempt failed")
 
 
-class ProductWrite(BaseModel):
+class ProductWrite(KnownFields):
     """A product as `prodvec import` reads one catalog row (the sku is in the URL)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     title: str = ""
     category: str = ""
