@@ -417,6 +417,28 @@ def test_bad_parameters_are_422(client: httpx.Client, params: dict[str, Any]):
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", **params}), 422, "invalid request")
 
 
+def test_an_empty_optional_field_counts_as_absent(client: httpx.Client, service_catalog: ServiceCatalog):
+    """What a browser's form sends for inputs left empty: every optional field, from a form, a
+    query string or JSON, searches as if it were not there."""
+    empty = {"category": "", "min_price": "", "max_price": "", "in_stock": "", "max_distance": "", "k": "",
+             "robust": ""}
+    photo = png_bytes(service_catalog.photo("FM-00004"))
+    plain = upload(client, photo)
+    assert plain.status_code == 200, plain.text
+    with_empty = upload(client, photo, **empty)
+    assert with_empty.status_code == 200, with_empty.text
+    assert [hit["sku"] for hit in with_empty.json()["hits"]] == [hit["sku"] for hit in plain.json()["hits"]]
+    truth = [hit["sku"] for hit in client.get("/v1/products/FM-00004/similar").json()["hits"]]
+    without_robust = {key: value for key, value in empty.items() if key != "robust"}
+    for response in (client.get("/v1/products/FM-00004/similar", params=without_robust),
+                     client.post("/v1/search", json={"sku": "FM-00004", **empty}),
+                     client.post("/v1/search", data={"sku": "FM-00004", "text": "", "image_url": "", **empty})):
+        assert response.status_code == 200, response.text
+        assert [hit["sku"] for hit in response.json()["hits"]] == truth
+    # Empty or not, an unknown field is still refused.
+    assert_error(upload(client, photo, colour=""), 422, "unknown field 'colour'")
+
+
 def test_invalid_parameters_read_as_prodvecs_own_words(client: httpx.Client, service_catalog: ServiceCatalog):
     """Each problem names its field and what to do; nothing of pydantic's wording ("Value error, ",
     "Extra inputs are not permitted", "Input should be")."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -14,21 +14,28 @@ class KnownFields(BaseModel):
     """A request model that refuses an unknown field (a typo, most often), naming the fields it takes."""
 
     model_config = ConfigDict(extra="forbid")
+    #: A field given as "" counts as not given: what a browser's form sends for an empty input.
+    empty_is_absent: ClassVar[bool] = False
 
     @model_validator(mode="before")
     @classmethod
     def _known_fields(cls, data: Any) -> Any:
         if isinstance(data, dict):
             unknown = [key for key in data if key not in cls.model_fields]
-            if unknown:
+            if unknown:  # checked first: an unknown field is refused even when empty
                 named = ", ".join(repr(key) for key in unknown)
                 raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {named} "
                                  f"(the fields are: {', '.join(cls.model_fields)})")
+            if cls.empty_is_absent:
+                data = {key: value for key, value in data.items() if value != ""}
         return data
 
 
 class Filters(KnownFields):
-    """What every search takes besides its query: SQL filters, a distance cut-off and k."""
+    """What every search takes besides its query: SQL filters, a distance cut-off and k. Every
+    field is optional, and an empty one counts as absent, from a form, a query string or JSON."""
+
+    empty_is_absent = True
 
     category: list[str] | None = Field(None, description="one category or several (any of them)")
     min_price: float | None = Field(None, ge=0)
