@@ -28,12 +28,13 @@ import numpy as np
 import psycopg
 import pytest
 import uvicorn
-from conftest import TEST_MODEL
+from conftest import TEST_DIMENSIONS, TEST_MODEL
 from PIL import Image
 
 from prodvec.catalog import import_catalog
 from prodvec.config import load_settings
 from prodvec.db.connection import connect, ensure_database, with_dbname
+from prodvec.db.embedded import ensure_server
 from prodvec.images.views import SINGLE_VIEW
 from prodvec.service.app import create_app
 from prodvec.service.settings import ServiceSettings
@@ -495,6 +496,44 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
         assert ready.status_code == 503
         assert ready.json()["database"] is True and ready.json()["schema_current"] is False, ready.json()["problem"]
         assert "prodvec migrate" in ready.json()["problem"]
+
+
+def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,
+                                                                         tmp_path: Path):
+    """A server on its own embedded database, which then stops: /readyz and searches say to start
+    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it."""
+    from prodvec.db.active_model import ActiveModel, record_active_model
+    from prodvec.db.embedded import stop_server
+    from prodvec.db.migrate import upgrade
+
+    server = ensure_server(pgdata)
+    ensure_database(server, "prodvec")
+    url = with_dbname(server, "prodvec")
+    upgrade(url, TEST_DIMENSIONS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        record_active_model(conn, ActiveModel(TEST_MODEL, TEST_DIMENSIONS, "single"))
+    embedded = settings_for(url)
+    embedded = replace(embedded, prodvec=replace(embedded.prodvec, home=pgdata.parent))
+    own = settings_for(url)
+    own = replace(own, prodvec=replace(own.prodvec, home=tmp_path))
+    with running(create_app(embedded, encoder=test_encoder)) as embedded_url, \
+            running(create_app(own, encoder=test_encoder)) as own_url:
+        assert httpx.get(f"{embedded_url}/readyz").status_code == 200
+        assert stop_server(pgdata)
+        for base, advice in (
+            (embedded_url, f"start the embedded database with `prodvec db start` (its data is in {pgdata})"),
+            (own_url, f"check that the PostgreSQL server at {pgdata}:5432/prodvec is running and that "
+                      "DATABASE_URL names it"),
+        ):
+            ready = httpx.get(f"{base}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["database"] is False
+            assert ready.json()["problem"].startswith("the database cannot be reached (")
+            assert ready.json()["problem"].endswith(advice), ready.json()["problem"]
+            assert "\n" not in ready.json()["problem"]
+            search = httpx.post(f"{base}/v1/search", json={"sku": "FM-00001"})
+            assert_error(search, 503, "retry in a moment", advice)
+            assert search.headers["retry-after"] == "5"
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

@@ -30,7 +30,7 @@ from prodvec.errors import DatabaseUnavailable, ProdvecError
 from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
-from prodvec.service.context import ServiceState
+from prodvec.service.context import ServiceState, service_state
 from prodvec.service.errors import ApiError, validation_message
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
@@ -156,8 +156,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         log.warning("database error: %s", exc.orig)
-        return error(503, "the database is unavailable or too slow right now: retry in a moment",
-                     {"Retry-After": "5"})
+        if isinstance(exc.orig, psycopg.errors.QueryCanceled):  # statement_timeout
+            message = "the database is too slow right now: retry in a moment"
+        elif isinstance(exc.orig, psycopg.OperationalError):
+            message = (f"the database cannot be reached: retry in a moment; if it stays so, "
+                       f"{service_state(request).database_advice()}")
+        else:
+            message = "the database is unavailable or too slow right now: retry in a moment"
+        return error(503, message, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:  # logged by the server
