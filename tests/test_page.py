@@ -18,7 +18,14 @@ from typing import Any
 
 import pytest
 from conftest import TEST_MODEL
-from test_service import ServiceCatalog, base_url, running, service_catalog, settings_for  # noqa: F401
+from test_service import (  # noqa: F401
+    ServiceCatalog,
+    base_url,
+    jpeg_of,
+    running,
+    service_catalog,
+    settings_for,
+)
 
 sync_api = pytest.importorskip(
     "playwright.sync_api", reason="browser tests need Playwright: pip install -e '.[dev]' (or pip install playwright)"
@@ -211,6 +218,35 @@ def test_an_api_error_is_shown_as_its_message(browser: Any, served: Served, scre
     page.close()
 
 
+def test_a_truncated_photo_is_called_so(browser: Any, served: Served) -> None:
+    page, _ = _open(browser, served, DESKTOP)  # the 422 is logged as a failed load, on purpose
+    whole = jpeg_of(served.photo("FM-00004"))
+    upload = {"name": "shoe.jpg", "mimeType": "image/jpeg", "buffer": whole[: len(whole) // 2]}
+    with page.expect_response(lambda response: "/v1/search" in response.url) as answered:
+        page.set_input_files("#photo", upload)
+    _settled(page)
+    assert answered.value.status == 422
+    message = page.locator("#error-message").text_content()
+    assert message == answered.value.json()["error"] and message.startswith("the image is truncated or corrupt: ")
+    assert page.locator("#error-title").inner_text() == "Check the photo and filters"
+    assert page.locator("#grid .card").count() == 0
+    page.close()
+
+
+def test_a_price_range_error_is_shown_in_prodvecs_words(browser: Any, served: Served) -> None:
+    page, _ = _open(browser, served, DESKTOP)  # the 422 is logged as a failed load, on purpose
+    _search(page, lambda: page.set_input_files("#photo", served.photo("FM-00004")))
+    page.fill("#min-price", "50")
+    page.fill("#max-price", "10")
+    with page.expect_response(lambda response: "/v1/search" in response.url) as answered:
+        page.click("#apply")
+    _settled(page)
+    assert answered.value.status == 422
+    assert page.locator("#error-message").text_content() == (
+        "invalid request: min_price 50 is above max_price 10: no product can match")
+    page.close()
+
+
 def test_everything_works_from_the_keyboard(browser: Any, served: Served) -> None:
     page, problems = _open(browser, served, DESKTOP)
     # Playwright starts intercepting file dialogs when the first listener comes: early, so the
@@ -313,4 +349,25 @@ def test_text_search_where_the_model_reads_text(browser: Any, served: Served) ->
     assert len(cards) == min(12, len(served.skus(in_stock=True)))
     assert all(int(card["stock"]) > 0 for card in cards)
     assert not problems
+    page.close()
+
+
+def test_the_api_documentation_renders_without_internet(browser: Any, served: Served) -> None:
+    """/docs in a browser that can reach nothing but the server: Swagger UI still lists the endpoints."""
+    page = browser.new_page(viewport=DESKTOP)
+    elsewhere: list[str] = []
+
+    def only_the_server(route: Any) -> None:
+        if route.request.url.startswith(served.base_url + "/"):
+            route.continue_()
+        else:
+            elsewhere.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", only_the_server)
+    page.goto(served.base_url + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=60_000)
+    paths = set(page.locator(".opblock-summary-path").evaluate_all("els => els.map(el => el.dataset.path)"))
+    assert {"/v1/search", "/v1/products/{sku}/similar", "/readyz"} <= paths
+    assert not elsewhere, f"/docs tried to load {elsewhere}"
     page.close()

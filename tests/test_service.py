@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import socket
 import struct
 import threading
@@ -27,12 +28,13 @@ import numpy as np
 import psycopg
 import pytest
 import uvicorn
-from conftest import TEST_MODEL
+from conftest import TEST_DIMENSIONS, TEST_MODEL
 from PIL import Image
 
 from prodvec.catalog import import_catalog
 from prodvec.config import load_settings
 from prodvec.db.connection import connect, ensure_database, with_dbname
+from prodvec.db.embedded import ensure_server
 from prodvec.images.views import SINGLE_VIEW
 from prodvec.service.app import create_app
 from prodvec.service.settings import ServiceSettings
@@ -333,6 +335,21 @@ def test_the_page_and_the_openapi_document(client: httpx.Client):
         assert path in spec["paths"]
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_documentation_needs_no_internet(client: httpx.Client, page: str):
+    """Swagger UI and ReDoc load their scripts and styles from this server, not from a CDN."""
+    html = client.get(page)
+    assert html.status_code == 200 and "text/html" in html.headers["content-type"]
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+    assert any(asset.endswith(".js") for asset in assets), html.text
+    for asset in assets:
+        assert asset.startswith("/") and not asset.startswith("//"), f"{page} loads {asset} from elsewhere"
+        loaded = client.get(asset)
+        assert loaded.status_code == 200 and len(loaded.content) > 0, asset
+    assert "http://" not in html.text and "https://" not in html.text, html.text
+    assert "/openapi.json" in html.text
+
+
 # --- errors ---------------------------------------------------------------------------------------------------
 
 def assert_error(response: httpx.Response, status: int, *words: str) -> None:
@@ -370,12 +387,20 @@ def test_a_streamed_upload_is_cut_off_at_the_limit(client: httpx.Client):
 
 def test_not_an_image_whatever_its_name(client: httpx.Client):
     text = b"these are not the pixels you are looking for\n" * 20
-    assert_error(upload(client, text, name="shoe.jpg"), 415, "not a photo")
+    assert_error(upload(client, text, name="shoe.jpg"), 415, "not a photo", "send a JPEG")
     html = b"<!doctype html><html><body>login</body></html>"
     assert_error(upload(client, html, name="shoe.png"), 415)
+
+
+def test_a_truncated_photo_is_422_not_415(client: httpx.Client):
+    """A photo of a kind the server reads, cut off: in its pixels or already in its header."""
     whole = jpeg_of(DEMO / "images" / "FM-00001.png")
-    truncated = whole[: len(whole) // 2]
-    assert_error(upload(client, truncated, name="cut.jpg"), 415, "cannot be decoded")
+    assert_error(upload(client, whole[: len(whole) // 2], name="cut.jpg"), 422,
+                 "the image is truncated or corrupt", "JPEG", "send the complete file")
+    assert_error(upload(client, whole[:300], name="cut.jpg"), 422,
+                 "the image is truncated or corrupt", "starts as a JPEG file", "header")
+    png = png_bytes(DEMO / "images" / "FM-00001.png")
+    assert_error(upload(client, png[: len(png) // 2], name="cut.png"), 422, "the image is truncated or corrupt", "PNG")
 
 
 def test_empty_bodies(client: httpx.Client):
@@ -391,6 +416,55 @@ def test_empty_bodies(client: httpx.Client):
 def test_bad_parameters_are_422(client: httpx.Client, params: dict[str, Any]):
     assert_error(client.get("/v1/products/FM-00001/similar", params=params), 422, "invalid request")
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", **params}), 422, "invalid request")
+
+
+def test_an_empty_optional_field_counts_as_absent(client: httpx.Client, service_catalog: ServiceCatalog):
+    """What a browser's form sends for inputs left empty: every optional field, from a form, a
+    query string or JSON, searches as if it were not there."""
+    empty = {"category": "", "min_price": "", "max_price": "", "in_stock": "", "max_distance": "", "k": "",
+             "robust": ""}
+    photo = png_bytes(service_catalog.photo("FM-00004"))
+    plain = upload(client, photo)
+    assert plain.status_code == 200, plain.text
+    with_empty = upload(client, photo, **empty)
+    assert with_empty.status_code == 200, with_empty.text
+    assert [hit["sku"] for hit in with_empty.json()["hits"]] == [hit["sku"] for hit in plain.json()["hits"]]
+    truth = [hit["sku"] for hit in client.get("/v1/products/FM-00004/similar").json()["hits"]]
+    without_robust = {key: value for key, value in empty.items() if key != "robust"}
+    for response in (client.get("/v1/products/FM-00004/similar", params=without_robust),
+                     client.post("/v1/search", json={"sku": "FM-00004", **empty}),
+                     client.post("/v1/search", data={"sku": "FM-00004", "text": "", "image_url": "", **empty})):
+        assert response.status_code == 200, response.text
+        assert [hit["sku"] for hit in response.json()["hits"]] == truth
+    # Empty or not, an unknown field is still refused.
+    assert_error(upload(client, photo, colour=""), 422, "unknown field 'colour'")
+
+
+def test_invalid_parameters_read_as_prodvecs_own_words(client: httpx.Client, service_catalog: ServiceCatalog):
+    """Each problem names its field and what to do; nothing of pydantic's wording ("Value error, ",
+    "Extra inputs are not permitted", "Input should be")."""
+    photo = png_bytes(service_catalog.photo("FM-00004"))
+    price = "invalid request: min_price 50 is above max_price 10: no product can match"
+    answers = {
+        price: [client.get("/v1/products/FM-00004/similar", params={"min_price": 50, "max_price": 10}),
+                client.post("/v1/search", json={"sku": "FM-00004", "min_price": 50, "max_price": 10}),
+                upload(client, photo, min_price="50", max_price="10")],
+        "invalid request: unknown field 'photo' (the fields are: category, min_price, max_price, in_stock, "
+        "max_distance, k, robust, sku, text, vector, image_url)": [
+            client.post("/v1/search", json={"photo": "shoe.jpg"})],
+        "invalid request: unknown field 'colour' (the fields are: category, min_price, max_price, in_stock, "
+        "max_distance, k)": [client.get("/v1/products/FM-00004/similar", params={"colour": "red"})],
+        "invalid request: unknown field 'photo': send the photo in the field 'image' (curl -F image=@photo.jpg)": [
+            client.post("/v1/search", files={"photo": ("shoe.png", photo, "image/png")})],
+        "invalid request: k should be a valid integer, unable to parse string as an integer (got 'many')": [
+            client.get("/v1/products/FM-00004/similar", params={"k": "many"}), upload(client, photo, k="many")],
+        "invalid request: max_distance should be less than or equal to 2 (got 3); k should be greater than or "
+        "equal to 1 (got 0)": [client.post("/v1/search", json={"sku": "FM-00004", "max_distance": 3, "k": 0})],
+    }
+    for message, responses in answers.items():
+        for response in responses:
+            assert response.status_code == 422, response.text
+            assert response.json() == {"error": message}
 
 
 def test_an_unknown_category_is_422_naming_the_near_ones(client: httpx.Client, service_catalog: ServiceCatalog):
@@ -422,6 +496,44 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
         assert ready.status_code == 503
         assert ready.json()["database"] is True and ready.json()["schema_current"] is False, ready.json()["problem"]
         assert "prodvec migrate" in ready.json()["problem"]
+
+
+def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,
+                                                                         tmp_path: Path):
+    """A server on its own embedded database, which then stops: /readyz and searches say to start
+    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it."""
+    from prodvec.db.active_model import ActiveModel, record_active_model
+    from prodvec.db.embedded import stop_server
+    from prodvec.db.migrate import upgrade
+
+    server = ensure_server(pgdata)
+    ensure_database(server, "prodvec")
+    url = with_dbname(server, "prodvec")
+    upgrade(url, TEST_DIMENSIONS)
+    with psycopg.connect(url, autocommit=True) as conn:
+        record_active_model(conn, ActiveModel(TEST_MODEL, TEST_DIMENSIONS, "single"))
+    embedded = settings_for(url)
+    embedded = replace(embedded, prodvec=replace(embedded.prodvec, home=pgdata.parent))
+    own = settings_for(url)
+    own = replace(own, prodvec=replace(own.prodvec, home=tmp_path))
+    with running(create_app(embedded, encoder=test_encoder)) as embedded_url, \
+            running(create_app(own, encoder=test_encoder)) as own_url:
+        assert httpx.get(f"{embedded_url}/readyz").status_code == 200
+        assert stop_server(pgdata)
+        for base, advice in (
+            (embedded_url, f"start the embedded database with `prodvec db start` (its data is in {pgdata})"),
+            (own_url, f"check that the PostgreSQL server at {pgdata}:5432/prodvec is running and that "
+                      "DATABASE_URL names it"),
+        ):
+            ready = httpx.get(f"{base}/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["database"] is False
+            assert ready.json()["problem"].startswith("the database cannot be reached (")
+            assert ready.json()["problem"].endswith(advice), ready.json()["problem"]
+            assert "\n" not in ready.json()["problem"]
+            search = httpx.post(f"{base}/v1/search", json={"sku": "FM-00001"})
+            assert_error(search, 503, "retry in a moment", advice)
+            assert search.headers["retry-after"] == "5"
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

@@ -61,9 +61,13 @@ def test_reads_need_a_valid_key(keyed: httpx.Client):
                     {"X-API-Key": ADMIN_KEY}):
         assert keyed.get("/v1/categories", headers=headers).status_code == 200
         assert keyed.post("/v1/search", json={"sku": "FM-00001"}, headers=headers).status_code == 200
-    # Open without a key: liveness, readiness, the page, the docs and thumbnails (an <img> sends no key).
-    for path in ("/healthz", "/readyz", "/openapi.json", "/images/FM-00001"):
+    # Open without a key, as docs/service.md lists them: liveness, readiness, the page, the docs
+    # and thumbnails (an <img> sends no key). Every other read needs one.
+    for path in ("/healthz", "/readyz", "/", "/static/app.js", "/docs", "/redoc", "/openapi.json",
+                 "/images/FM-00001"):
         assert keyed.get(path).status_code == 200, path
+    for path in ("/v1/products/FM-00001", "/v1/status", "/v1/categories"):
+        assert_error(keyed.get(path), 401, "X-API-Key")
 
 
 def test_admin_put_queues_the_product_and_the_worker_makes_it_searchable(

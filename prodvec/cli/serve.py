@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 import sys
 
-from prodvec.errors import DatabaseError
+from prodvec.errors import ConfigError, DatabaseError
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -18,7 +20,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                     "PRODVEC_MAX_REPLICA_LAG seconds of the primary (docs/service.md).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on [127.0.0.1]")
-    parser.add_argument("--port", type=int, default=8000, help="port [8000]")
+    parser.add_argument("--port", type=_port, default=8000, help="port, 1 to 65535 [8000]")
     parser.add_argument("--workers", type=int, default=1,
                         help="server processes, each with its own model and connection pool [1]")
     parser.add_argument("--allow-open", action="store_true",
@@ -34,7 +36,6 @@ def _serve(args: argparse.Namespace) -> int:
     from prodvec.db.active_model import catalog_settings
     from prodvec.db.connection import connect, database_url
     from prodvec.db.migrate import embedding_dimensions
-    from prodvec.errors import ConfigError
     from prodvec.service.security import check_bind
     from prodvec.service.settings import service_settings
 
@@ -47,6 +48,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["PRODVEC_QUEUE_LIMIT"] = str(args.queue_limit)
     settings = service_settings()
     check_bind(args.host, settings)
+    check_free(args.host, args.port)  # now, not after the database is started and the model loaded
     url = database_url(settings.prodvec)  # starts (or attaches to) the embedded server when unset
     os.environ["DATABASE_URL"] = url  # every server process uses this one
     with connect(url) as conn:
@@ -62,3 +64,38 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run("prodvec.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info", timeout_graceful_shutdown=10, timeout_worker_healthcheck=60)
     return 0
+
+
+def _port(text: str) -> int:
+    """--port's type: a TCP port number (uvicorn would take 99999 and listen on another port)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number: give one from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number: give one from 1 to 65535")
+    return port
+
+
+def check_free(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (same family, SO_REUSEADDR), and let it go: ConfigError
+    in one line if it cannot be had. A moment later something else could take it, but the
+    usual case, a server already running there, is told before any slow start-up work."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except socket.gaierror:
+        raise ConfigError(f"cannot listen on {host}: no such host name: pass --host with an address of this machine") \
+            from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(f"port {port} on {host} is in use: stop what uses it or pass --port") from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(f"may not listen on port {port} (ports under 1024 need root): pass --port 8000 "
+                              "or another port from 1024 up") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"cannot listen on {host}: it is not an address of this machine: pass --host "
+                              "127.0.0.1, 0.0.0.0 or one of its addresses") from None
+        raise ConfigError(f"cannot listen on {host} port {port}: {exc.strerror or exc}") from None

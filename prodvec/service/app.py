@@ -18,6 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -29,8 +30,8 @@ from prodvec.errors import DatabaseUnavailable, ProdvecError
 from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
-from prodvec.service.context import ServiceState
-from prodvec.service.errors import ApiError
+from prodvec.service.context import ServiceState, service_state
+from prodvec.service.errors import ApiError, validation_message
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
@@ -70,7 +71,9 @@ def create_app(
             await run_in_threadpool(state.reads.dispose)  # joins the checker, which may be mid-check
             state.engine.dispose()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc from files installed with fastapi-offline, not from a CDN:
+    # prodvec's servers and their users may have no internet.
+    app = FastAPIOffline(
         title="prodvec", version=prodvec.__version__, lifespan=lifespan,
         description="Product image search inside PostgreSQL: a photo, a text or a sku in, similar products out, "
                     "with category, price and stock filters. Errors are JSON: {\"error\": \"what to do\"}.",
@@ -143,11 +146,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for item in exc.errors():
-            where = ".".join(str(part) for part in item.get("loc", ()) if part not in ("body", "query", "path"))
-            problems.append(f"{where}: {item.get('msg')}" if where else str(item.get("msg")))
-        return error(422, "invalid request: " + "; ".join(problems))
+        return error(422, validation_message(exc.errors()))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -157,8 +156,14 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         log.warning("database error: %s", exc.orig)
-        return error(503, "the database is unavailable or too slow right now: retry in a moment",
-                     {"Retry-After": "5"})
+        if isinstance(exc.orig, psycopg.errors.QueryCanceled):  # statement_timeout
+            message = "the database is too slow right now: retry in a moment"
+        elif isinstance(exc.orig, psycopg.OperationalError):
+            message = (f"the database cannot be reached: retry in a moment; if it stays so, "
+                       f"{service_state(request).database_advice()}")
+        else:
+            message = "the database is unavailable or too slow right now: retry in a moment"
+        return error(503, message, {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:  # logged by the server

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import cast
 
 import anyio
@@ -15,10 +16,12 @@ import anyio.to_thread
 import psycopg
 from fastapi import Request
 from PIL import Image
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine
 
 from prodvec.config import CatalogViews, catalog_policy
 from prodvec.db.active_model import read_active_model
+from prodvec.db.replicas import describe
 from prodvec.images.views import embedding_model
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.fetch_guard import ImageFetcher
@@ -48,6 +51,17 @@ class ServiceState:
         """Upload or fetched bytes → an RGB image for the encoder, off the event loop, bounded."""
         decode = functools.partial(query_photo, data, target_size=self.batcher.encoder.input_size, source=source)
         return await anyio.to_thread.run_sync(decode, limiter=self.decode_slots)
+
+    def database_advice(self) -> str:
+        """What to do when the primary cannot be reached: start the embedded server, or check
+        one's own. Told apart by the URL (`prodvec serve` hands its workers the embedded server's
+        URL as DATABASE_URL): the embedded server listens on a socket in its data directory."""
+        host = str(conninfo_to_dict(self.database_url).get("host") or "")
+        pgdata = self.settings.prodvec.pgdata.resolve()
+        if host.startswith("/") and Path(host).resolve().is_relative_to(pgdata):
+            return f"start the embedded database with `prodvec db start` (its data is in {pgdata})"
+        return (f"check that the PostgreSQL server at {describe(self.database_url)} is running and that "
+                "DATABASE_URL names it")
 
     def connection(self) -> AbstractContextManager[psycopg.Connection]:
         """A pooled psycopg connection to the primary, in one transaction."""

@@ -1,6 +1,9 @@
 """The service's errors: each carries its HTTP status; all are answered as ``{"error": message}``."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from prodvec.errors import ProdvecError
 
 
@@ -44,6 +47,12 @@ class UnknownCategory(ApiError):
     primary_may_differ = True
 
 
+class InvalidRequest(ApiError):
+    """Parameters that cannot be searched with, found outside the request models."""
+
+    status = 422
+
+
 class TooLarge(ApiError):
     status = 413
 
@@ -52,6 +61,12 @@ class UnsupportedMedia(ApiError):
     """Not a photo this server reads (whatever the file name says), or a body type it does not take."""
 
     status = 415
+
+
+class CorruptImage(ApiError):
+    """A photo in a format this server reads, but cut off or damaged: the file, not its kind, is the problem."""
+
+    status = 422
 
 
 class FetchFailed(ApiError):
@@ -70,3 +85,26 @@ class Overloaded(ApiError):
 
 class TimedOut(ApiError):
     status = 504
+
+
+def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
+    """Pydantic's validation errors as one line in prodvec's words: each names its field and what
+    it should be, with no "Value error, " or "Input should be" from the framework."""
+    return "invalid request: " + "; ".join(_problem(error) for error in errors)
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+    kind, message = error.get("type"), str(error.get("msg", ""))
+    cause = (error.get("ctx") or {}).get("error")
+    if kind == "value_error" and cause is not None:  # our own validators' messages, as written
+        return f"{field}: {cause}" if field else str(cause)
+    if kind == "missing":
+        return f"{field} is required"
+    if kind == "extra_forbidden":  # the models list their fields first (schemas.Filters): a backstop
+        return f"unknown field {field!r}"
+    given = error.get("input")
+    got = f" (got {given!r})" if isinstance(given, (str, int, float)) and len(repr(given)) <= 40 else ""
+    if message.startswith("Input should") and field:
+        return f"{field} should{message.removeprefix('Input should')}{got}"
+    return f"{field}: {message}{got}" if field else message

@@ -26,11 +26,18 @@ from PIL import Image, UnidentifiedImageError
 from prodvec.errors import ImageError
 from prodvec.images.decode import MAX_PIXELS, decode
 from prodvec.images.load import load_bytes
-from prodvec.service.errors import BadRequest, FetchFailed, TooLarge, UnsupportedMedia
+from prodvec.service.errors import BadRequest, CorruptImage, FetchFailed, TooLarge, UnsupportedMedia
 
 #: Formats a query photo may have (content, not file name). PIL's rarer decoders (EPS calls
 #: Ghostscript, for one) are not offered to strangers' bytes.
 PHOTO_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF")  # JPEG opens MPO too
+#: How each of them starts. Bytes that start so but do not open are a damaged photo (422),
+#: not a file of another kind (415): the sender needs to send it again, not convert it.
+_SIGNATURES = {
+    "JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "GIF": (b"GIF87a", b"GIF89a"),
+    "BMP": (b"BM",), "TIFF": (b"II*\x00", b"MM\x00*"),
+}
+_SEND = "send a JPEG, PNG, WebP, GIF, BMP or TIFF image"
 #: JPEG decodes at up to 1/8 scale per side (decode's draft): 64× fewer pixels in memory.
 _JPEG_DRAFT_SHRINK = 64
 THUMBNAIL_PX = 320
@@ -38,9 +45,9 @@ THUMBNAIL_CACHE_ENTRIES = 1024
 
 
 def query_photo(data: bytes, *, target_size: int, source: str = "the uploaded file") -> Image.Image:
-    """Upload or fetched bytes → an RGB image ready for the encoder; 400/413/415 with what to do."""
+    """Upload or fetched bytes → an RGB image ready for the encoder; 400/413/415/422 with what to do."""
     if not data:
-        raise BadRequest(f"{source} is empty (0 bytes): send a photo (JPEG, PNG, WebP, GIF, BMP or TIFF)")
+        raise BadRequest(f"{source} is empty (0 bytes): {_SEND}")
     try:
         with Image.open(io.BytesIO(data), formats=PHOTO_FORMATS) as probe:
             width, height, kind = probe.width, probe.height, probe.format
@@ -50,10 +57,13 @@ def query_photo(data: bytes, *, target_size: int, source: str = "the uploaded fi
             f"send a photo under {MAX_PIXELS // 1_000_000} megapixels"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-        raise UnsupportedMedia(
-            f"{source} is not a photo this server reads (whatever its name says): "
-            "send a JPEG, PNG, WebP, GIF, BMP or TIFF image"
-        ) from None
+        started_as = _format_by_signature(data)
+        if started_as:
+            raise CorruptImage(
+                f"the image is truncated or corrupt: {source} ({len(data)} bytes) starts as a {started_as} file, "
+                "but its header cannot be read: send the complete file, or another photo"
+            ) from None
+        raise UnsupportedMedia(f"{source} is not a photo this server reads (whatever its name says): {_SEND}") from None
     limit = MAX_PIXELS * (_JPEG_DRAFT_SHRINK if kind in ("JPEG", "MPO") else 1)
     if width * height > limit:
         raise TooLarge(
@@ -63,7 +73,23 @@ def query_photo(data: bytes, *, target_size: int, source: str = "the uploaded fi
     try:
         return decode(data, target_size=target_size)
     except ImageError as exc:
-        raise UnsupportedMedia(f"{source} cannot be decoded ({exc.reason}): send an intact photo") from None
+        if exc.kind == "too_large":
+            raise TooLarge(f"{source}: {exc.reason}: send a smaller photo") from None
+        if exc.kind == "not_an_image":
+            raise UnsupportedMedia(f"{source} is not a photo this server reads: {_SEND}") from None
+        # decode's reason already starts "truncated or corrupt image: "; PIL's own words follow.
+        detail = exc.reason.removeprefix("truncated or corrupt image: ")
+        raise CorruptImage(
+            f"the image is truncated or corrupt: {source} is a {kind} whose pixels cannot be decoded ({detail}): "
+            "send the complete file, or another photo"
+        ) from None
+
+
+def _format_by_signature(data: bytes) -> str | None:
+    """The photo format ``data`` starts as, by its first bytes alone; None: none of PHOTO_FORMATS."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WebP"
+    return next((name for name, starts in _SIGNATURES.items() if data.startswith(starts)), None)
 
 
 def thumbnail_etag(image: str, updated_at: datetime) -> str:

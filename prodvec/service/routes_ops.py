@@ -69,7 +69,8 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
             dimensions = embedding_dimensions(cast(psycopg.Connection, connection.connection.driver_connection))
     except DBAPIError as exc:
         if isinstance(exc.orig, psycopg.OperationalError):
-            unreachable = f"the database cannot be reached: {str(exc.orig).strip() or type(exc.orig).__name__}"
+            reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__  # libpq's lines as one
+            unreachable = f"the database cannot be reached ({reason}): {state.database_advice()}"
             return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
                                      problem=unreachable)
         # Reached, but a new connection cannot set up pgvector's types: no schema yet.

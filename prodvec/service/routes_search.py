@@ -32,7 +32,15 @@ from prodvec.search import SearchResult, similar_to
 from prodvec.search.query import QueryInput
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.errors import BadRequest, Conflict, NotFound, TimedOut, UnknownCategory, UnsupportedMedia
+from prodvec.service.errors import (
+    BadRequest,
+    Conflict,
+    InvalidRequest,
+    NotFound,
+    TimedOut,
+    UnknownCategory,
+    UnsupportedMedia,
+)
 from prodvec.service.images import thumbnail_path
 from prodvec.service.reads import READ_FROM_HEADER, Role
 from prodvec.service.security import require_read_key
@@ -90,6 +98,10 @@ async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.Sear
                                   for key in form if key != "image"}
         upload = form.get("image")
         if upload is None:
+            misplaced = next((key for key in form if isinstance(form[key], UploadFile)), None)
+            if misplaced is not None:
+                raise InvalidRequest(f"invalid request: unknown field {misplaced!r}: send the photo in the field "
+                                     "'image' (curl -F image=@photo.jpg)")
             return None, _validated(schemas.SearchRequest, fields)
         if not isinstance(upload, UploadFile):
             raise BadRequest("the field 'image' must be a file: send it as a file part (curl -F image=@photo.jpg)")

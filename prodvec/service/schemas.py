@@ -3,17 +3,39 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 MAX_K = 100
 
 
-class Filters(BaseModel):
-    """What every search takes besides its query: SQL filters, a distance cut-off and k."""
+class KnownFields(BaseModel):
+    """A request model that refuses an unknown field (a typo, most often), naming the fields it takes."""
 
     model_config = ConfigDict(extra="forbid")
+    #: A field given as "" counts as not given: what a browser's form sends for an empty input.
+    empty_is_absent: ClassVar[bool] = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:  # checked first: an unknown field is refused even when empty
+                named = ", ".join(repr(key) for key in unknown)
+                raise ValueError(f"unknown field{'s' if len(unknown) > 1 else ''} {named} "
+                                 f"(the fields are: {', '.join(cls.model_fields)})")
+            if cls.empty_is_absent:
+                data = {key: value for key, value in data.items() if value != ""}
+        return data
+
+
+class Filters(KnownFields):
+    """What every search takes besides its query: SQL filters, a distance cut-off and k. Every
+    field is optional, and an empty one counts as absent, from a form, a query string or JSON."""
+
+    empty_is_absent = True
 
     category: list[str] | None = Field(None, description="one category or several (any of them)")
     min_price: float | None = Field(None, ge=0)
@@ -103,10 +125,8 @@ class Product(BaseModel):
     last_error: str | None = Field(description="why the last embedding attempt failed")
 
 
-class ProductWrite(BaseModel):
+class ProductWrite(KnownFields):
     """A product as `prodvec import` reads one catalog row (the sku is in the URL)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     title: str = ""
     category: str = ""
@@ -189,6 +209,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorMessage, "description": description}
     for status, description in {
         400: "bad request", 401: "no API key", 403: "wrong API key", 404: "unknown sku", 409: "not embedded yet",
-        413: "too large", 415: "not an image", 422: "invalid parameters", 503: "overloaded: retry after Retry-After",
+        413: "too large", 415: "not an image", 422: "invalid parameters, or a truncated or corrupt photo",
+        503: "overloaded: retry after Retry-After",
     }.items()
 }

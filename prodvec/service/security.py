@@ -2,9 +2,11 @@
 
 A key comes in the ``X-API-Key`` header or as ``Authorization: Bearer <key>``. Reads (/v1/*)
 need one of PRODVEC_API_KEYS (or an admin key) when keys are configured; writes always need one
-of PRODVEC_ADMIN_KEYS. Keys are compared in constant time against every configured key and are
-never logged or echoed. Without keys the server only listens on loopback, unless it is opened
-read-only on purpose (PRODVEC_ALLOW_OPEN / ``prodvec serve --allow-open``).
+of PRODVEC_ADMIN_KEYS. Thumbnails (/images/{sku}) stay open, as do the page, the API docs,
+/healthz and /readyz: a browser's <img> sends no key header (docs/service.md). Keys are
+compared in constant time against every configured key and are never logged or echoed.
+Without keys the server only listens on loopback, unless it is opened read-only on purpose
+(PRODVEC_ALLOW_OPEN / ``prodvec serve --allow-open``).
 """
 from __future__ import annotations
 

@@ -254,7 +254,9 @@ function setBusy(busy) {
 function showError(err) {
   const titles = {
     0: "Server unreachable", 401: "API key needed", 403: "API key refused", 404: "Not found",
-    409: "Not embedded yet", 413: "Photo too large", 415: "Not an image", 422: "Check the filters",
+    409: "Not embedded yet", 413: "Photo too large", 415: "Not an image",
+    // A photo search's 422 may be the photo (truncated or corrupt) or a filter: the message says which.
+    422: query?.kind === "image" ? "Check the photo and filters" : "Check the filters",
     503: "Server busy", 504: "Search timed out",
   };
   els.errorTitle.textContent = titles[err.status] || (err.status >= 500 ? "Server error" : "Search failed");
