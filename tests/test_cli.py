@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -307,3 +309,35 @@ def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.fixture
+def unmigrated_url(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database `prodvec migrate` has not run on (no pgvector extension); DATABASE_URL points at it."""
+    import psycopg
+
+    from prodvec.db.connection import ensure_database, with_dbname
+
+    name = f"fresh_{uuid.uuid4().hex[:12]}"
+    ensure_database(pg_server, name)
+    url = with_dbname(pg_server, name)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    yield url
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_searches_before_migrate_say_to_migrate_in_one_line(capsys, unmigrated_url: str, tmp_path: Path) -> None:
+    """Sessions register pgvector's types on connect: before `prodvec migrate` that says what to
+    do, for the commands that search through a session and for the Python API alike."""
+    import prodvec
+    from prodvec.errors import SchemaMismatch
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text("image,sku\nq.jpg,A\n")
+    for argv in (["search", "--sku", "X"], ["recall"], ["recall", "--tune", "--target", "0.95"],
+                 ["eval", str(queries)]):
+        assert "no pgvector extension yet: run `prodvec migrate`" in _fails(capsys, *argv), argv
+    with pytest.raises(SchemaMismatch, match=r"run `prodvec migrate`"), prodvec.session() as db:
+        prodvec.Product.similar_to(prodvec.Sku("X"), session=db)
