@@ -341,3 +341,20 @@ def test_searches_before_migrate_say_to_migrate_in_one_line(capsys, unmigrated_u
         assert "no pgvector extension yet: run `prodvec migrate`" in _fails(capsys, *argv), argv
     with pytest.raises(SchemaMismatch, match=r"run `prodvec migrate`"), prodvec.session() as db:
         prodvec.Product.similar_to(prodvec.Sku("X"), session=db)
+
+
+def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> None:
+    """--category repeated: products in any of them; each is checked, and a comma list says to repeat it."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("sku,category,price\nQ,cushion,1\nC1,cushion,2\nT1,tile,3\nR1,rug,4\n")
+    assert main(["import", str(catalog)]) == 0
+    with connect(db_url, autocommit=True) as conn:  # every product the same vector: only the filter decides
+        conn.execute("UPDATE products SET embedding = array_fill(0.1, ARRAY[512])::real[]::halfvec")
+    hits = _run_json(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tile")["hits"]
+    assert sorted(hit["sku"] for hit in hits) == ["C1", "T1"]
+    assert [hit["sku"] for hit in _run_json(capsys, "search", "--sku", "Q", "--category", "rug")["hits"]] == ["R1"]
+    err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tiles")
+    assert "unknown category 'tiles'" in err and "near ones: tile" in err
+    err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion,tile")
+    assert "unknown category 'cushion,tile'" in err
+    assert "repeat --category: --category 'cushion' --category 'tile'" in err

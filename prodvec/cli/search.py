@@ -19,7 +19,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     query.add_argument("--image", help="query photo: path or http(s) URL")
     query.add_argument("--text", help="query text (CLIP models only)")
     query.add_argument("--sku", help="more like this product (itself excluded)")
-    parser.add_argument("--category")
+    parser.add_argument("--category", action="append", metavar="CATEGORY",
+                        help="only products in this category (exact name); repeat it for products in any of several")
     parser.add_argument("--min-price", type=Decimal)
     parser.add_argument("--max-price", type=Decimal)
     parser.add_argument("--in-stock", action="store_true")
@@ -37,7 +38,7 @@ def filters(args: argparse.Namespace) -> list[Any]:
 
     clauses: list[Any] = []
     if args.category:
-        clauses.append(Product.category == args.category)
+        clauses.append(Product.category.in_(args.category))
     if args.min_price is not None:
         clauses.append(Product.price >= args.min_price)
     if args.max_price is not None:
@@ -79,15 +80,19 @@ def check_options(args: argparse.Namespace) -> None:
         )
 
 
-def check_category(url: str, category: str) -> None:
-    """ConfigError naming the near categories when no product has ``category``."""
+def check_categories(url: str, categories: list[str]) -> None:
+    """ConfigError naming the near categories for the first of ``categories`` no product has."""
     from prodvec.catalog.categories import unknown_category
     from prodvec.db.connection import connect
 
     with connect(url) as conn:
-        problem = unknown_category(conn, category)
-    if problem:
-        raise ConfigError(problem)
+        for category in categories:
+            problem = unknown_category(conn, category)
+            if problem and "," in category:  # several categories in one, as some tools spell a list
+                several = " ".join(f"--category {name.strip()!r}" for name in category.split(",") if name.strip())
+                problem += f"; to search several categories, repeat --category: {several}"
+            if problem:
+                raise ConfigError(problem)
 
 
 def cli_advice(message: str) -> str:
@@ -106,7 +111,7 @@ def _search(args: argparse.Namespace) -> int:
     check_options(args)
     url = database_url()
     if args.category:
-        check_category(url, args.category)
+        check_categories(url, args.category)
     options = {"k": args.k, "where": filters(args), "max_distance": args.max_distance}
     try:
         with read_session(url) as db:  # a replica of PRODVEC_READ_URLS when one is up and caught up
