@@ -358,3 +358,14 @@ def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> No
     err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion,tile")
     assert "unknown category 'cushion,tile'" in err
     assert "repeat --category: --category 'cushion' --category 'tile'" in err
+
+
+def test_import_says_what_is_wrong_with_a_file(capsys, db_url: str, tmp_path: Path) -> None:
+    feed = tmp_path / "cat.txt"
+    feed.write_text("sku,price\nA,1\n")
+    err = _fails(capsys, "import", str(feed))
+    assert "cannot tell the format of 'cat.txt' from its extension .txt: name the file .csv, .jsonl" in err
+    assert "--format csv|jsonl|ndjson" in err
+    wide = tmp_path / "wide.csv"
+    wide.write_text("sku,price\nA,1\n", encoding="utf-16")
+    assert "is not UTF-8 (it looks like UTF-16): save it as UTF-8" in _fails(capsys, "import", str(wide))
