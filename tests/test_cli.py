@@ -369,3 +369,10 @@ def test_import_says_what_is_wrong_with_a_file(capsys, db_url: str, tmp_path: Pa
     wide = tmp_path / "wide.csv"
     wide.write_text("sku,price\nA,1\n", encoding="utf-16")
     assert "is not UTF-8 (it looks like UTF-16): save it as UTF-8" in _fails(capsys, "import", str(wide))
+
+
+def test_an_image_that_cannot_be_read_offers_sku_only_for_what_could_be_one(capsys, db_url: str, tmp_path: Path):
+    assert "use --sku 'C-001'" in _fails(capsys, "search", "--image", "C-001")
+    for query in ("http://127.0.0.1:9/x.jpg", str(tmp_path / "missing"), "shoe.jpg", "shoe.WEBP"):
+        err = _fails(capsys, "search", "--image", query)
+        assert "cannot use the query image" in err and "--sku" not in err, query

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from decimal import Decimal
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 from prodvec.cli.output import print_json, print_table
 from prodvec.errors import ConfigError, QueryError
 
-#: The Python API's advice in QueryError messages → the same advice for the command line.
-_CLI_ADVICE = ((re.compile(r"pass Sku\((.+?)\)"), r"use --sku \1"),)
+#: The Python API's advice in QueryError messages to search by sku (for any text that is no
+#: readable image): the command line spells it --sku, and gives it only for what could be a sku.
+_SKU_ADVICE = re.compile(r"( \(to search by sku, )pass Sku\((.+?)\)(\))")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -95,11 +97,20 @@ def check_categories(url: str, categories: list[str]) -> None:
                 raise ConfigError(problem)
 
 
-def cli_advice(message: str) -> str:
-    """A QueryError's message with the command line's spelling of its advice."""
-    for pattern, replacement in _CLI_ADVICE:
-        message = pattern.sub(replacement, message)
-    return message
+def cli_advice(message: str, image: str | None) -> str:
+    """A QueryError's message with the command line's spelling of its advice; no --sku advice
+    for an --image that is a URL or a path (a folder in it, an image file's extension)."""
+    if image is not None and not could_be_sku(image):
+        return _SKU_ADVICE.sub("", message)
+    return _SKU_ADVICE.sub(r"\1use --sku \2\3", message)
+
+
+def could_be_sku(text: str) -> bool:
+    """Whether an --image argument might be a sku typed after the wrong flag."""
+    from PIL import Image
+
+    suffix = os.path.splitext(text)[1].lower()
+    return "://" not in text and "/" not in text and os.sep not in text and suffix not in Image.registered_extensions()
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -122,7 +133,7 @@ def _search(args: argparse.Namespace) -> int:
                 result = Product.similar_to(query, session=db, robust=args.robust, **options)
             rows = hit_rows(result)
     except QueryError as exc:
-        raise QueryError(cli_advice(str(exc))) from exc
+        raise QueryError(cli_advice(str(exc), args.image)) from exc
     if args.json:
         print_json({"hits": rows, "strategy": result.strategy, "exact": result.exact,
                     "recall": result.recall, "candidates": result.candidates, "k": args.k})
