@@ -376,3 +376,14 @@ def test_an_image_that_cannot_be_read_offers_sku_only_for_what_could_be_one(caps
     for query in ("http://127.0.0.1:9/x.jpg", str(tmp_path / "missing"), "shoe.jpg", "shoe.WEBP"):
         err = _fails(capsys, "search", "--image", query)
         assert "cannot use the query image" in err and "--sku" not in err, query
+
+
+def test_a_sqlalchemy_database_url(capsys, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLAlchemy's spelling of psycopg 3 is read as the plain URL; another driver's is refused,
+    saying to drop its suffix (its query options may mean something else to libpq)."""
+    monkeypatch.setenv("DATABASE_URL", db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    assert _run_json(capsys, "status")["total"] == 0
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://shop:s3cret@db.example.com:5432/shop")
+    err = _fails(capsys, "status")
+    assert "drop the '+psycopg2' driver suffix, prodvec uses psycopg 3 (postgresql://…)" in err
+    assert "s3cret" not in err

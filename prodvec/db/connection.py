@@ -46,7 +46,16 @@ def checked_url(url: str) -> str:
     """``url`` when it is a PostgreSQL URL psycopg can read; ConfigError saying what to write instead."""
     fix = "write it as postgresql://USER:PASSWORD@HOST:5432/DBNAME, or unset it to use the embedded server"
     shown = _PASSWORD.sub(r"\1:***@", url)  # the message must not print a password
-    scheme, separator, _ = url.partition("://")
+    scheme, separator, rest = url.partition("://")
+    dialect, plus, driver = scheme.partition("+")
+    if separator and plus and dialect.lower() in POSTGRES_SCHEMES:  # a SQLAlchemy URL
+        if driver.lower() != "psycopg":
+            # Another driver's URL may hold its own query options, which libpq reads otherwise or refuses.
+            raise ConfigError(
+                f"DATABASE_URL {shown!r} names the SQLAlchemy driver {driver!r}: drop the '+{driver}' "
+                f"driver suffix, prodvec uses psycopg 3 ({dialect}://…)"
+            )
+        scheme, url = dialect, f"{dialect}://{rest}"  # psycopg 3 itself, which reads the plain URL
     if not separator or scheme.lower() not in POSTGRES_SCHEMES:
         raise ConfigError(f"DATABASE_URL {shown!r} is not a PostgreSQL URL: {fix}")
     try:
