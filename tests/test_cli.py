@@ -387,3 +387,10 @@ def test_a_sqlalchemy_database_url(capsys, db_url: str, monkeypatch: pytest.Monk
     err = _fails(capsys, "status")
     assert "drop the '+psycopg2' driver suffix, prodvec uses psycopg 3 (postgresql://…)" in err
     assert "s3cret" not in err
+
+
+def test_dropping_a_binary_code_index_that_is_not_there(capsys, db_url: str) -> None:
+    capsys.readouterr()
+    assert main(["quantized-index", "drop"]) == 0
+    assert capsys.readouterr().out == "no binary-code index to drop\n"
+    assert _run_json(capsys, "quantized-index", "drop") == {"dropped": False}
