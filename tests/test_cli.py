@@ -394,3 +394,17 @@ def test_dropping_a_binary_code_index_that_is_not_there(capsys, db_url: str) -> 
     assert main(["quantized-index", "drop"]) == 0
     assert capsys.readouterr().out == "no binary-code index to drop\n"
     assert _run_json(capsys, "quantized-index", "drop") == {"dropped": False}
+
+
+@pytest.mark.parametrize(("argv", "level"), [(["-q", "status"], logging.WARNING), (["status", "-q"], logging.WARNING),
+                                             (["status", "--verbose"], logging.DEBUG), (["status"], logging.INFO)])
+def test_talk_options_before_or_after_the_command(capsys, db_url: str, argv: list[str], level: int) -> None:
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 0
+    assert logging.getLogger("prodvec").level == level
+
+
+def test_talk_options_that_go_against_each_other(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["-q", "status", "-v"])
+    assert exit_.value.code == 2 and "give one" in capsys.readouterr().err
