@@ -344,7 +344,8 @@ def test_searches_before_migrate_say_to_migrate_in_one_line(capsys, unmigrated_u
 
 
 def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> None:
-    """--category repeated: products in any of them; each is checked, and a comma list says to repeat it."""
+    """--category repeated: products in any of them; each is checked, and a comma list says to repeat it.
+    --json names the model that answered, as the service does."""
     catalog = tmp_path / "c.csv"
     catalog.write_text("sku,category,price\nQ,cushion,1\nC1,cushion,2\nT1,tile,3\nR1,rug,4\n")
     assert main(["import", str(catalog)]) == 0
@@ -352,6 +353,12 @@ def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> No
         conn.execute("UPDATE products SET embedding = array_fill(0.1, ARRAY[512])::real[]::halfvec")
     hits = _run_json(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tile")["hits"]
     assert sorted(hit["sku"] for hit in hits) == ["C1", "T1"]
+    from prodvec.db.active_model import read_active_model
+
+    with connect(db_url) as conn:  # the model that answered: the catalog's active one, as recorded
+        active = read_active_model(conn)
+    assert active is not None and active.catalog_views == "single"
+    assert _run_json(capsys, "search", "--sku", "Q")["model"] == active.spec == TEST_MODEL
     assert [hit["sku"] for hit in _run_json(capsys, "search", "--sku", "Q", "--category", "rug")["hits"]] == ["R1"]
     err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tiles")
     assert "unknown category 'tiles'" in err and "near ones: tile" in err

@@ -136,7 +136,8 @@ def _search(args: argparse.Namespace) -> int:
         raise QueryError(cli_advice(str(exc), args.image)) from exc
     if args.json:
         print_json({"hits": rows, "strategy": result.strategy, "exact": result.exact,
-                    "recall": result.recall, "candidates": result.candidates, "k": args.k})
+                    "recall": result.recall, "candidates": result.candidates, "k": args.k,
+                    "model": result.model})  # as the service's search answer names it
         return 0
     print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
     if not rows:
