@@ -23,12 +23,10 @@ __all__ = ["Product", "SearchResult", "Sku", "Text", "__version__", "read_engine
 
 @cache
 def _engine(url: str) -> Engine:
-    from pgvector.psycopg import register_vector
-
-    from prodvec.db.connection import sqlalchemy_url
+    from prodvec.db.connection import register_pgvector, sqlalchemy_url
 
     engine = create_engine(sqlalchemy_url(url), pool_pre_ping=True)
-    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
+    event.listen(engine, "connect", lambda dbapi_connection, _: register_pgvector(dbapi_connection))
     return engine
 
 

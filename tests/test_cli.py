@@ -10,6 +10,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -307,3 +309,109 @@ def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+@pytest.fixture
+def unmigrated_url(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A fresh database `prodvec migrate` has not run on (no pgvector extension); DATABASE_URL points at it."""
+    import psycopg
+
+    from prodvec.db.connection import ensure_database, with_dbname
+
+    name = f"fresh_{uuid.uuid4().hex[:12]}"
+    ensure_database(pg_server, name)
+    url = with_dbname(pg_server, name)
+    monkeypatch.setenv("DATABASE_URL", url)
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    yield url
+    with psycopg.connect(pg_server, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_searches_before_migrate_say_to_migrate_in_one_line(capsys, unmigrated_url: str, tmp_path: Path) -> None:
+    """Sessions register pgvector's types on connect: before `prodvec migrate` that says what to
+    do, for the commands that search through a session and for the Python API alike."""
+    import prodvec
+    from prodvec.errors import SchemaMismatch
+
+    queries = tmp_path / "queries.csv"
+    queries.write_text("image,sku\nq.jpg,A\n")
+    for argv in (["search", "--sku", "X"], ["recall"], ["recall", "--tune", "--target", "0.95"],
+                 ["eval", str(queries)]):
+        assert "no pgvector extension yet: run `prodvec migrate`" in _fails(capsys, *argv), argv
+    with pytest.raises(SchemaMismatch, match=r"run `prodvec migrate`"), prodvec.session() as db:
+        prodvec.Product.similar_to(prodvec.Sku("X"), session=db)
+
+
+def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> None:
+    """--category repeated: products in any of them; each is checked, and a comma list says to repeat it.
+    --json names the model that answered, as the service does."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text("sku,category,price\nQ,cushion,1\nC1,cushion,2\nT1,tile,3\nR1,rug,4\n")
+    assert main(["import", str(catalog)]) == 0
+    with connect(db_url, autocommit=True) as conn:  # every product the same vector: only the filter decides
+        conn.execute("UPDATE products SET embedding = array_fill(0.1, ARRAY[512])::real[]::halfvec")
+    hits = _run_json(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tile")["hits"]
+    assert sorted(hit["sku"] for hit in hits) == ["C1", "T1"]
+    from prodvec.db.active_model import read_active_model
+
+    with connect(db_url) as conn:  # the model that answered: the catalog's active one, as recorded
+        active = read_active_model(conn)
+    assert active is not None and active.catalog_views == "single"
+    assert _run_json(capsys, "search", "--sku", "Q")["model"] == active.spec == TEST_MODEL
+    assert [hit["sku"] for hit in _run_json(capsys, "search", "--sku", "Q", "--category", "rug")["hits"]] == ["R1"]
+    err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion", "--category", "tiles")
+    assert "unknown category 'tiles'" in err and "near ones: tile" in err
+    err = _fails(capsys, "search", "--sku", "Q", "--category", "cushion,tile")
+    assert "unknown category 'cushion,tile'" in err
+    assert "repeat --category: --category 'cushion' --category 'tile'" in err
+
+
+def test_import_says_what_is_wrong_with_a_file(capsys, db_url: str, tmp_path: Path) -> None:
+    feed = tmp_path / "cat.txt"
+    feed.write_text("sku,price\nA,1\n")
+    err = _fails(capsys, "import", str(feed))
+    assert "cannot tell the format of 'cat.txt' from its extension .txt: name the file .csv, .jsonl" in err
+    assert "--format csv|jsonl|ndjson" in err
+    wide = tmp_path / "wide.csv"
+    wide.write_text("sku,price\nA,1\n", encoding="utf-16")
+    assert "is not UTF-8 (it looks like UTF-16): save it as UTF-8" in _fails(capsys, "import", str(wide))
+
+
+def test_an_image_that_cannot_be_read_offers_sku_only_for_what_could_be_one(capsys, db_url: str, tmp_path: Path):
+    assert "use --sku 'C-001'" in _fails(capsys, "search", "--image", "C-001")
+    for query in ("http://127.0.0.1:9/x.jpg", str(tmp_path / "missing"), "shoe.jpg", "shoe.WEBP"):
+        err = _fails(capsys, "search", "--image", query)
+        assert "cannot use the query image" in err and "--sku" not in err, query
+
+
+def test_a_sqlalchemy_database_url(capsys, db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLAlchemy's spelling of psycopg 3 is read as the plain URL; another driver's is refused,
+    saying to drop its suffix (its query options may mean something else to libpq)."""
+    monkeypatch.setenv("DATABASE_URL", db_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    assert _run_json(capsys, "status")["total"] == 0
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg2://shop:s3cret@db.example.com:5432/shop")
+    err = _fails(capsys, "status")
+    assert "drop the '+psycopg2' driver suffix, prodvec uses psycopg 3 (postgresql://…)" in err
+    assert "s3cret" not in err
+
+
+def test_dropping_a_binary_code_index_that_is_not_there(capsys, db_url: str) -> None:
+    capsys.readouterr()
+    assert main(["quantized-index", "drop"]) == 0
+    assert capsys.readouterr().out == "no binary-code index to drop\n"
+    assert _run_json(capsys, "quantized-index", "drop") == {"dropped": False}
+
+
+@pytest.mark.parametrize(("argv", "level"), [(["-q", "status"], logging.WARNING), (["status", "-q"], logging.WARNING),
+                                             (["status", "--verbose"], logging.DEBUG), (["status"], logging.INFO)])
+def test_talk_options_before_or_after_the_command(capsys, db_url: str, argv: list[str], level: int) -> None:
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total"] == 0
+    assert logging.getLogger("prodvec").level == level
+
+
+def test_talk_options_that_go_against_each_other(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["-q", "status", "-v"])
+    assert exit_.value.code == 2 and "give one" in capsys.readouterr().err

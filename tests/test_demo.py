@@ -2,8 +2,10 @@
 hits it prints are the nearest products, checked against numpy over the demo's own database."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -61,7 +63,16 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert demo.stderr.rstrip().endswith("`prodvec db stop` stops it")  # it keeps running: said last
         sections = out.split("== ")
         assert len(sections) == 4  # three searches (the offline encoder has no text tower)
+        how = r" \((exact: every matching product compared|approximate: the nearest the HNSW index found)"
+        assert all(re.search(how, section.splitlines()[0]) for section in sections[1:])
         _check_hits(tmp_path / "home" / "pgdata", sneakers=_hits(sections[1]), like_sku=_hits(sections[3]))
+        # Its closing lines point the other commands at its own database.
+        [export] = [line for line in out.splitlines() if line.strip().startswith("export DATABASE_URL=")]
+        demo_url = shlex.split(export)[1].removeprefix("DATABASE_URL=")
+        assert demo_url.split("?")[0].endswith(f"/{DEMO_DATABASE}")
+        status = subprocess.run([prodvec, "status", "--json"], env=env | {"DATABASE_URL": demo_url},
+                                capture_output=True, text=True, timeout=120)
+        assert json.loads(status.stdout)["up_to_date"] == 300, status.stderr
     finally:
         subprocess.run([prodvec, "db", "stop"], env=env, capture_output=True, timeout=60)
 

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -223,3 +225,23 @@ def test_the_expected_library_is_the_pinned_one() -> None:
     dependencies = pyproject[pyproject.index("dependencies = ["):pyproject.index("[project.optional-dependencies]")]
     assert f'"{EXPECTED_LIBRARY}"' in dependencies
     assert '"psutil' in dependencies  # embedded.py imports it
+
+
+def test_a_data_dir_with_a_space_in_its_path() -> None:
+    """pg_ctl runs postgres through a shell, which would split a socket path with a space: the
+    socket goes elsewhere, and the CLI (PRODVEC_HOME with a space) attaches and stops it."""
+    parent = Path(tempfile.mkdtemp(prefix="prodvec-space-"))  # outside pytest's tmp dirs, as conftest's
+    home = parent / "ho me"
+    pgdata = home / "pgdata"
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"} | {"PRODVEC_HOME": str(home)}
+    try:
+        url = ensure_server(pgdata)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        status = subprocess.run([sys.executable, "-m", "prodvec.cli.main", "db", "status", "--json"], env=env,
+                                capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+        assert json.loads(status.stdout)["running"] is True, status.stderr
+    finally:
+        stop_server(pgdata)
+        shutil.rmtree(parent, ignore_errors=True)
+    assert server_status(pgdata).running is False

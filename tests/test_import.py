@@ -375,3 +375,44 @@ def test_invalid_values(record, reason):
         parse_row(record, 7, "/catalogs")
     assert error.value.line == 7
     assert reason in error.value.reason
+
+
+def test_a_quote_left_open_is_named_with_its_line(conn, tmp_path):
+    """A quote not closed on its line takes the next lines into its field: the reason says so,
+    not the unquoted comma a wrong field count usually means."""
+    never = write(tmp_path / "never.csv", HEADER + 'Q-1,Tee,,1,1,\nQ-2,"Big cushion,,2,1,\nQ-3,Rug,,3,1,\n')
+    report = import_catalog(conn, never)
+    assert sorted(products(conn)) == ["Q-1"]
+    assert "a quote opened on line 3 is never closed" in bad_lines(report)[3]
+    later = write(tmp_path / "later.csv", HEADER + 'L-1,"Big cushion,,2,1,\nL-2,Rug,,"3,1,\nL-3,Mat,,4,1,\n')
+    report = import_catalog(conn, later)
+    assert "a quote opened on line 2 is only closed on line 3" in bad_lines(report)[2]
+    assert "L-3" in products(conn)
+    shifted = write(tmp_path / "shifted.csv", HEADER + "S-1,Tee, red,shirt,1,1,\nS-2,Cap,,1\n")
+    reasons = bad_lines(import_catalog(conn, shifted))
+    assert "(an unquoted comma?)" in reasons[2] and "(a missing field or comma?)" in reasons[3]
+
+
+@pytest.mark.parametrize(("encoding", "looks"), [("utf-16", "UTF-16"), ("utf-16-le", "UTF-16"),
+                                                 ("utf-32", "UTF-32")])
+def test_a_file_in_another_unicode_encoding_says_to_save_it_as_utf8(conn, tmp_path, encoding, looks):
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_text(HEADER + "U-1,Tee,,1,1,\n", encoding=encoding)
+    with pytest.raises(CatalogError, match=rf"is not UTF-8 \(it looks like {looks}\): save it as UTF-8"):
+        import_catalog(conn, catalog)
+    assert products(conn) == {}
+
+
+def test_a_latin1_header_is_refused_but_a_latin1_row_is_only_that_row(conn, tmp_path):
+    header = tmp_path / "header.csv"
+    header.write_bytes("sku,title,price,catégorie\nA,Tee,1,x\n".encode("latin-1"))
+    with pytest.raises(CatalogError, match=r"is not UTF-8 .*Latin-1.*: save it as UTF-8"):
+        import_catalog(conn, header)
+    row = tmp_path / "row.csv"
+    row.write_bytes(HEADER.encode() + "A,Tee,,1,1,\nB,Caf\xe9,,2,1,\n".encode("latin-1"))
+    report = import_catalog(conn, row)  # the header reads: the row checks judge each row
+    assert report.inserted == 1 and "title is not valid UTF-8" in bad_lines(report)[3]
+    binary = tmp_path / "sheet.csv"
+    binary.write_bytes(b"PK\x03\x04" + bytes(range(256)) * 8)
+    with pytest.raises(CatalogError, match="is not text"):
+        import_catalog(conn, binary)

@@ -8,16 +8,20 @@ stock), unless ``ignore_unknown`` says to skip such columns.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import difflib
 import json
 from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path
-from typing import Literal, TextIO, cast
+from typing import TYPE_CHECKING, Literal, TextIO, cast
 
 from prodvec.catalog.rows import COLUMNS, REQUIRED_COLUMNS
-from prodvec.errors import CatalogRowError, ConfigError
+from prodvec.errors import CatalogError, CatalogRowError, ConfigError
+
+if TYPE_CHECKING:
+    from _csv import Reader as _CsvReader
 
 CatalogFormat = Literal["csv", "jsonl"]
 #: Format names and file suffixes (without the dot) -> format: the choices for a --format flag.
@@ -29,21 +33,60 @@ Record = tuple[int, Mapping[str, object]]
 
 def detect_format(path: Path, forced: str | None = None) -> CatalogFormat:
     """``forced`` when given (csv, jsonl or ndjson), else the file suffix's format."""
-    name = forced if forced is not None else path.suffix.lower().lstrip(".")
-    try:
-        return FORMATS[name.lower()]
-    except KeyError:
-        what = f"format {forced!r}" if forced is not None else f"the format of {path.name!r}"
-        raise ConfigError(
-            f"unknown {what}: name the file .csv, .jsonl or .ndjson, or give the format "
-            "(--format csv|jsonl|ndjson; format= in Python)"
-        ) from None
+    choices = "--format csv|jsonl|ndjson; format= in Python"
+    if forced is not None:
+        if forced.lower() in FORMATS:
+            return FORMATS[forced.lower()]
+        raise ConfigError(f"unknown format {forced!r}: give one of csv, jsonl or ndjson ({choices})")
+    suffix = path.suffix.lower().lstrip(".")
+    if suffix in FORMATS:
+        return FORMATS[suffix]
+    ending = f"its extension .{suffix}" if suffix else "a name without an extension"
+    raise ConfigError(
+        f"cannot tell the format of {path.name!r} from {ending}: name the file .csv, .jsonl or .ndjson, "
+        f"or give the format ({choices})"
+    )
+
+
+#: Byte order marks of the encodings spreadsheets and Windows tools save "Unicode text" in.
+_FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
+                 (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+#: Bytes read to judge a file's encoding.
+_SNIFF_BYTES = 4096
 
 
 def open_catalog(path: Path) -> TextIO:
     """The file as text. utf-8-sig drops the BOM that spreadsheet exports add;
-    surrogateescape lets invalid UTF-8 through to the row checks, which report it per row."""
+    surrogateescape lets invalid UTF-8 in a row through to the row checks, which report it per row.
+    A file that is not UTF-8 at all (UTF-16, or a first line UTF-8 cannot read) is CatalogError:
+    its header would otherwise come out as garbage column names."""
+    _check_utf8(path)
     return open(path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+
+
+def _check_utf8(path: Path) -> None:
+    with open(path, "rb") as raw:
+        head = raw.read(_SNIFF_BYTES)
+    save = "save it as UTF-8 (in a spreadsheet: CSV UTF-8)"
+    # UTF-32's LE mark starts with UTF-16's: the longer marks are tried first.
+    looks = next((name for bom, name in _FOREIGN_BOMS if head.startswith(bom)), None)
+    if looks is None and b"\x00" in head:
+        # UTF-16 without a mark: every other byte is zero in ASCII text. Zeros elsewhere: binary.
+        if max(head[0::2].count(0), head[1::2].count(0)) < len(head) // 4:
+            raise CatalogError(f"catalog file {path} is not text (it holds zero bytes; a spreadsheet's own file?): "
+                               "export it as CSV UTF-8 or JSON Lines")
+        looks = "UTF-16"
+    if looks:
+        raise CatalogError(f"catalog file {path} is not UTF-8 (it looks like {looks}): {save}")
+    first_line = head.split(b"\n", 1)[0]
+    try:
+        first_line.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if len(first_line) < len(head) or exc.start < len(first_line) - 3:  # not a character cut at 4 KB
+            raise CatalogError(
+                f"catalog file {path} is not UTF-8 (its first line has bytes UTF-8 cannot read, as in "
+                f"Latin-1 or Windows-1252 files): {save}"
+            ) from None
 
 
 def iter_records(
@@ -90,26 +133,46 @@ def _csv_records(stream: TextIO, ignore_unknown: bool) -> Iterator[Record | Cata
     unknown = [name for name in columns if name not in COLUMNS]
     if unknown and not ignore_unknown:
         raise CatalogRowError(1, unknown_column_reason(unknown[0]))
+    records = _csv_rows(reader)
+    record = next(records, None)
+    while record is not None:
+        line, fields = record
+        end = reader.line_num
+        record = next(records, None)  # one ahead: None when this record ran to the end of the file
+        if isinstance(fields, csv.Error):
+            yield CatalogRowError(line, f"malformed CSV: {fields}")
+        elif len(fields) != len(columns) and fields:  # no fields: a blank line
+            yield CatalogRowError(
+                line, f"{len(fields)} fields where the header has {len(columns)} "
+                      f"({_likely_cause(fields, len(columns), line, end, last=record is None)})",
+            )
+        elif fields:
+            yield line, {name: fields[index] for index, name in kept}
+
+
+def _csv_rows(reader: _CsvReader) -> Iterator[tuple[int, list[str] | csv.Error]]:
+    """Each record's first line and its fields, or the csv.Error it could not be read for."""
     start = reader.line_num + 1
     while True:
         try:
-            fields = next(reader)
+            fields: list[str] | csv.Error = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield CatalogRowError(start, f"malformed CSV: {exc}")
-            start = reader.line_num + 1
-            continue
-        line, start = start, reader.line_num + 1
-        if not fields:
-            continue  # a blank line
-        if len(fields) != len(columns):
-            yield CatalogRowError(
-                line,
-                f"{len(fields)} fields where the header has {len(columns)} (an unquoted comma?)",
-            )
-            continue
-        yield line, {name: fields[index] for index, name in kept}
+            fields = exc
+        yield start, fields
+        start = reader.line_num + 1
+
+
+def _likely_cause(fields: list[str], expected: int, line: int, end: int, *, last: bool) -> str:
+    """Why a record has the wrong number of fields, as far as its text tells."""
+    if end > line and any("\n" in field or "\r" in field for field in fields):
+        # A quote that is not closed on its line takes the following lines into one field.
+        if last:
+            return f"a quote opened on line {line} is never closed"
+        return (f"a quote opened on line {line} is only closed on line {end}: close it on its line, "
+                'and double a quote inside a field ("")')
+    return "an unquoted comma?" if len(fields) > expected else "a missing field or comma?"
 
 
 def _jsonl_records(stream: TextIO, ignore_unknown: bool) -> Iterator[Record | CatalogRowError]:

@@ -16,9 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     from prodvec.cli import catalog, database, evaluate, model, quantized, queue, recall, search, serve
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument("-v", "--verbose", action="store_true", help="log debugging details too")
-    talk.add_argument("-q", "--quiet", action="store_true", help="log only warnings and errors, no progress")
+    _talk_options(parser, default=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
@@ -33,7 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_commands(commands)
     serve.add_commands(commands)
     quantized.add_commands(commands)
+    _talk_options_in_commands(parser)
     return parser
+
+
+def _talk_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    talk = parser.add_mutually_exclusive_group()
+    talk.add_argument("-v", "--verbose", action="store_true", default=default, help="log debugging details too")
+    talk.add_argument("-q", "--quiet", action="store_true", default=default,
+                      help="log only warnings and errors, no progress")
+
+
+def _talk_options_in_commands(parser: argparse.ArgumentParser) -> None:
+    """-v and -q after the command too (`prodvec worker -v`), as people type them. Their defaults
+    there are left unset: a command's parser writes its values over the main parser's, and would
+    otherwise undo a -q given before the command."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                _talk_options(command, default=argparse.SUPPRESS)
+                _talk_options_in_commands(command)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -51,7 +68,10 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:  # one before the command, the other after it
+        parser.error("-v/--verbose and -q/--quiet go against each other: give one")
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.handler(args) or 0)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from prodvec.cli.output import print_report
+from prodvec.cli.output import print_json, print_report
 from prodvec.errors import ConfigError
 
 
@@ -48,5 +48,10 @@ def _drop(args: argparse.Namespace) -> int:
     from prodvec.db.connection import database_url
     from prodvec.db.quantized_index import drop_index
 
-    print_report({"dropped": drop_index(database_url())}, as_json=args.json)
+    dropped = drop_index(database_url())
+    if args.json:
+        print_json({"dropped": dropped})
+    else:
+        print("dropped the binary-code index: searches use the halfvec index again" if dropped
+              else "no binary-code index to drop")
     return 0

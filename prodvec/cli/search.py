@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from decimal import Decimal
 from typing import Any
@@ -9,8 +10,9 @@ from typing import Any
 from prodvec.cli.output import print_json, print_table
 from prodvec.errors import ConfigError, QueryError
 
-#: The Python API's advice in QueryError messages → the same advice for the command line.
-_CLI_ADVICE = ((re.compile(r"pass Sku\((.+?)\)"), r"use --sku \1"),)
+#: The Python API's advice in QueryError messages to search by sku (for any text that is no
+#: readable image): the command line spells it --sku, and gives it only for what could be a sku.
+_SKU_ADVICE = re.compile(r"( \(to search by sku, )pass Sku\((.+?)\)(\))")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -19,7 +21,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     query.add_argument("--image", help="query photo: path or http(s) URL")
     query.add_argument("--text", help="query text (CLIP models only)")
     query.add_argument("--sku", help="more like this product (itself excluded)")
-    parser.add_argument("--category")
+    parser.add_argument("--category", action="append", metavar="CATEGORY",
+                        help="only products in this category (exact name); repeat it for products in any of several")
     parser.add_argument("--min-price", type=Decimal)
     parser.add_argument("--max-price", type=Decimal)
     parser.add_argument("--in-stock", action="store_true")
@@ -37,7 +40,7 @@ def filters(args: argparse.Namespace) -> list[Any]:
 
     clauses: list[Any] = []
     if args.category:
-        clauses.append(Product.category == args.category)
+        clauses.append(Product.category.in_(args.category))
     if args.min_price is not None:
         clauses.append(Product.price >= args.min_price)
     if args.max_price is not None:
@@ -79,22 +82,35 @@ def check_options(args: argparse.Namespace) -> None:
         )
 
 
-def check_category(url: str, category: str) -> None:
-    """ConfigError naming the near categories when no product has ``category``."""
+def check_categories(url: str, categories: list[str]) -> None:
+    """ConfigError naming the near categories for the first of ``categories`` no product has."""
     from prodvec.catalog.categories import unknown_category
     from prodvec.db.connection import connect
 
     with connect(url) as conn:
-        problem = unknown_category(conn, category)
-    if problem:
-        raise ConfigError(problem)
+        for category in categories:
+            problem = unknown_category(conn, category)
+            if problem and "," in category:  # several categories in one, as some tools spell a list
+                several = " ".join(f"--category {name.strip()!r}" for name in category.split(",") if name.strip())
+                problem += f"; to search several categories, repeat --category: {several}"
+            if problem:
+                raise ConfigError(problem)
 
 
-def cli_advice(message: str) -> str:
-    """A QueryError's message with the command line's spelling of its advice."""
-    for pattern, replacement in _CLI_ADVICE:
-        message = pattern.sub(replacement, message)
-    return message
+def cli_advice(message: str, image: str | None) -> str:
+    """A QueryError's message with the command line's spelling of its advice; no --sku advice
+    for an --image that is a URL or a path (a folder in it, an image file's extension)."""
+    if image is not None and not could_be_sku(image):
+        return _SKU_ADVICE.sub("", message)
+    return _SKU_ADVICE.sub(r"\1use --sku \2\3", message)
+
+
+def could_be_sku(text: str) -> bool:
+    """Whether an --image argument might be a sku typed after the wrong flag."""
+    from PIL import Image
+
+    suffix = os.path.splitext(text)[1].lower()
+    return "://" not in text and "/" not in text and os.sep not in text and suffix not in Image.registered_extensions()
 
 
 def _search(args: argparse.Namespace) -> int:
@@ -106,7 +122,7 @@ def _search(args: argparse.Namespace) -> int:
     check_options(args)
     url = database_url()
     if args.category:
-        check_category(url, args.category)
+        check_categories(url, args.category)
     options = {"k": args.k, "where": filters(args), "max_distance": args.max_distance}
     try:
         with read_session(url) as db:  # a replica of PRODVEC_READ_URLS when one is up and caught up
@@ -117,10 +133,11 @@ def _search(args: argparse.Namespace) -> int:
                 result = Product.similar_to(query, session=db, robust=args.robust, **options)
             rows = hit_rows(result)
     except QueryError as exc:
-        raise QueryError(cli_advice(str(exc))) from exc
+        raise QueryError(cli_advice(str(exc), args.image)) from exc
     if args.json:
         print_json({"hits": rows, "strategy": result.strategy, "exact": result.exact,
-                    "recall": result.recall, "candidates": result.candidates, "k": args.k})
+                    "recall": result.recall, "candidates": result.candidates, "k": args.k,
+                    "model": result.model})  # as the service's search answer names it
         return 0
     print_table(rows, ["sku", "title", "category", "price", "stock", "distance"])
     if not rows:

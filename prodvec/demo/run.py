@@ -8,6 +8,7 @@ encoder, then three filtered searches printed as tables.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 import sys
 import time
 from decimal import Decimal
@@ -24,6 +25,7 @@ from prodvec.db.connection import connect, database_url, with_dbname
 from prodvec.db.migrate import upgrade_schema
 from prodvec.encode import Encoder, load_encoder
 from prodvec.errors import WeightsUnavailable
+from prodvec.search.result import SearchResult
 from prodvec.worker.pipeline import Worker
 
 CATALOG_DIR = Path(__file__).parent / "catalog"
@@ -50,7 +52,12 @@ def run_demo() -> int:
     # offline fallback rather than PRODVEC_MODEL's.
     _searches(url, encoder, settings)
     print(f"\ndemo finished in {time.perf_counter() - started:.1f} s")
-    print(f"to search it in the page: DATABASE_URL='{url}' prodvec serve   (then open http://127.0.0.1:8000/)")
+    # Its own database, so the user's default one stays as it was: the other commands reach it
+    # only through DATABASE_URL.
+    print(f"the demo's catalog is in a database of its own, {DEMO_DATABASE}; to point the other commands at it:")
+    print(f"  export DATABASE_URL={shlex.quote(url)}")
+    print("  prodvec status; prodvec search --sku FM-00003; prodvec serve   (the page: http://127.0.0.1:8000/)")
+    print("  (unset DATABASE_URL to go back to your own database)")
     print(f"the embedded PostgreSQL keeps running (data in {settings.pgdata}): "
           "`prodvec db stop` stops it", file=sys.stderr)
     return 0
@@ -104,5 +111,12 @@ def _searches(url: str, encoder: Encoder, settings: Settings) -> None:
             text = Product.similar_to_text("a leather handbag", session=db, k=5, encoder=encoder, policy=policy)
             searches.append(("text 'a leather handbag'", text))
         for title, result in searches:
-            print(f"\n== {title} [{result.strategy}, {'exact' if result.exact else 'from the index'}]")
+            print(f"\n== {title} ({_how_found(result)})")
             print_table(hit_rows(result), ["sku", "title", "category", "price", "stock", "distance"])
+
+
+def _how_found(result: SearchResult) -> str:
+    if not result.exact:
+        return "approximate: the nearest the HNSW index found"
+    short = ", as the HNSW index came back short" if result.strategy == "hnsw+exact" else ""
+    return f"exact: every matching product compared{short}"
