@@ -496,6 +496,9 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
         assert ready.status_code == 503
         assert ready.json()["database"] is True and ready.json()["schema_current"] is False, ready.json()["problem"]
         assert "prodvec migrate" in ready.json()["problem"]
+        # A search says the same, as the server's problem (503), not pgvector's raw error.
+        searched = httpx.post(f"{url}/v1/search", json={"vector": [0.1] * 512})
+        assert searched.status_code == 503 and "prodvec migrate" in searched.json()["error"], searched.text
 
 
 def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,

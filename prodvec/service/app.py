@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 
 import prodvec
 from prodvec.encode import Encoder
-from prodvec.errors import DatabaseUnavailable, ProdvecError
+from prodvec.errors import DatabaseError, DatabaseUnavailable, ProdvecError
 from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
@@ -121,16 +121,14 @@ def _engine(url: str, settings: ServiceSettings) -> Engine:
     """One server's connection pool, at most 2 × PRODVEC_DB_POOL connections. Statements stop at
     the request timeout, so no search holds a connection (and a thread) after its client was
     answered 504."""
-    from pgvector.psycopg import register_vector
-
-    from prodvec.db.connection import sqlalchemy_url
+    from prodvec.db.connection import register_pgvector, sqlalchemy_url
 
     timeout_ms = round(settings.request_timeout_seconds * 1000)
     engine = create_engine(
         sqlalchemy_url(url), pool_size=settings.db_pool_size, max_overflow=settings.db_pool_size,
         pool_pre_ping=True, connect_args={"options": f"-c statement_timeout={timeout_ms}"},
     )
-    event.listen(engine, "connect", lambda dbapi_connection, _: register_vector(dbapi_connection))
+    event.listen(engine, "connect", lambda dbapi_connection, _: register_pgvector(dbapi_connection))
     return engine
 
 
@@ -173,6 +171,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def prodvec_error(request: Request, exc: ProdvecError) -> JSONResponse:
         if isinstance(exc, DatabaseUnavailable):
             return error(503, str(exc), {"Retry-After": "5"})
+        if isinstance(exc, DatabaseError):  # e.g. no schema yet: the server's problem, not the request's
+            return error(503, str(exc))
         return error(400, str(exc))
 
 

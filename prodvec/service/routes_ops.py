@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 from prodvec import queue as jobs
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.db.replicas import describe
-from prodvec.errors import ProdvecError
+from prodvec.errors import ProdvecError, SchemaMismatch
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.security import require_read_key
@@ -73,9 +73,11 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
             unreachable = f"the database cannot be reached ({reason}): {state.database_advice()}"
             return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
                                      problem=unreachable)
-        # Reached, but a new connection cannot set up pgvector's types: no schema yet.
         return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
                                  problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
+    except SchemaMismatch as exc:  # reached, but a new connection cannot set up pgvector's types
+        return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
+                                 problem=str(exc))
     if revision != state.schema_head:
         return schemas.Readiness(
             ready=False, database=True, schema_current=False, model_loaded=True,
