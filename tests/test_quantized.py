@@ -14,6 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 from pgvector import HalfVector
+from test_cli import _fails
 
 from prodvec import session as open_session
 from prodvec.cli.main import main as cli_main
@@ -23,6 +24,7 @@ from prodvec.recall import store
 from prodvec.search import Sku, execute, plan, quantized
 from prodvec.search.execute import Query
 from prodvec.search.statements import compile_filter
+from prodvec.worker.bulk import hnsw_index_dropped
 
 DIMENSIONS = 512
 ROWS = 3000
@@ -214,3 +216,30 @@ def test_recall_says_when_the_code_index_answered_nothing(conn, db_url, capsys) 
     out = capsys.readouterr().out
     assert "codes_unfiltered: the index answered none of its" in out
     assert "codes_unfiltered: SET" not in out
+
+
+def test_the_code_index_can_replace_the_halfvec_index(conn, db_url, catalog: Catalog, capsys) -> None:
+    def exists(index: str) -> bool:
+        return conn.execute("SELECT to_regclass(%s) IS NOT NULL", (index,)).fetchone()[0]
+
+    assert cli_main(["quantized-index", "create", "--replace-halfvec", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["halfvec_index"].startswith("dropped: the code index replaces it (")
+    assert not exists("products_embedding_hnsw") and exists("products_embedding_bit_hnsw")
+    plan.forget()
+    recalls = []
+    with open_session() as db:  # searches go on through the codes
+        for query in _queries(catalog, 10):
+            result = Product.similar_to(query, session=db, k=10)
+            ids, distances = catalog.truth(query)
+            assert result.strategy == "hnsw"
+            found = {hit.product.id for hit in result}
+            recalls.append(len(found & set(ids[distances <= distances[9] + TIE])) / 10)
+    assert np.mean(recalls) >= 0.95
+    # A bulk backfill rebuilds the coarse column's index, not the replaced one.
+    with hnsw_index_dropped(db_url):
+        assert not exists("products_embedding_coarse_hnsw")
+    assert exists("products_embedding_coarse_hnsw") and not exists("products_embedding_hnsw")
+    assert "replaced by the binary-code index" in _fails(capsys, "index-check")
+    # Dropping the code index builds the halfvec index again.
+    assert cli_main(["quantized-index", "drop"]) == 0
+    assert exists("products_embedding_hnsw") and not exists("products_embedding_bit_hnsw")

@@ -21,9 +21,13 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     create.add_argument("--m", type=int, default=None, help="graph degree [32]")
     create.add_argument("--ef-construction", type=int, default=None, help="build candidate list [128]")
     create.add_argument("--maintenance-work-mem", default="1GB", help="memory for the build [1GB]")
+    create.add_argument("--replace-halfvec", action="store_true",
+                        help="then drop the halfvec HNSW index of products.embedding, which searches no longer use: "
+                             "what the code index saves is saved (`drop` builds the halfvec index again)")
     create.add_argument("--json", action="store_true")
     create.set_defaults(handler=_create)
-    drop = actions.add_parser("drop", help="drop it: searches use the halfvec index again")
+    drop = actions.add_parser("drop", help="drop it: searches use the halfvec index again (built again if it "
+                                           "was replaced)")
     drop.add_argument("--json", action="store_true")
     drop.set_defaults(handler=_drop)
 
@@ -37,7 +41,7 @@ def _create(args: argparse.Namespace) -> int:
     if not (2 <= m <= 100) or not (4 <= ef_construction <= 1000) or ef_construction < 2 * m:
         raise ConfigError("use 2 <= --m <= 100 and 2 × m <= --ef-construction <= 1000 (pgvector's limits)")
     report = create_index(database_url(), centred=args.centred, m=m, ef_construction=ef_construction,
-                          maintenance_work_mem=args.maintenance_work_mem)
+                          maintenance_work_mem=args.maintenance_work_mem, replace_halfvec=args.replace_halfvec)
     # Recall measured through an earlier code index went with it (create_index).
     print_report({**report, "recall": "not measured through this index yet: run `prodvec recall --tune`"},
                  as_json=args.json)
@@ -48,7 +52,7 @@ def _drop(args: argparse.Namespace) -> int:
     from prodvec.db.connection import database_url
     from prodvec.db.quantized_index import drop_index
 
-    dropped = drop_index(database_url())
+    dropped = drop_index(database_url())  # rebuilds the halfvec index where the code index had replaced it
     if args.json:
         print_json({"dropped": dropped})
     else:

@@ -113,3 +113,11 @@ def register_pgvector(conn: psycopg.Connection) -> None:
     except psycopg.ProgrammingError as exc:
         conn.close()
         raise SchemaMismatch(NO_PGVECTOR) from exc
+
+
+def configure_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) -> None:
+    """Session settings for HNSW builds, far faster with the graph in memory and with parallel
+    workers (prodvec/worker/bulk.py, the binary-code index)."""
+    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
+    workers = max(1, (os.cpu_count() or 2) - 1)
+    conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))

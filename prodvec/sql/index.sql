@@ -8,6 +8,16 @@ DROP INDEX IF EXISTS products_embedding_coarse_hnsw;
 -- name: create_hnsw
 SELECT prodvec_create_vector_indexes();
 
+-- name: halfvec_replaced
+-- The binary-code index replaced the photo column's halfvec index (`prodvec quantized-index
+-- create --replace-halfvec`): a bulk backfill then rebuilds only the coarse column's.
+SELECT to_regclass('products_embedding_bit_hnsw') IS NOT NULL AND to_regclass('products_embedding_hnsw') IS NULL
+
+-- name: create_coarse_hnsw_statement
+-- The coarse column's index alone, as prodvec_create_vector_indexes() makes it (migrations/0004).
+SELECT format('CREATE INDEX IF NOT EXISTS products_embedding_coarse_hnsw ON products '
+              'USING hnsw (embedding_coarse halfvec_cosine_ops) WITH (%s)', prodvec_hnsw_options());
+
 -- name: vacuum
 -- After a bulk backfill, which rewrote every row it embedded: until a vacuum marks those
 -- pages all-visible, an exact pass reads each match's table page, not just the index that

@@ -18,3 +18,17 @@ SELECT pg_relation_size(to_regclass('products_embedding_bit_hnsw'))
 -- The recall measured through the code index (and the effort tuned for it) describes the graph
 -- just dropped or replaced: searches through a new one run as planned until `prodvec recall`.
 DELETE FROM prodvec_recall_settings WHERE kind IN ('codes_unfiltered', 'codes_filtered')
+
+-- name: halfvec_index_size
+-- The photo column's halfvec HNSW index's size, bytes; NULL without it.
+SELECT pg_relation_size(to_regclass('products_embedding_hnsw'))
+
+-- name: drop_halfvec_index
+-- `prodvec quantized-index create --replace-halfvec`: the code index answers the searches the
+-- halfvec index did, so the larger graph can go (what the code index saves is then saved).
+DROP INDEX IF EXISTS products_embedding_hnsw
+
+-- name: restore_halfvec_index
+-- After the code index is dropped: the halfvec index again where it was replaced (those missing
+-- are made, as migrations/0004 defines them).
+SELECT prodvec_create_vector_indexes()

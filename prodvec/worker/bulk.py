@@ -11,16 +11,14 @@ Per-category indexes (migrations/0003) are built with the same settings.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 
-from prodvec.db.connection import connect
+from prodvec.db.connection import configure_index_builds, connect
 from prodvec.errors import DatabaseError
 from prodvec.sql import queries
 
@@ -32,12 +30,16 @@ _SQL = queries("index.sql")
 @contextmanager
 def hnsw_index_dropped(url: str, *, maintenance_work_mem: str = "1GB") -> Iterator[None]:
     """Drop the HNSW indexes for the block, and rebuild them afterwards even if the block fails;
-    then vacuum and analyze products, which the block rewrote."""
+    then vacuum and analyze products, which the block rewrote. Where the binary-code index
+    replaced the photo column's halfvec index, that one stays gone (the code index is kept and
+    updated row by row: an expression index of 1-bit codes costs little per write)."""
+    with connect(url) as conn:
+        [(replaced,)] = conn.execute(_SQL["halfvec_replaced"]).fetchall()
     drop_hnsw_index(url)
     try:
         yield
     finally:
-        seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem)
+        seconds = rebuild_hnsw_index(url, maintenance_work_mem=maintenance_work_mem, photo_index=not replaced)
         log.info("HNSW indexes rebuilt in %.1f s", seconds)
         log.info("products vacuumed and analyzed in %.1f s", vacuum_products(url))
 
@@ -48,13 +50,18 @@ def drop_hnsw_index(url: str) -> None:
         conn.execute(_SQL["drop_hnsw"])
 
 
-def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB") -> float:
-    """(Re)create the indexes that are missing; returns the seconds it took."""
+def rebuild_hnsw_index(url: str, *, maintenance_work_mem: str = "1GB", photo_index: bool = True) -> float:
+    """(Re)create the indexes that are missing (without ``photo_index``, the coarse column's
+    only); returns the seconds it took."""
     started = time.perf_counter()
     # A fresh connection: the one the backfill used may be the reason it stopped.
     with connect(url, autocommit=True) as conn:
-        _for_index_builds(conn, maintenance_work_mem)
-        conn.execute(_SQL["create_hnsw"])
+        configure_index_builds(conn, maintenance_work_mem)
+        if photo_index:
+            conn.execute(_SQL["create_hnsw"])
+        else:
+            [(statement,)] = conn.execute(_SQL["create_coarse_hnsw_statement"]).fetchall()
+            conn.execute(statement)
     return time.perf_counter() - started
 
 
@@ -70,7 +77,7 @@ def index_categories(url: str, *, min_products: int, maintenance_work_mem: str =
     """`prodvec category-indexes`: an HNSW index per category with ``min_products`` embedded
     products, stale ones dropped; one row per index (category, products, index_name, action)."""
     with connect(url, autocommit=True) as conn:
-        _for_index_builds(conn, maintenance_work_mem)
+        configure_index_builds(conn, maintenance_work_mem)
         cursor = conn.cursor(row_factory=dict_row)
         return cursor.execute(_SQL["index_categories"], {"min_products": min_products}).fetchall()
 
@@ -83,8 +90,9 @@ def index_reachability(url: str, *, sample: int) -> dict[str, Any]:
         [(index,)] = conn.execute("SELECT to_regclass('products_embedding_hnsw')").fetchall()
         if index is None:
             raise DatabaseError(
-                "products.embedding has no HNSW index (a bulk backfill stopped before rebuilding it?): "
-                "run `prodvec worker --once --bulk`, or SELECT prodvec_create_vector_indexes()"
+                "products.embedding has no halfvec HNSW index (replaced by the binary-code index, or a bulk "
+                "backfill stopped before rebuilding it?): `prodvec quantized-index drop` or "
+                "SELECT prodvec_create_vector_indexes() builds it"
             )
         conn.execute("SET LOCAL enable_seqscan = off")
         cursor = conn.cursor(row_factory=dict_row)
@@ -93,10 +101,3 @@ def index_reachability(url: str, *, sample: int) -> dict[str, Any]:
         [(ef_search,)] = conn.execute("SHOW hnsw.ef_search").fetchall()
         report["ef_search"] = int(ef_search)
         return report
-
-
-def _for_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) -> None:
-    # HNSW builds are far faster with the graph in memory and with parallel workers.
-    conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
-    workers = max(1, (os.cpu_count() or 2) - 1)
-    conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
