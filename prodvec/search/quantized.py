@@ -21,9 +21,8 @@ from prodvec.search.effort import EF_SEARCH_LIMIT, Kind
 from prodvec.search.execute import IndexSettings
 
 #: Candidates re-ranked per hit asked for, before `prodvec recall --tune` asks for more
-#: (pgvector's ef_search allows up to 1,000 per index search). Measured with the default m 32
-#: graph, k 10 (docs/scaling.md): near recall@10 0.998 at 100k with 100 candidates, p50 1.1x
-#: the halfvec index's; at 1M 0.935 with 100, 1.000 with 400 at 2.8x the halfvec's p50.
+#: (pgvector's ef_search allows up to 1,000 per index search): near queries' recall at about
+#: the halfvec index's latency on a 100k catalog, not at 1M (docs/scaling.md has the figures).
 CANDIDATES_PER_HIT = 10
 #: A filtered pass scans the code graph until it holds its candidates: a budget of this many
 #: tuples per expected match among them (Hamming comparisons of 64-byte codes are cheap) ...
