@@ -173,10 +173,8 @@ def table_facts(session: Session, model_id: int | None = None) -> TableFacts:
     facts = _facts.get(key)
     if facts is not None:
         return facts
-    ((indexed_rows, dimensions, category_indexes, category_shares, vectors_in_filter_index, code_dimensions),) = \
-        execute.fetch(
-        session, queries("search_passes.sql")["table_facts"], {}
-    )
+    [row] = execute.fetch(session, queries("search_passes.sql")["table_facts"], {})
+    indexed_rows, dimensions, category_indexes, category_shares, vectors_in_filter_index, code_dimensions = row
     facts = TableFacts(
         float(indexed_rows) if indexed_rows is not None and indexed_rows >= 0 else None,
         dimensions if dimensions > 0 else None,
