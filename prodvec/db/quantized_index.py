@@ -58,3 +58,10 @@ def drop_index(url: str, *, maintenance_work_mem: str = "1GB") -> bool:
             configure_index_builds(conn, maintenance_work_mem)
             conn.execute(_SQL["restore_halfvec_index"])
     return bool(row and row[0])
+
+
+def index_bytes(url: str) -> int | None:
+    """The code index's size on disk; None without it."""
+    with connect(url) as conn:
+        row = conn.execute(_SQL["size"]).fetchone()
+    return row[0] if row else None
