@@ -343,6 +343,26 @@ def test_searches_before_migrate_say_to_migrate_in_one_line(capsys, unmigrated_u
         prodvec.Product.similar_to(prodvec.Sku("X"), session=db)
 
 
+def test_a_database_with_pgvector_but_no_schema_says_to_migrate(capsys, unmigrated_url: str) -> None:
+    """A managed server often has the vector extension already: prodvec's tables are still missing."""
+    import psycopg
+
+    with psycopg.connect(unmigrated_url, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector")
+    for argv in (["status"], ["model"], ["failures"], ["recall"], ["worker", "--once"]):
+        assert "run `prodvec migrate`" in _fails(capsys, *argv), argv
+
+
+def test_bad_option_values_are_one_line(capsys, db_url: str) -> None:
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["search", "--sku", "X", "--max-price", "abc"])
+    assert exited.value.code == 2
+    assert "--max-price: 'abc' is not a price: give a number such as 49.90" in capsys.readouterr().err
+    assert "give a PostgreSQL memory size" in _fails(capsys, "quantized-index", "create", "--maintenance-work-mem",
+                                                     "lots")
+
+
 def test_search_in_several_categories(capsys, db_url: str, tmp_path: Path) -> None:
     """--category repeated: products in any of them; each is checked, and a comma list says to repeat it.
     --json names the model that answered, as the service does."""

@@ -537,6 +537,9 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             search = httpx.post(f"{base}/v1/search", json={"sku": "FM-00001"})
             assert_error(search, 503, "retry in a moment", advice)
             assert search.headers["retry-after"] == "5"
+            # Every other read says the same, not 500 "internal server error".
+            for path in ("/v1/status", "/v1/categories", "/v1/products/FM-00001", "/images/FM-00001"):
+                assert_error(httpx.get(f"{base}{path}"), 503, "retry in a moment", advice)
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

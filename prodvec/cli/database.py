@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from prodvec.cli.output import print_json, print_report, print_table
-from prodvec.config import load_settings
-from prodvec.db.connection import EMBEDDED_DATABASE, checked_url, database_url, with_dbname
+from prodvec.config import Settings, load_settings
+from prodvec.db.connection import EMBEDDED_DATABASE, checked_url, database_url, names_embedded_server, with_dbname
 from prodvec.errors import ConfigError, WeightsUnavailable
 
 
@@ -47,22 +48,25 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_index_check)
 
 
-def _require_embedded() -> None:
-    if load_settings().database_url:
-        raise ConfigError("DATABASE_URL is set: prodvec uses that server and manages no embedded one")
+def _embedded_settings() -> Settings:
+    """The settings with the embedded server to manage; ConfigError when DATABASE_URL names
+    another server. A URL of the embedded server itself (as `prodvec demo` prints) is fine."""
+    settings = load_settings()
+    if settings.database_url and not names_embedded_server(settings.database_url, settings.pgdata):
+        raise ConfigError("DATABASE_URL is set: prodvec uses that server and manages no embedded one "
+                          "(unset DATABASE_URL to manage the embedded server)")
+    return dataclasses.replace(settings, database_url=None)
 
 
 def _start(args: argparse.Namespace) -> int:
-    _require_embedded()
-    print(database_url())
+    print(database_url(_embedded_settings()))  # starts it (or finds it running)
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from prodvec.db.embedded import stop_server
 
-    _require_embedded()
-    stopped = stop_server(load_settings().pgdata)
+    stopped = stop_server(_embedded_settings().pgdata)
     print("stopped" if stopped else "not running")
     return 0
 
@@ -71,7 +75,7 @@ def _status(args: argparse.Namespace) -> int:
     from prodvec.db.embedded import server_status
 
     settings = load_settings()
-    if settings.database_url:
+    if settings.database_url and not names_embedded_server(settings.database_url, settings.pgdata):
         report = {"embedded": False, "url": checked_url(settings.database_url)}
     else:
         state = server_status(settings.pgdata)

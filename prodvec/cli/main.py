@@ -87,10 +87,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A connection lost mid-command (psycopg's own error, or SQLAlchemy's wrapping it):
         # one line too. Anything else is a bug, and its traceback is wanted.
         cause = getattr(exc, "orig", None) or exc
+        if isinstance(cause, _NO_SCHEMA):  # pgvector there (a managed server), prodvec's tables not yet
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            return _error(f"the database has no prodvec schema yet ({reason}): run `prodvec migrate`")
         if not isinstance(cause, psycopg.OperationalError):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
         return _error(f"the database connection failed ({reason}): check that the server runs and try again")
+
+
+#: What a command meets on a database whose schema prodvec has not made (or an older one).
+_NO_SCHEMA = (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedColumn)
 
 
 def _error(message: str) -> int:

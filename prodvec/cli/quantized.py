@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 
 from prodvec.cli.output import print_json, print_report
 from prodvec.errors import ConfigError
+
+#: A PostgreSQL memory setting: a number and an optional unit.
+_MEMORY = re.compile(r"\d+\s*(B|kB|MB|GB|TB)?")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -40,6 +44,9 @@ def _create(args: argparse.Namespace) -> int:
     ef_construction = DEFAULT_EF_CONSTRUCTION if args.ef_construction is None else args.ef_construction
     if not (2 <= m <= 100) or not (4 <= ef_construction <= 1000) or ef_construction < 2 * m:
         raise ConfigError("use 2 <= --m <= 100 and 2 × m <= --ef-construction <= 1000 (pgvector's limits)")
+    if not _MEMORY.fullmatch(args.maintenance_work_mem.strip()):
+        raise ConfigError(f"--maintenance-work-mem {args.maintenance_work_mem!r}: give a PostgreSQL memory size "
+                          "such as 512MB or 2GB")
     report = create_index(database_url(), centred=args.centred, m=m, ef_construction=ef_construction,
                           maintenance_work_mem=args.maintenance_work_mem, replace_halfvec=args.replace_halfvec)
     # Recall measured through an earlier code index went with it (create_index).

@@ -198,10 +198,11 @@ def _print(report: dict[str, Any], *, as_json: bool) -> None:
         short = [kind for kind, figures in report["kinds"].items() if not figures["meets_target"]]
         if short:
             print(f"below target even at hnsw.ef_search 1000: {', '.join(short)} (see their recall)")
-        print("plain SQL, for the same recall with one setting for every query (pgvector):")
-        for kind, figures in report["kinds"].items():
-            if figures["sql"]:
-                print(f"  {kind}: {figures['sql']}")
+        advice = {kind: figures["sql"] for kind, figures in report["kinds"].items() if figures["sql"]}
+        if advice:
+            print("plain SQL, for the same recall with one setting for every query (pgvector):")
+        for kind, sql in advice.items():
+            print(f"  {kind}: {sql}")
 
 
 def _print_stored(rows: list[dict[str, Any]], *, as_json: bool) -> None:

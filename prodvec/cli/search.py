@@ -23,8 +23,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     query.add_argument("--sku", help="more like this product (itself excluded)")
     parser.add_argument("--category", action="append", metavar="CATEGORY",
                         help="only products in this category (exact name); repeat it for products in any of several")
-    parser.add_argument("--min-price", type=Decimal)
-    parser.add_argument("--max-price", type=Decimal)
+    parser.add_argument("--min-price", type=_price)
+    parser.add_argument("--max-price", type=_price)
     parser.add_argument("--in-stock", action="store_true")
     parser.add_argument("-k", type=int, default=10, help="how many products (default 10)")
     parser.add_argument("--max-distance", type=float, help="cosine distance cut-off")
@@ -33,6 +33,15 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                              "(default: PRODVEC_ROBUST_QUERIES, on)")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(handler=_search)
+
+
+def _price(text: str) -> Decimal:
+    """--min-price/--max-price's type: argparse says which option a bad value belongs to only
+    for the errors it knows, and Decimal('abc') raises none of those."""
+    try:
+        return Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation
+        raise argparse.ArgumentTypeError(f"{text!r} is not a price: give a number such as 49.90") from None
 
 
 def filters(args: argparse.Namespace) -> list[Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -121,3 +122,10 @@ def configure_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) 
     conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (maintenance_work_mem,))
     workers = max(1, (os.cpu_count() or 2) - 1)
     conn.execute("SELECT set_config('max_parallel_maintenance_workers', %s, false)", (str(workers),))
+
+
+def names_embedded_server(url: str, pgdata: Path) -> bool:
+    """Whether ``url`` reaches the embedded server of ``pgdata`` (its socket is in the data
+    directory): the URL `prodvec demo` prints, or `prodvec serve` hands its workers."""
+    host = str(conninfo_to_dict(url).get("host") or "")
+    return host.startswith("/") and Path(host).resolve().is_relative_to(pgdata.resolve())

@@ -2,8 +2,9 @@
 
 When products has the binary-code index (`prodvec quantized-index create`,
 migrations/0008_quantized_index.sql), the index passes of Product.similar_to search it instead
-of the halfvec HNSW index: the 10 × k matching products nearest to the query's code by
-Hamming distance, re-ranked by their exact cosine distance (search_passes.sql's index_codes).
+of the halfvec HNSW index: the 10 × k (at least 100) matching products nearest to the query's
+code by Hamming distance, re-ranked by their exact cosine distance (search_passes.sql's
+index_codes).
 The code index is several times smaller and faster to build; the re-rank restores the
 ordering the codes blur (benchmarks/quantized.py has the recall and latency).
 
@@ -34,7 +35,8 @@ SCAN_BUDGET_MIN = 20_000
 def code_plan(k: int, matches: float, total: float, *, filtered: bool, dimensions: int) -> tuple[Kind, IndexSettings]:
     """One search of the code graph for an unfiltered query; for a filtered one an iterative
     scan with a budget that reaches its candidates at the filter's selectivity."""
-    candidates = min(EF_SEARCH_LIMIT, CANDIDATES_PER_HIT * k)
+    # At least k = 10's list: the recall `prodvec recall` measures (recall@10) holds for fewer hits too.
+    candidates = min(EF_SEARCH_LIMIT, CANDIDATES_PER_HIT * max(k, 10))
     if not filtered:
         return "codes_unfiltered", IndexSettings(candidates, None, dimensions)
     selectivity = min(1.0, max(matches, 1.0) / max(total, 1.0))

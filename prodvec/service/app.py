@@ -153,10 +153,17 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        log.warning("database error: %s", exc.orig)
-        if isinstance(exc.orig, psycopg.errors.QueryCanceled):  # statement_timeout
+        return unavailable(request, exc.orig)
+
+    @app.exception_handler(psycopg.OperationalError)  # raw, from a pooled psycopg connection
+    async def connection_error(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
+        return unavailable(request, exc)
+
+    def unavailable(request: Request, cause: BaseException | None) -> JSONResponse:
+        log.warning("database error: %s", cause)
+        if isinstance(cause, psycopg.errors.QueryCanceled):  # statement_timeout
             message = "the database is too slow right now: retry in a moment"
-        elif isinstance(exc.orig, psycopg.OperationalError):
+        elif isinstance(cause, psycopg.OperationalError):
             message = (f"the database cannot be reached: retry in a moment; if it stays so, "
                        f"{service_state(request).database_advice()}")
         else:

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import cast
 
 import anyio
@@ -16,11 +15,11 @@ import anyio.to_thread
 import psycopg
 from fastapi import Request
 from PIL import Image
-from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import Engine
 
 from prodvec.config import CatalogViews, catalog_policy
 from prodvec.db.active_model import read_active_model
+from prodvec.db.connection import names_embedded_server
 from prodvec.db.replicas import describe
 from prodvec.images.views import embedding_model
 from prodvec.service.batching import QueryBatcher
@@ -56,10 +55,9 @@ class ServiceState:
         """What to do when the primary cannot be reached: start the embedded server, or check
         one's own. Told apart by the URL (`prodvec serve` hands its workers the embedded server's
         URL as DATABASE_URL): the embedded server listens on a socket in its data directory."""
-        host = str(conninfo_to_dict(self.database_url).get("host") or "")
-        pgdata = self.settings.prodvec.pgdata.resolve()
-        if host.startswith("/") and Path(host).resolve().is_relative_to(pgdata):
-            return f"start the embedded database with `prodvec db start` (its data is in {pgdata})"
+        pgdata = self.settings.prodvec.pgdata
+        if names_embedded_server(self.database_url, pgdata):
+            return f"start the embedded database with `prodvec db start` (its data is in {pgdata.resolve()})"
         return (f"check that the PostgreSQL server at {describe(self.database_url)} is running and that "
                 "DATABASE_URL names it")
 
