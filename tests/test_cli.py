@@ -110,6 +110,7 @@ def test_failures_and_retry(capsys, db_url: str, tmp_path: Path) -> None:
     failures = _run_json(capsys, "failures")
     assert failures[0]["sku"] == "X1" and "not an image" in failures[0]["reason"]
     assert failures[0]["model"] == TEST_MODEL
+    assert "its photo could not be embedded (" in _fails(capsys, "search", "--sku", "X1")  # not "run the worker"
     # A model being added fails on the same photo: both jobs are listed, each with its model.
     assert main(["model", "add", NARROW_MODEL]) == 0
     assert main(["worker", "--once"]) == 0

@@ -245,3 +245,22 @@ def test_a_data_dir_with_a_space_in_its_path() -> None:
         stop_server(pgdata)
         shutil.rmtree(parent, ignore_errors=True)
     assert server_status(pgdata).running is False
+
+
+def test_db_commands_manage_the_embedded_server_that_database_url_names(
+        pgdata: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`prodvec demo` prints `export DATABASE_URL=...` of the embedded server: `prodvec db` still
+    manages it then; a URL of another server still refuses, saying how to manage the embedded one."""
+    from prodvec.cli.main import main
+    from prodvec.db.connection import with_dbname
+
+    monkeypatch.setenv("PRODVEC_HOME", str(pgdata.parent))
+    monkeypatch.setenv("DATABASE_URL", with_dbname(ensure_server(pgdata), "prodvec_demo"))
+    assert main(["db", "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedded"] is True
+    assert main(["db", "stop"]) == 0 and capsys.readouterr().out.strip() == "stopped"
+    assert main(["db", "start"]) == 0 and server_status(pgdata).running
+    monkeypatch.setenv("DATABASE_URL", "postgresql://shop@db.example:5432/catalog")
+    assert main(["db", "stop"]) == 2
+    assert "unset DATABASE_URL to manage the embedded server" in capsys.readouterr().err
+    assert server_status(pgdata).running

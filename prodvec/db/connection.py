@@ -127,5 +127,8 @@ def configure_index_builds(conn: psycopg.Connection, maintenance_work_mem: str) 
 def names_embedded_server(url: str, pgdata: Path) -> bool:
     """Whether ``url`` reaches the embedded server of ``pgdata`` (its socket is in the data
     directory): the URL `prodvec demo` prints, or `prodvec serve` hands its workers."""
-    host = str(conninfo_to_dict(url).get("host") or "")
+    try:
+        host = str(conninfo_to_dict(url).get("host") or "")
+    except psycopg.ProgrammingError:  # not a URL at all: checked_url says so where it is used
+        return False
     return host.startswith("/") and Path(host).resolve().is_relative_to(pgdata.resolve())

@@ -18,6 +18,8 @@ from sqlalchemy.orm import Session
 
 from prodvec.errors import ImageError, QueryError
 from prodvec.models import Product
+from prodvec.search import execute
+from prodvec.sql import queries
 
 if TYPE_CHECKING:  # torch and the model code load only when a query needs the encoder
     from prodvec.encode import Encoder
@@ -237,8 +239,18 @@ def _stored_vectors(session: Session, queries: list[Product | Sku]) -> list[Quer
             what = f"sku {query.sku!r}" if isinstance(query, Sku) else f"id {query.id}"
             raise QueryError(f"no product with {what}")
         if row.embedding is None:
-            raise QueryError(
-                f"product {row.sku!r} has no embedding yet: run `prodvec worker` (or wait for it) and retry"
-            )
+            raise QueryError(f"product {row.sku!r} has no embedding yet: {why_not_embedded(session, row.id, row.sku)}")
         vectors.append(QueryVector(np.asarray(row.embedding, dtype=np.float32), exclude_id=row.id))
     return vectors
+
+
+def why_not_embedded(session: Session, product_id: int, sku: str) -> str:
+    """What to do about a product without a vector: it has no photo, its photo failed (and why),
+    or it waits for the worker."""
+    rows = execute.fetch(session, queries("search_passes.sql")["why_not_embedded"], {"product_id": product_id})
+    image, state, error = rows[0] if rows else (None, None, None)
+    if not image:
+        return "it has no photo to embed: give it an image"
+    if state == "failed":
+        return f"its photo could not be embedded ({error}): give it another image or run `prodvec retry --sku {sku}`"
+    return "it is queued: run `prodvec worker` (or wait for it) and retry"

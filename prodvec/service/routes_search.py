@@ -29,7 +29,7 @@ from prodvec.db.active_model import session_connection
 from prodvec.errors import ModelChanged, QueryError
 from prodvec.models import Product
 from prodvec.search import SearchResult, similar_to
-from prodvec.search.query import QueryInput
+from prodvec.search.query import QueryInput, why_not_embedded
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.errors import (
@@ -44,9 +44,7 @@ from prodvec.service.errors import (
 from prodvec.service.images import thumbnail_path
 from prodvec.service.reads import READ_FROM_HEADER, Role
 from prodvec.service.security import require_read_key
-from prodvec.sql import queries
 
-_SQL = queries("service.sql")
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
@@ -181,7 +179,8 @@ def _search_database(
             if product is None:
                 raise NotFound(f"no product with sku {query!r}: check the sku (GET /v1/products/{{sku}})")
             if product.embedded_at is None:  # written with its vector, which stays until a new one replaces it
-                raise Conflict(f"product {query!r} has no embedding yet: {_why_not_embedded(session, product)}")
+                raise Conflict(f"product {query!r} has no embedding yet: "
+                               f"{why_not_embedded(session, product.id, product.sku)}")
             query = product
         try:
             result = similar_to(session, query, k=options.k, where=where_clauses(options),
@@ -189,16 +188,6 @@ def _search_database(
         except QueryError as exc:
             raise BadRequest(str(exc)) from None
         return _response(result, model, root, started)
-
-
-def _why_not_embedded(session: Session, product: Product) -> str:
-    if not product.image:
-        return "it has no photo to embed"
-    job = session_connection(session).execute(_SQL["embedding_job"], {"product_id": product.id}).fetchone()
-    if job is not None and job[0] == "failed":
-        return (f"its photo could not be embedded ({job[1]}): give it another image (PUT /v1/products/"
-                f"{product.sku}) or run `prodvec retry --sku {product.sku}`")
-    return "it is queued; retry once the worker has embedded it"
 
 
 def where_clauses(filters: schemas.Filters) -> list[ColumnElement[bool]]:

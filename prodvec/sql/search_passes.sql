@@ -131,3 +131,11 @@ FROM (
 ) nearest
 JOIN products USING (id)
 ORDER BY distance, id
+
+-- name: why_not_embedded
+-- A query product without a vector (a sku search, "more like this"): its photo, and the state
+-- and last error of its job for the active model, to say why.
+SELECT p.image, j.state, j.last_error
+FROM products AS p
+LEFT JOIN embedding_jobs AS j ON j.product_id = p.id AND j.model_id = (SELECT id FROM active_model)
+WHERE p.id = %(product_id)s

@@ -8,11 +8,6 @@ FROM products AS p
 LEFT JOIN embedding_jobs AS j ON j.product_id = p.id AND j.model_id = (SELECT id FROM active_model)
 WHERE p.sku = %(sku)s;
 
--- name: embedding_job
--- A product's job for the active model: why a sku search has no vector to start from.
-SELECT state, last_error FROM embedding_jobs
-WHERE product_id = %(product_id)s AND model_id = (SELECT id FROM active_model);
-
 -- name: categories
 -- The page's category filter: every category with its product count, embedded ones apart.
 SELECT category AS name, count(*) AS products, count(*) FILTER (WHERE embedding IS NOT NULL) AS embedded
