@@ -194,4 +194,4 @@ def test_index_check_searches_products_with_their_own_vectors_through_the_index(
 
     conn.execute("DROP INDEX products_embedding_hnsw")
     assert main(["index-check"]) == 2
-    assert "no HNSW index" in capsys.readouterr().err
+    assert "no halfvec HNSW index" in capsys.readouterr().err
