@@ -27,6 +27,15 @@ def test_a_port_out_of_range_is_refused(port: str, capsys: pytest.CaptureFixture
     assert error.startswith("prodvec serve: error: argument --port: ") and "from 1 to 65535" in error, error
 
 
+@pytest.mark.parametrize("limit", ["0", "-3", "many"])
+def test_a_queue_limit_below_one_names_the_flag(limit: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--queue-limit", limit])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error == f"prodvec serve: error: argument --queue-limit: {limit!r}: give a whole number of at least 1"
+
+
 def test_a_port_in_use_is_one_line_before_the_model_loads(capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))

@@ -412,7 +412,8 @@ def test_empty_bodies(client: httpx.Client):
 
 
 @pytest.mark.parametrize("params", [{"k": 0}, {"k": 101}, {"k": "many"}, {"min_price": -1},
-                                    {"max_distance": 3}, {"colour": "red"}, {"min_price": 50, "max_price": 5}])
+                                    {"max_distance": 3}, {"colour": "red"}, {"min_price": 50, "max_price": 5},
+                                    {"max_price": "inf"}, {"min_price": "nan"}])
 def test_bad_parameters_are_422(client: httpx.Client, params: dict[str, Any]):
     assert_error(client.get("/v1/products/FM-00001/similar", params=params), 422, "invalid request")
     assert_error(client.post("/v1/search", json={"sku": "FM-00001", **params}), 422, "invalid request")

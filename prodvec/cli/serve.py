@@ -25,7 +25,7 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                         help="server processes, each with its own model and connection pool [1]")
     parser.add_argument("--allow-open", action="store_true",
                         help="allow listening beyond loopback without PRODVEC_API_KEYS: an open, read-only server")
-    parser.add_argument("--queue-limit", type=int, default=None,
+    parser.add_argument("--queue-limit", type=_at_least_one, default=None,
                         help="image/text queries waiting for the encoder before 503 [PRODVEC_QUEUE_LIMIT or 64]")
     parser.set_defaults(handler=_serve)
 
@@ -64,6 +64,17 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run("prodvec.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="info", timeout_graceful_shutdown=10, timeout_worker_healthcheck=60)
     return 0
+
+
+def _at_least_one(text: str) -> int:
+    """--queue-limit's type: a whole number of at least 1 (checked here, so the error names the flag)."""
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a whole number of at least 1")
+    return number
 
 
 def _port(text: str) -> int:

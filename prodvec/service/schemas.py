@@ -38,8 +38,8 @@ class Filters(KnownFields):
     empty_is_absent = True
 
     category: list[str] | None = Field(None, description="one category or several (any of them)")
-    min_price: float | None = Field(None, ge=0)
-    max_price: float | None = Field(None, ge=0)
+    min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+    max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
     in_stock: bool = Field(False, description="only products with stock > 0")
     max_distance: float | None = Field(None, ge=0, le=2, description="cosine distance cut-off (0..2)")
     k: int = Field(10, ge=1, le=MAX_K, description="how many products")
