@@ -216,6 +216,10 @@ def test_recall_says_when_the_code_index_answered_nothing(conn, db_url, capsys) 
     out = capsys.readouterr().out
     assert "codes_unfiltered: the index answered none of its" in out
     assert "codes_unfiltered: SET" not in out
+    assert "ef_search is how many candidates are re-ranked" in out
+    assert cli_main(["recall", "--show"]) == 0  # stored efforts in words, not blanks
+    shown = capsys.readouterr().out
+    assert "ef_search is how many candidates are re-ranked" in shown and ("exact" in shown or "as planned" in shown)
 
 
 def test_the_code_index_can_replace_the_halfvec_index(conn, db_url, catalog: Catalog, capsys) -> None:

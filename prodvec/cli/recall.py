@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,7 @@ def _print(report: dict[str, Any], *, as_json: bool) -> None:
         columns += ["before: recall", "ef_search ", "p50 ms "]
     columns += ["exact", "own", "turned", "mixed", "given"]
     print_table(rows, columns)
+    _explain_codes(report["kinds"])
     for kind, figures in report["kinds"].items():
         measured = figures["after"] if tuned else figures
         if not measured["queries"] and measured["exact"]:
@@ -212,5 +214,15 @@ def _print_stored(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     if not rows:
         print("nothing measured yet: run `prodvec recall` (or `prodvec recall --tune`)")
         return
-    print_table(rows, ["kind", "band", "max_distance", "ef_search", "recall", "worst_decile", "queries", "target",
-                       "products", "measured_at"])
+    from prodvec.search.effort import EXACT
+
+    shown = [{**row, "ef_search": "as planned" if row["ef_search"] is None
+              else "exact" if row["ef_search"] == EXACT else row["ef_search"]} for row in rows]
+    print_table(shown, ["kind", "band", "max_distance", "ef_search", "recall", "worst_decile", "queries", "target",
+                        "products", "measured_at"])
+    _explain_codes(row["kind"] for row in rows)
+
+
+def _explain_codes(kinds: Iterable[str]) -> None:
+    if any(kind.startswith("codes_") for kind in kinds):
+        print("codes_* (searches through the binary-code index): ef_search is how many candidates are re-ranked")
