@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from prodvec.db.connection import sqlalchemy_url
 from prodvec.recall.report import Options, tune_recall
 from prodvec.search import plan
+from prodvec.search.effort import effort_label
 
 Cells = dict[tuple[str, str], tuple[list[float], list[float]]]  # (selectivity, near/far) → recalls, seconds
 #: The unfiltered queries' cells are keyed by this selectivity.
@@ -62,8 +63,8 @@ def tune(url: str, target: float, per_case: int, seconds: float) -> None:
     print(f"\nprodvec recall --tune --target {target} ({report['queries']} sampled queries, "
           f"{time.perf_counter() - started:.0f} s)")
     for kind, tuned in report["kinds"].items():
-        bands = ", ".join(f"≤ {b['max_distance']:.3f}: {_effort(b['min_ef_search'])}" if b["max_distance"] is not None
-                          else f"farther: {_effort(b['min_ef_search'])}" for b in tuned["bands"])
+        bands = ", ".join(("farther" if b["max_distance"] is None else f"≤ {b['max_distance']:.3f}")
+                          + f": {effort_label(b['min_ef_search'])}" for b in tuned["bands"])
         print(f"  {kind:>16}: recall of the sample's index answers {_recall(tuned['before'])} → "
               f"{_recall(tuned['after'])}; bands {bands}", flush=True)
     plan.forget()
@@ -87,10 +88,6 @@ def summary(recalls: list[float], seconds: list[float]) -> str:
 def _recall(figures: dict[str, float | None]) -> str:
     recall = figures["recall"]
     return f"{figures['exact']} exact" if recall is None else f"{recall:.3f} ({figures['exact']} exact)"
-
-
-def _effort(ef_search: int | None) -> str:
-    return "as planned" if ef_search is None else "exact" if ef_search == 0 else f"{ef_search}"
 
 
 @contextmanager

@@ -189,14 +189,19 @@ def _failures(args: argparse.Namespace) -> int:
     elif rows:
         for row in rows:
             retry_in = row.pop("retry_in_seconds")
-            row["state"] = "failed" if retry_in is None else f"retry in {retry_in:.0f} s" if retry_in >= 1 else \
-                "retry due now"
+            row["state"] = _failure_state(retry_in)
         # One model's failures need no model column; while a model is added, say whose job failed.
         models = ["model"] if len({row["model"] for row in rows}) > 1 else []
         print_table(rows, ["sku", "state", "attempts", "reason", "image", *models])
     else:
         print("no failed products, none waiting to retry")
     return 0
+
+
+def _failure_state(retry_in: float | None) -> str:
+    if retry_in is None:
+        return "failed"
+    return f"retry in {retry_in:.0f} s" if retry_in >= 1 else "retry due now"
 
 
 def _retry(args: argparse.Namespace) -> int:

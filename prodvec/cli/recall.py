@@ -214,10 +214,9 @@ def _print_stored(rows: list[dict[str, Any]], *, as_json: bool) -> None:
     if not rows:
         print("nothing measured yet: run `prodvec recall` (or `prodvec recall --tune`)")
         return
-    from prodvec.search.effort import EXACT
+    from prodvec.search.effort import effort_label
 
-    shown = [{**row, "ef_search": "as planned" if row["ef_search"] is None
-              else "exact" if row["ef_search"] == EXACT else row["ef_search"]} for row in rows]
+    shown = [{**row, "ef_search": effort_label(row["ef_search"])} for row in rows]
     print_table(shown, ["kind", "band", "max_distance", "ef_search", "recall", "worst_decile", "queries", "target",
                         "products", "measured_at"])
     _explain_codes(row["kind"] for row in rows)

@@ -90,3 +90,8 @@ def with_effort(settings: IndexSettings, ef_search: int | None) -> IndexSettings
     if budget is not None:
         budget = max(budget, SCAN_BUDGET_PER_EF_SEARCH * ef_search)
     return dataclasses.replace(settings, ef_search=ef_search, max_scan_tuples=budget)
+
+
+def effort_label(ef_search: int | None) -> str:
+    """A stored band's effort in words: "as planned", "exact", or the candidate list."""
+    return "as planned" if ef_search is None else "exact" if ef_search == EXACT else str(ef_search)
