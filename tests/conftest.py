@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import psycopg
@@ -130,3 +132,12 @@ def test_encoder():
     from prodvec.encode import load_encoder
 
     return load_encoder(TEST_MODEL, os.environ.get("PRODVEC_TEST_DEVICE", "cpu"))
+
+
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A test server whose clients hang up on purpose (timeouts, size caps): a reply that finds the
+    socket closed is expected, and must not print a traceback into whichever test runs next."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]

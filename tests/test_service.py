@@ -242,10 +242,14 @@ def test_similar_honours_every_filter_and_excludes_itself(
 def test_max_distance_cuts_the_list(client: httpx.Client, service_catalog: ServiceCatalog):
     sku = "FM-00010"
     everything = expected(service_catalog, service_catalog.vectors()[sku], exclude=sku, k=100)
-    cut = (everything[7][1] + everything[8][1]) / 2  # between the 8th and 9th nearest
+    # Cut in the widest gap between the 5th and 16th nearest: at a near-tie (this random-weight
+    # model's distances lie ~1e-5 apart at places) the side of the cut would be a coin toss.
+    kept = max(range(5, 16), key=lambda n: everything[n][1] - everything[n - 1][1])
+    assert everything[kept][1] - everything[kept - 1][1] > 1e-3, everything[:16]
+    cut = (everything[kept - 1][1] + everything[kept][1]) / 2
     response = client.get(f"/v1/products/{sku}/similar", params={"max_distance": cut, "k": 20})
     assert response.status_code == 200, response.text
-    assert_same_hits(response.json()["hits"], everything[:8])
+    assert_same_hits(response.json()["hits"], everything[:kept])
 
 
 def test_upload_with_filters_matches_brute_force(client: httpx.Client, service_catalog: ServiceCatalog):

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from conftest import QuietHTTPServer
 from test_service import (
     DEMO,
     ServiceCatalog,
@@ -238,7 +239,7 @@ def test_an_allow_list_lets_image_url_reach_a_listed_network(service_catalog: Se
     """A real fetch from a photo server on 127.0.0.1, allowed by PRODVEC_FETCH_ALLOW=127.0.0.1; a
     redirect from there to [::1] (not listed) is judged again and refused."""
     handler = type("Handler", (_PhotoServer,), {"photo": Path(DEMO / "images" / "FM-00012.png").read_bytes()})
-    photos = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    photos = QuietHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=photos.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{photos.server_address[1]}"
     settings = settings_for(service_catalog.url, fetch_allow=FetchAllowList.parse("127.0.0.1"))
