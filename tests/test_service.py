@@ -504,6 +504,16 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
         # A search says the same, as the server's problem (503), not pgvector's raw error.
         searched = httpx.post(f"{url}/v1/search", json={"vector": [0.1] * 512})
         assert searched.status_code == 503 and "prodvec migrate" in searched.json()["error"], searched.text
+    # With keys, /readyz stays open (load balancers send none) but tells the reason only to a key.
+    keyed = settings_for(with_dbname(pg_server, name), api_keys=("reader-key",))
+    with running(create_app(keyed, encoder=test_encoder)) as url:
+        anonymous = httpx.get(f"{url}/readyz")
+        assert anonymous.status_code == 503 and anonymous.json()["schema_current"] is False
+        assert "prodvec migrate" not in anonymous.json()["problem"] and name not in anonymous.json()["problem"]
+        assert "with an API key" in anonymous.json()["problem"]
+        for key in ("wrong-key", "reader-key"):
+            told = httpx.get(f"{url}/readyz", headers={"X-API-Key": key})
+            assert ("prodvec migrate" in told.json()["problem"]) == (key == "reader-key"), told.json()
 
 
 def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,

@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import psycopg
 
@@ -17,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
     _talk_options(parser, default=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
     demo.set_defaults(handler=_run_demo)
@@ -31,7 +32,6 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_commands(commands)
     serve.add_commands(commands)
     quantized.add_commands(commands)
-    _talk_options_in_commands(parser)
     return parser
 
 
@@ -42,15 +42,15 @@ def _talk_options(parser: argparse.ArgumentParser, *, default: object) -> None:
                       help="log only warnings and errors, no progress")
 
 
-def _talk_options_in_commands(parser: argparse.ArgumentParser) -> None:
-    """-v and -q after the command too (`prodvec worker -v`), as people type them. Their defaults
-    there are left unset: a command's parser writes its values over the main parser's, and would
-    otherwise undo a -q given before the command."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for command in action.choices.values():
-                _talk_options(command, default=argparse.SUPPRESS)
-                _talk_options_in_commands(command)
+class _CommandParser(argparse.ArgumentParser):
+    """A command's parser (and its sub-commands', which argparse makes of the same class): -v and
+    -q after the command too (`prodvec worker -v`), as people type them. Their defaults there are
+    left unset: a command's parser writes its values over the main parser's, and would otherwise
+    undo a -q given before the command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _talk_options(self, default=argparse.SUPPRESS)
 
 
 def _run_demo(args: argparse.Namespace) -> int:

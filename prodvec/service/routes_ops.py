@@ -4,11 +4,11 @@ must be current."""
 from __future__ import annotations
 
 import time
-from typing import cast
+from typing import Annotated, cast
 
 import psycopg
 from alembic.runtime.migration import MigrationContext
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Security
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
@@ -19,7 +19,7 @@ from prodvec.db.replicas import describe
 from prodvec.errors import ProdvecError, SchemaMismatch
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.security import require_read_key
+from prodvec.service.security import key_matches, presented_key, require_read_key
 
 router = APIRouter(tags=["operations"])
 
@@ -31,9 +31,19 @@ async def healthz() -> dict[str, str]:
 
 @router.get("/readyz", response_model=schemas.Readiness, summary="Database reachable, schema current, model loaded",
             responses={503: {"model": schemas.Readiness, "description": "not ready: see problem"}})
-async def readyz(request: Request) -> JSONResponse:
-    readiness = await run_in_threadpool(_readiness, service_state(request))
+async def readyz(request: Request, key: Annotated[str | None, Security(presented_key)]) -> JSONResponse:
+    state = service_state(request)
+    readiness = await run_in_threadpool(_readiness, state)
+    if readiness.problem and state.settings.reads_need_key and not (
+            key and key_matches(key, (*state.settings.api_keys, *state.settings.admin_keys))):
+        # Open to load balancers, so without a key it tells what is not ready, not the database's
+        # host and error.
+        readiness = readiness.model_copy(update={"problem": _WITHOUT_KEY})
     return JSONResponse(readiness.model_dump(), status_code=200 if readiness.ready else 503)
+
+
+_WITHOUT_KEY = ("not ready (database, schema_current and model_loaded say which part): "
+                "ask /readyz with an API key for the reason and what to do")
 
 
 @router.get("/v1/status", response_model=schemas.Status, dependencies=[Depends(require_read_key)],
