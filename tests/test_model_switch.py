@@ -104,7 +104,9 @@ class _Searches:
 
 
 def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Path, test_encoder, capsys,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="prodvec.service")
     monkeypatch.delenv("PRODVEC_MODEL")  # processes follow the catalog's active model
     photos = _catalog(conn, photo_dir)
     Worker(db_url, test_encoder, OPTIONS).run(once=True)
@@ -159,6 +161,9 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
                 httpx.Client(base_url=base, timeout=120) as client:
             photo = photos[0].read_bytes()
             assert upload(client, photo, "photo.jpg").json()["model"] == TEST_MODEL
+            # The server loads the added model ahead, so the switch loads nothing.
+            assert _settled_models(client, 2) == [(TEST_MODEL, True, None), (NARROW_MODEL, True, None)]
+            caplog.clear()
             assert main(["model", "activate", NARROW_MODEL]) == 0
             out = capsys.readouterr().out
             assert f"activated {NARROW_MODEL}" in out and "switched in" in out
@@ -169,6 +174,7 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
             answer = upload(client, photo, "photo.jpg")
             assert answer.status_code == 200 and answer.json()["model"] == NARROW_MODEL, answer.text
             assert client.get("/readyz").json()["ready"]
+            assert "searches encode with it" in caplog.text and "not loaded ahead" not in caplog.text
             _check_more_like_this(conn, "NEW-1", total)  # the plain SQL recipe, on the new vectors
             states = [(m["spec"], m["state"]) for m in _run_json(capsys, "model")["models"]]
             assert states == [(NARROW_MODEL, "active"), (TEST_MODEL, "previous, rollback target")]
@@ -197,6 +203,18 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
     assert "is the active model" in _fails(capsys, "model", "drop", TEST_MODEL)
 
 
+def _settled_models(client: httpx.Client, count: int) -> list[tuple[str, bool, str | None]]:
+    """/v1/status's models once the server has looked at the catalog's ``count`` models and
+    loaded those it can (it looks every 10 s, the first time as it starts)."""
+    deadline = time.monotonic() + 120
+    while True:
+        models = [(m["spec"], m["loaded"], m["problem"]) for m in client.get("/v1/status").json()["models"]]
+        if len(models) == count and all(loaded or problem for _, loaded, problem in models):
+            return models
+        assert time.monotonic() < deadline, models
+        time.sleep(0.2)
+
+
 def _check_more_like_this(conn: psycopg.Connection, sku: str, others: int) -> None:
     rows = conn.execute(queries("search.sql")["more_like_sku"], {"sku": sku}).fetchall()
     distances = [row[3] for row in rows]
@@ -219,6 +237,14 @@ def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path
     assert main(["model"]) == 0  # its jobs stay: the listing says where to look
     assert "their log says why" in capsys.readouterr().err
     assert "lacks vectors" in _fails(capsys, "model", "activate", missing.spec)
+    # A server says so before anyone activates it, and serves the active model meanwhile.
+    with running(create_app(settings_for(db_url), encoder=test_encoder)) as base, \
+            httpx.Client(base_url=base, timeout=120) as client:
+        (active, *_), (spec, loaded, problem) = _settled_models(client, 2)
+        assert active == TEST_MODEL and (spec, loaded) == (missing.spec, False)
+        assert problem is not None and "no checkpoint file at /nowhere/weights.pt" in problem
+        found = client.post("/v1/search", json={"sku": f"{sorted(photo_dir.iterdir())[0].stem}-0", "k": 1})
+        assert found.status_code == 200 and found.json()["model"] == TEST_MODEL, found.text
     assert "no model" in _fails(capsys, "model", "activate", "open_clip:RN50:none")
     assert "no previous model" in _fails(capsys, "model", "rollback")
 

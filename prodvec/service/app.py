@@ -31,6 +31,7 @@ from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
 from prodvec.service.context import ServiceState, service_state
+from prodvec.service.encoders import Encoders
 from prodvec.service.errors import ApiError, validation_message
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
@@ -65,8 +66,10 @@ def create_app(
         log.info("serving %s on %s", state.batcher.model, state.batcher.encoder.device)
         try:
             await run_in_threadpool(state.reads.start)  # waits up to a connect timeout: off the event loop
+            state.encoders.start(state.catalog_specs, lambda: state.batcher.encoder.spec)
             yield
         finally:
+            state.encoders.stop()
             await run_in_threadpool(state.batcher.close)
             await run_in_threadpool(state.reads.dispose)  # joins the checker, which may be mid-check
             state.engine.dispose()
@@ -114,7 +117,8 @@ def _open(settings: ServiceSettings, encoder: Encoder | None, fetcher: ImageFetc
         log.info("searches and lookups read from %d replica(s) within %g s of the primary, else the primary",
                  len(settings.prodvec.read_urls), settings.prodvec.max_replica_lag)
     return ServiceState(settings=settings, database_url=url, engine=primary, reads=reads, batcher=batcher,
-                        fetcher=fetcher, thumbnails=ThumbnailCache(), schema_head=head)
+                        encoders=Encoders(loaded, preload=settings.preload_models), fetcher=fetcher,
+                        thumbnails=ThumbnailCache(), schema_head=head)
 
 
 def _engine(url: str, settings: ServiceSettings) -> Engine:

@@ -20,9 +20,11 @@ from sqlalchemy import Engine
 from prodvec.config import CatalogViews, catalog_policy
 from prodvec.db.active_model import read_active_model
 from prodvec.db.connection import names_embedded_server
+from prodvec.db.model_registry import list_models
 from prodvec.db.replicas import describe
 from prodvec.images.views import embedding_model
 from prodvec.service.batching import QueryBatcher
+from prodvec.service.encoders import Encoders
 from prodvec.service.fetch_guard import ImageFetcher
 from prodvec.service.images import ThumbnailCache, query_photo
 from prodvec.service.reads import ReadTargets
@@ -38,6 +40,7 @@ class ServiceState:
     engine: Engine  # the primary's connection pool: ORM sessions and plain psycopg connections alike
     reads: ReadTargets  # where searches and lookups read: a replica's pool when one is usable, else engine
     batcher: QueryBatcher
+    encoders: Encoders  # the batcher's, and the catalog's other models loaded ahead
     fetcher: ImageFetcher
     thumbnails: ThumbnailCache
     schema_head: str  # the alembic revision a current schema is at
@@ -75,14 +78,18 @@ class ServiceState:
     def follow_model(self, spec: str, catalog_views: CatalogViews) -> None:
         """Encode queries with this model from the next encoder pass on: the model active where a
         search ran (a replica may switch a little after the primary). Loaded once per process."""
-        from prodvec.encode import load_encoder
-
         policy = catalog_policy(catalog_views)
         with self._switching:
             if embedding_model(spec, policy) == self.batcher.model:
                 return
-            log.info("the catalog's active model is now %s (%s catalog views): loading it", spec, catalog_views)
-            self.batcher.switch(load_encoder(spec, str(self.batcher.encoder.device)), policy)
+            log.info("the catalog's active model is now %s (%s catalog views): searches encode with it", spec,
+                     catalog_views)
+            self.batcher.switch(self.encoders.get(spec), policy)
+
+    def catalog_specs(self) -> list[str]:
+        """The models the catalog lists (Encoders loads them ahead)."""
+        with self.connection() as conn:
+            return [model.spec for model in list_models(conn)]
 
 
 @contextmanager

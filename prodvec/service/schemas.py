@@ -172,6 +172,12 @@ class Reads(BaseModel):
                                                       "(empty: no PRODVEC_READ_URLS)")
 
 
+class LoadedModel(BaseModel):
+    spec: str
+    loaded: bool = Field(description="in memory: activating it (or rolling back to it) switches searches at once")
+    problem: str | None = Field(None, description="why this server cannot load it")
+
+
 class Status(BaseModel):
     """`prodvec status`'s counts (the states add up to total; embedded = products with a vector), read
     from the primary; the encoder's queue; where reads were answered."""
@@ -189,6 +195,7 @@ class Status(BaseModel):
     device: str
     supports_text: bool = Field(description="text queries work: the model has a text tower")
     encoder: EncoderQueue
+    models: list[LoadedModel] = Field(description="the catalog's models, as this server process holds them")
     reads: Reads
 
 

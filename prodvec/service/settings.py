@@ -11,6 +11,8 @@ PRODVEC_BATCH_WINDOW_MS how long the encoder waits for more queries to share a p
 PRODVEC_MAX_BATCH       query photos (or texts) per encoder pass [32]
 PRODVEC_REQUEST_TIMEOUT seconds a search may take, encoder wait and database included [30]
 PRODVEC_DB_POOL         database connections the server keeps per database server [8]
+PRODVEC_PRELOAD_MODELS  0: load a model only when it becomes active, not when the catalog adds
+                        it (one encoder in memory; the first searches after a switch wait) [1]
 
 Read by prodvec.config as for every command: DATABASE_URL, PRODVEC_MODEL, ..., and
 PRODVEC_READ_URLS / PRODVEC_MAX_REPLICA_LAG: hot-standby replicas that searches and product
@@ -70,6 +72,7 @@ class ServiceSettings:
     max_batch: int = 32
     request_timeout_seconds: float = 30.0
     db_pool_size: int = 8
+    preload_models: bool = True
 
     @property
     def reads_need_key(self) -> bool:
@@ -93,6 +96,7 @@ def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSetting
         max_batch=int(_number(env, "PRODVEC_MAX_BATCH", 32, whole=True)),
         request_timeout_seconds=_number(env, "PRODVEC_REQUEST_TIMEOUT", 30.0),
         db_pool_size=int(_number(env, "PRODVEC_DB_POOL", 8, whole=True)),
+        preload_models=env_flag(env, "PRODVEC_PRELOAD_MODELS", True),
     )
 
 
