@@ -146,13 +146,32 @@ def test_a_pass_that_cannot_fill_its_candidates_hands_over(conn, db_url, catalog
         where = compile_filter([Product.category == "c3"], db.get_bind().dialect)
         query = Query(_queries(catalog, 1)[0], where, 10, None)
         matches = int((catalog.category == "c3").sum())
-        kind, settings = quantized.code_plan(10, matches, ROWS, filtered=True, dimensions=DIMENSIONS)
+        kind, settings = quantized.code_plan(10, matches, ROWS, filtered=True, few_matches=False,
+                                             dimensions=DIMENSIONS)
         assert kind == "codes_filtered" and settings.code_dimensions == DIMENSIONS
         # More candidates asked than products match: no re-rank is trusted (similar.py then runs exact).
         assert execute.index(db, query, dataclasses.replace(settings, ef_search=matches + 1)) == []
         hits = execute.index(db, query, dataclasses.replace(settings, ef_search=matches))
     ids, _ = catalog.truth(query.vector, catalog.category == "c3")
     assert [hit.product.id for hit in hits] == list(ids[:10])  # all re-ranked: exact
+
+
+def test_few_matches_give_the_scan_a_short_budget(conn, db_url, catalog: Catalog) -> None:
+    """Few matches (an exact pass over them is cheap): the scan may visit the tuples that hold its
+    candidates where matches lie as densely as on average, twice over, so a query far from them
+    runs out and the exact pass answers it (at 100k rows: benchmarks/quantized.py, docs/scaling.md;
+    this catalog is too small to run out). A query among them fills its list."""
+    create_index(db_url)
+    matches = int((catalog.category == "c3").sum())
+    _, few = quantized.code_plan(10, matches, ROWS, filtered=True, few_matches=True, dimensions=DIMENSIONS)
+    _, many = quantized.code_plan(10, matches, ROWS, filtered=True, few_matches=False, dimensions=DIMENSIONS)
+    assert few.max_scan_tuples == int(2 * 100 * ROWS / matches) < ROWS and many.max_scan_tuples == ROWS + 1
+    in_c3 = catalog.vectors[catalog.category == "c3"][0]
+    with open_session() as db:
+        where = compile_filter([Product.category == "c3"], db.get_bind().dialect)
+        near = execute.index(db, Query(in_c3, where, 10, None), few)
+    ids, _ = catalog.truth(in_c3, catalog.category == "c3")
+    assert [hit.product.id for hit in near] == list(ids[:10])
 
 
 def test_dropped_index_hands_back_to_the_halfvec_index(conn, db_url, catalog: Catalog, capsys) -> None:

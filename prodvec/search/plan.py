@@ -263,8 +263,9 @@ def _code_index(query: Query, facts: TableFacts, matches: float) -> tuple[Kind, 
     """The pass through the binary-code index, when there is one for the column searched."""
     if facts.code_dimensions is None or query.vector_column != VECTOR_COLUMNS[0]:
         return None
-    return quantized.code_plan(query.k, matches, max(facts.indexed_rows or 0.0, 1.0),
-                               filtered=not query.filter.empty, dimensions=facts.code_dimensions)
+    total = max(facts.indexed_rows or 0.0, 1.0)
+    return quantized.code_plan(query.k, matches, total, filtered=not query.filter.empty,
+                               few_matches=_few_for_a_quick_look(matches, total), dimensions=facts.code_dimensions)
 
 
 def category_index_settings(k: int, matches: float, in_category: float) -> IndexSettings:
@@ -288,11 +289,16 @@ def index_settings(k: int, matches: float, total: float, *, in_categories: float
     (recall 1.0) in 0.74 ms against 1.89 at 200; a fifth of one category (1%) 52% of the time
     at 40, 94% at 80, always at 120. Far queries come back short at any ef_search, sooner."""
     selectivity = min(1.0, max(matches, 1.0) / max(total, 1.0))
-    if matches <= QUICK_LOOK_MAX_ROWS and selectivity <= QUICK_LOOK_MAX_SHARE:
+    if _few_for_a_quick_look(matches, total):
         density = selectivity if not in_categories else min(1.0, max(matches, 1.0) / in_categories)
         return IndexSettings(ef_search=_ef_search(QUICK_LOOK_CANDIDATES_PER_HIT * k, density), max_scan_tuples=None)
     budget = int(max(SCAN_BUDGET_MIN, SCAN_BUDGET_PER_MATCH * matches))
     return IndexSettings(ef_search=_ef_search(CANDIDATES_PER_HIT * k, selectivity), max_scan_tuples=budget)
+
+
+def _few_for_a_quick_look(matches: float, total: float) -> bool:
+    """So few matches that a query far from them is best answered by the exact pass."""
+    return matches <= QUICK_LOOK_MAX_ROWS and max(matches, 1.0) / max(total, 1.0) <= QUICK_LOOK_MAX_SHARE
 
 
 def _ef_search(matches: float, density: float) -> int:

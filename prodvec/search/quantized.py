@@ -30,9 +30,17 @@ CANDIDATES_PER_HIT = 10
 SCAN_TUPLES_PER_CANDIDATE = 4
 #: ... but at least pgvector's default budget.
 SCAN_BUDGET_MIN = 20_000
+#: With few matches (``few_matches``: an exact pass over them is cheap) the scan gets the tuples
+#: that hold its candidates where matches lie as densely as in the whole catalog, times this.
+#: A query near its matches (a shoe photo among shoes) meets them more densely and fills its
+#: list; a query far from them runs out, and the exact pass answers it, as after the halfvec
+#: index's quick look (plan.py): a longer scan would collect far candidates the codes rank
+#: poorly, slower than exact (benchmarks/quantized.py, docs/scaling.md).
+FEW_MATCHES_TUPLES_PER_CANDIDATE = 2
 
 
-def code_plan(k: int, matches: float, total: float, *, filtered: bool, dimensions: int) -> tuple[Kind, IndexSettings]:
+def code_plan(k: int, matches: float, total: float, *, filtered: bool, few_matches: bool,
+              dimensions: int) -> tuple[Kind, IndexSettings]:
     """One search of the code graph for an unfiltered query; for a filtered one an iterative
     scan with a budget that reaches its candidates at the filter's selectivity."""
     # At least k = 10's list: the recall `prodvec recall` measures (recall@10) holds for fewer hits too.
@@ -40,5 +48,8 @@ def code_plan(k: int, matches: float, total: float, *, filtered: bool, dimension
     if not filtered:
         return "codes_unfiltered", IndexSettings(candidates, None, dimensions)
     selectivity = min(1.0, max(matches, 1.0) / max(total, 1.0))
-    budget = int(max(SCAN_BUDGET_MIN, SCAN_TUPLES_PER_CANDIDATE * candidates / selectivity))
+    if few_matches:
+        budget = int(FEW_MATCHES_TUPLES_PER_CANDIDATE * candidates / selectivity)
+    else:
+        budget = int(max(SCAN_BUDGET_MIN, SCAN_TUPLES_PER_CANDIDATE * candidates / selectivity))
     return "codes_filtered", IndexSettings(candidates, min(budget, int(total) + 1), dimensions)
