@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +45,13 @@ def _assert_nearest(printed: list[tuple[str, float]], skus: np.ndarray, distance
         assert abs(by_sku[sku] - distance) <= TIE
 
 
-def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_demo_runs_end_to_end() -> None:
+    # Outside pytest's tmp dirs, as in conftest: a pytest run (another one on this machine too)
+    # resets /tmp/pytest-of-<user> to 0700, which would lock the demo server's own system user
+    # out of its data mid-run (as root).
+    home = Path(tempfile.mkdtemp(prefix="prodvec-demo-")) / "home"
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "PRODVEC_MODEL", "PRODVEC_CATALOG_VIEWS")}
-    env["PRODVEC_HOME"] = str(tmp_path / "home")
+    env["PRODVEC_HOME"] = str(home)
     env["PRODVEC_ROBUST_QUERIES"] = "1"
     env["HF_HUB_OFFLINE"] = "1"  # the default CLIP weights are unreachable here: exercise the fallback
     # The console script beside this interpreter: what `pip install -e '.[dev]'` put on PATH.
@@ -65,7 +70,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert len(sections) == 4  # three searches (the offline encoder has no text tower)
         how = r" \((exact: every matching product compared|approximate: the nearest the HNSW index found)"
         assert all(re.search(how, section.splitlines()[0]) for section in sections[1:])
-        _check_hits(tmp_path / "home" / "pgdata", sneakers=_hits(sections[1]), like_sku=_hits(sections[3]))
+        _check_hits(home / "pgdata", sneakers=_hits(sections[1]), like_sku=_hits(sections[3]))
         # Its closing lines point the other commands at its own database.
         [export] = [line for line in out.splitlines() if line.strip().startswith("export DATABASE_URL=")]
         demo_url = shlex.split(export)[1].removeprefix("DATABASE_URL=")
@@ -75,6 +80,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
         assert json.loads(status.stdout)["up_to_date"] == 300, status.stderr
     finally:
         subprocess.run([prodvec, "db", "stop"], env=env, capture_output=True, timeout=60)
+        shutil.rmtree(home.parent, ignore_errors=True)
 
 
 def _check_hits(pgdata: Path, *, sneakers: list[tuple[str, float]], like_sku: list[tuple[str, float]]) -> None:

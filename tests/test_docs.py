@@ -16,7 +16,8 @@ on its own copy of that database, its blocks in order, as a reader would paste t
 
 A block that cannot run here as written carries `<!-- not run: REASON -->` on the line before
 it; such blocks are counted and kept few. A page with `<!-- needs: serve -->` (anywhere in it)
-gets a `prodvec serve` on 127.0.0.1:8000 (the address the pages name) for its blocks.
+gets a `prodvec serve` on a free loopback port for its blocks, which run with its address in place
+of the one the pages name (127.0.0.1:8000, the default).
 
 `code_blocks(page)` and `run_page(page, workdir, env)` are the reusable parts.
 """
@@ -33,7 +34,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psycopg
@@ -49,10 +50,12 @@ CATALOG_ROWS = 24
 MAX_NOT_RUN = 6
 SHELLS = ("sh", "shell", "bash")
 SHOWN = ("text", "csv", "json", "yaml", "toml")
-#: What `<!-- needs: serve -->` starts: on the address the pages name (`prodvec serve`'s default),
-#: so their curl lines run as written, with the admin key their write examples send.
-SERVE_PORT = 8000
-SERVE_COMMAND = ("prodvec", "serve", "--host", "127.0.0.1", "--port", str(SERVE_PORT))
+#: What `<!-- needs: serve -->` starts, with the admin key the pages' write examples send. The
+#: pages name `prodvec serve`'s default address; the server listens on a free port instead, and the
+#: blocks run with that address in its place: 8000 may be taken on a shared machine (another test
+#: run, someone's own server), which would fail the page or answer its curl lines in its stead.
+PAGES_ADDRESS = "127.0.0.1:8000"
+SERVE_COMMAND = ("prodvec", "serve", "--host", "127.0.0.1")
 SERVE_ENV = {"PRODVEC_ADMIN_KEYS": "change-me-admin-key"}
 SERVE_START_SECONDS = 120
 
@@ -179,8 +182,11 @@ def run_page(page: Path, workdir: Path, env: dict[str, str]) -> int:
     """Run every block of ``page`` but those marked not run; returns how many ran."""
     ran = 0
     with _needs(page_needs(page), workdir, env) as page_env:
+        served = page_env.get("PRODVEC_URL", "").removeprefix("http://")
         for block in code_blocks(page):
             if block.not_run is None:
+                if served:
+                    block = replace(block, code=block.code.replace(PAGES_ADDRESS, served))
                 run_block(block, workdir, page_env)
                 ran += block.language not in SHOWN
     return ran
@@ -193,24 +199,25 @@ def _needs(needs: set[str], workdir: Path, env: dict[str, str]) -> Iterator[dict
     if "serve" not in needs:
         yield env
         return
-    command = " ".join(SERVE_COMMAND)
-    with socket.socket() as probe:  # a clear failure when something else holds the pages' port
-        assert probe.connect_ex(("127.0.0.1", SERVE_PORT)) != 0, f"port {SERVE_PORT} is taken: {command} needs it"
+    with socket.socket() as probe:  # a port free now; `prodvec serve` says so if it is taken meanwhile
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = " ".join((*SERVE_COMMAND, "--port", str(port)))
     log_path = workdir / "serve.log"
     with open(log_path, "w") as log:  # a file, not a pipe: a chatty server never blocks on it
-        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *SERVE_COMMAND[1:]], cwd=workdir,
+        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *command.split()[1:]], cwd=workdir,
                                   env={**env, **SERVE_ENV}, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.monotonic() + SERVE_START_SECONDS
         while True:
             assert server.poll() is None, f"{command} exited: {log_path.read_text()}"
             try:
-                socket.create_connection(("127.0.0.1", SERVE_PORT), timeout=1).close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
                 assert time.monotonic() < deadline, f"{command} did not listen within {SERVE_START_SECONDS} s"
                 time.sleep(0.5)
-        yield {**env, "PRODVEC_URL": f"http://127.0.0.1:{SERVE_PORT}"}
+        yield {**env, "PRODVEC_URL": f"http://127.0.0.1:{port}"}
     finally:
         server.terminate()
         try:

@@ -210,9 +210,11 @@ def test_worker_retries_transient_fetch_errors_then_gives_up(conn, db_url, test_
 
 
 def test_a_live_worker_keeps_its_claims_past_the_lease(conn, db_url, test_encoder, server: str) -> None:
-    # The photo takes 6 s to fetch, the lease is 1 s: renewals must keep others off meanwhile.
-    conn.execute("INSERT INTO products (sku, image) VALUES ('SLOW', %s)", (f"{server}/sleep/6",))
-    worker = Worker(db_url, test_encoder, WorkerOptions(batch_size=1, lease_seconds=1.0))
+    # The photo takes 10 s to fetch, the lease is 2 s: renewals must keep others off meanwhile.
+    # Renewed every third of a lease, a claim outlives a renewal up to 1.3 s late (a 1 s lease:
+    # 0.7 s, which a commit waiting on a busy disk of a loaded machine can take).
+    conn.execute("INSERT INTO products (sku, image) VALUES ('SLOW', %s)", (f"{server}/sleep/10",))
+    worker = Worker(db_url, test_encoder, WorkerOptions(batch_size=1, lease_seconds=2.0))
     done = threading.Thread(target=worker.run, kwargs={"once": True})
     done.start()
     try:
@@ -222,7 +224,7 @@ def test_a_live_worker_keeps_its_claims_past_the_lease(conn, db_url, test_encode
             time.sleep(0.05)
         claimed_at = time.monotonic()
         assert not jobs.claimable(conn, models), "the worker never claimed the product"
-        while time.monotonic() - claimed_at < 3:  # three lease lengths, within the 6 s fetch
+        while time.monotonic() - claimed_at < 6:  # three lease lengths, within the 10 s fetch
             time.sleep(0.25)
             assert not jobs.claimable(conn, models), "a live worker's claim became claimable"
     finally:

@@ -310,7 +310,10 @@ def test_image_queries_batch_through_the_encoder(db: Session, catalog: Catalog, 
     path_ids, bytes_ids, pil_ids = ([h.product.id for h in results[i]] for i in (0, 2, 3))
     assert path_ids == bytes_ids == pil_ids
     alone = Product.similar_to(path, session=db, k=5, robust=False)
-    assert [h.product.id for h in alone] == [h.product.id for h in results[0]]
+    # Alone, the photo is encoded in a batch of one: floats ~1e-7 apart can flip its half-precision
+    # rounding (as in the robust test below), so products tied at halfvec precision may swap places.
+    for one, batched in zip(alone, results[0], strict=True):
+        assert one.product.id == batched.product.id or one.distance == pytest.approx(batched.distance, abs=TIE)
     pixels = encoder.preprocess(Image.open(path).convert("RGB"))
     vector = encode(pixels.unsqueeze(0))[0]
     assert_exact(results[0], catalog, vector, np.ones(len(catalog.ids), bool), k=5)
