@@ -55,7 +55,13 @@ class CatalogRowError(CatalogError):
 
 
 class WeightsUnavailable(ProdvecError):
-    """Model weights could not be loaded (no network, bad path, missing extra)."""
+    """Model weights could not be loaded (no network, bad path, missing extra). The message says
+    how to set up a model that loads; ``reason`` says only what went wrong, for where that advice
+    does not fit (a catalog's model that one machine cannot load)."""
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 #: What went wrong with an image, set where it is raised: a small fixed set (the worker's

@@ -167,6 +167,18 @@ def test_load_encoder_is_memoised(random_clip: OpenClipEncoder) -> None:
     assert load_encoder(" open_clip:ViT-B/32:none", device="cpu") is random_clip
 
 
+def test_random_weights_are_the_same_in_every_load(random_clip: OpenClipEncoder, pixels: torch.Tensor) -> None:
+    """Drawn from a fixed seed, whatever the process's generator holds (torch seeds each process
+    differently): a catalog embedded by one process is searched by others. The process's own
+    random stream is left as it was."""
+    torch.manual_seed(12345)
+    expected_next = torch.rand(1)
+    torch.manual_seed(12345)
+    again = open_clip_encoder.load_open_clip(parse_spec(RANDOM_CLIP), torch.device("cpu"))  # not the memoised one
+    assert again is not random_clip and torch.equal(torch.rand(1), expected_next)
+    np.testing.assert_array_equal(again.encode_images(pixels), random_clip.encode_images(pixels))
+
+
 def test_random_weights_warn_once_per_spec(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

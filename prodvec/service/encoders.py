@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -18,7 +19,8 @@ from typing import TYPE_CHECKING
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from prodvec.errors import ProdvecError
+from prodvec.errors import ProdvecError, WeightsUnavailable
+from prodvec.service.errors import ModelUnavailable
 
 if TYPE_CHECKING:
     from prodvec.encode import Encoder
@@ -45,23 +47,35 @@ class Encoders:
         self.preload = preload
         self.check_interval = check_interval
         self._loaded: dict[str, Encoder] = {current.spec: current}
-        self._problems: dict[str, str] = {}
+        self._problems: dict[str, _Problem] = {}  # the last failed load of each model that has one
         self._listed: list[str] = [current.spec]
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     def get(self, spec: str) -> Encoder:
-        """``spec``'s encoder: the one loaded, else loaded now (ProdvecError where it cannot be)."""
+        """``spec``'s encoder: the one loaded, else loaded now. ModelUnavailable where it cannot
+        be; tried again at most every check_interval (a search each time would only wait)."""
         from prodvec.encode import load_encoder
 
         with self._lock:
             found = self._loaded.get(spec)
+            failed = self._problems.get(spec)
         if found is not None:
             return found
+        if failed is not None and time.monotonic() - failed.at < self.check_interval:
+            raise _unavailable(spec, failed.reason)
         log.info("loading %s (not loaded ahead)", spec)
-        encoder = load_encoder(spec, self.device)
+        try:
+            encoder = load_encoder(spec, self.device)
+        except ProdvecError as exc:
+            reason = _reason(exc)
+            log.warning("cannot load the catalog's active model %s on this server: %s", spec, reason)
+            with self._lock:
+                self._problems[spec] = _Problem(reason, time.monotonic())
+            raise _unavailable(spec, reason) from None
         with self._lock:
+            self._problems.pop(spec, None)
             return self._loaded.setdefault(spec, encoder)
 
     def refresh(self, listed: list[str], in_use: str) -> None:
@@ -69,6 +83,7 @@ class Encoders:
         longer lists, except ``in_use`` (the model searches encode with now)."""
         from prodvec.encode import load_encoder
 
+        listed = list(dict.fromkeys(listed))  # one encoder serves a model's single and multi views
         keep = set(listed) if self.preload else set()
         with self._lock:
             self._listed = listed
@@ -80,10 +95,11 @@ class Encoders:
             try:
                 encoder = load_encoder(spec, self.device)
             except ProdvecError as exc:
+                reason = _reason(exc)
                 log.warning("cannot load %s on this server, so searches here would fail once it is "
-                            "activated: %s", spec, exc)
+                            "activated: %s", spec, reason)
                 with self._lock:
-                    self._problems[spec] = str(exc)
+                    self._problems[spec] = _Problem(reason, time.monotonic())
                 continue
             log.info("loaded %s ahead of its activation", spec)
             with self._lock:
@@ -93,7 +109,7 @@ class Encoders:
         """Each model the catalog listed at the last look, and the one in use if it is not listed."""
         with self._lock:
             specs = self._listed + [spec for spec in self._loaded if spec not in self._listed]
-            return [ModelLoad(spec, spec in self._loaded, self._problems.get(spec)) for spec in specs]
+            return [ModelLoad(spec, spec in self._loaded, _problem_text(self._problems.get(spec))) for spec in specs]
 
     def start(self, catalog_specs: Callable[[], list[str]], in_use: Callable[[], str]) -> None:
         """Look every check_interval: ``catalog_specs`` reads the specs the catalog lists (it may
@@ -119,3 +135,28 @@ class Encoders:
             except (psycopg.Error, DBAPIError) as exc:  # the database down, no schema yet: the next look
                 log.debug("could not read the catalog's models: %s", exc)
             stopping.wait(self.check_interval)
+
+
+@dataclass(frozen=True)
+class _Problem:
+    reason: str
+    at: float  # time.monotonic() of the failed load
+
+
+def _reason(exc: ProdvecError) -> str:
+    # A loader's own advice is for choosing PRODVEC_MODEL on a first setup; a catalog's model
+    # is chosen already (WeightsUnavailable.reason leaves that advice out).
+    return exc.reason if isinstance(exc, WeightsUnavailable) else str(exc)
+
+
+def _problem_text(problem: _Problem | None) -> str | None:
+    if problem is None:
+        return None
+    return f"{problem.reason}: give this server the model's weights, then restart it"
+
+
+def _unavailable(spec: str, reason: str) -> ModelUnavailable:
+    return ModelUnavailable(
+        f"this server cannot load the catalog's active model {spec} ({reason}): roll back with "
+        "`prodvec model rollback`, or give this server the model's weights and restart it"
+    )

@@ -83,6 +83,12 @@ class Overloaded(ApiError):
         self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
+class ModelUnavailable(ApiError):
+    """The catalog's active model cannot be loaded on this server: the operator's to fix."""
+
+    status = 503
+
+
 class TimedOut(ApiError):
     status = 504
 
