@@ -20,7 +20,8 @@ def _held(encoders: Encoders) -> list[tuple[str, bool]]:
 def test_the_catalogs_models_are_loaded_ahead_and_dropped_ones_let_go(test_encoder: Any) -> None:
     encoders = Encoders(test_encoder, preload=True)
     assert _held(encoders) == [(TEST_MODEL, True)]
-    encoders.refresh([TEST_MODEL, NARROW_MODEL, MISSING], in_use=TEST_MODEL)
+    # A model listed twice (its single and multi views) is one encoder.
+    encoders.refresh([TEST_MODEL, NARROW_MODEL, MISSING, NARROW_MODEL], in_use=TEST_MODEL)
     assert _held(encoders) == [(TEST_MODEL, True), (NARROW_MODEL, True), (MISSING, False)]
     problem = encoders.states()[2].problem
     assert problem is not None and "no checkpoint file at /nowhere/weights.pt" in problem
