@@ -132,7 +132,7 @@ class Encoders:
         while not stopping.is_set():
             try:
                 self.refresh(catalog_specs(), in_use())
-            except (psycopg.Error, DBAPIError) as exc:  # the database down, no schema yet: the next look
+            except (psycopg.Error, DBAPIError, ProdvecError) as exc:  # the database down, no schema yet: the next look
                 log.debug("could not read the catalog's models: %s", exc)
             stopping.wait(self.check_interval)
 
