@@ -312,6 +312,36 @@ def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path:
     assert done.stderr.count("\n") == 1, done.stderr
 
 
+def test_the_demos_database_url_names_the_embedded_server(capsys, monkeypatch: pytest.MonkeyPatch, pgdata: Path):
+    """`prodvec demo` prints `export DATABASE_URL=…` of the embedded server's prodvec_demo: the db
+    commands print that URL, as `db url` does, and with the server stopped, commands say to start
+    it (unsetting DATABASE_URL would switch to another database)."""
+    from prodvec.db.connection import ensure_database, with_dbname
+    from prodvec.db.embedded import ensure_server
+
+    monkeypatch.setenv("PRODVEC_HOME", str(pgdata.parent))
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    server = ensure_server(pgdata)
+    ensure_database(server, "prodvec_demo")
+    url = with_dbname(server, "prodvec_demo")
+    monkeypatch.setenv("DATABASE_URL", url)
+    capsys.readouterr()
+    assert main(["db", "url"]) == 0 and capsys.readouterr().out == f"{url}\n"
+    assert main(["db", "start"]) == 0 and capsys.readouterr().out == f"{url}\n"
+    assert _run_json(capsys, "db", "status")["url"] == url
+    monkeypatch.setenv("DATABASE_URL", with_dbname(server, "prodvec_nope"))  # the server runs, not that database
+    assert "the embedded server runs: check the database DATABASE_URL names" in _fails(capsys, "status")
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["db", "stop"]) == 0
+    for argv in (["status"], ["model"], ["worker", "--once"], ["search", "--sku", "X"]):
+        err = _fails(capsys, *argv)
+        assert "the embedded server is not running: start it with `prodvec db start`" in err, argv
+        assert "unset DATABASE_URL" not in err, argv
+    assert _run_json(capsys, "db", "status") == {"embedded": True, "running": False, "url": None,
+                                                 "pgdata": str(pgdata)}
+
+
 @pytest.fixture
 def unmigrated_url(pg_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A fresh database `prodvec migrate` has not run on (no pgvector extension); DATABASE_URL points at it."""

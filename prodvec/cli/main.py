@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from prodvec.config import load_settings
+from prodvec.db.connection import START_EMBEDDED, embedded_server_down
 from prodvec.errors import ProdvecError
 
 
@@ -93,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(cause, psycopg.OperationalError):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        return _error(f"the database connection failed ({reason}): check that the server runs and try again")
+        advice = START_EMBEDDED if embedded_server_down(None, load_settings()) else (
+            "check that the server runs and try again")
+        return _error(f"the database connection failed ({reason}): {advice}")
 
 
 #: What a command meets on a database whose schema prodvec has not made (or an older one).
