@@ -466,3 +466,22 @@ def test_talk_options_that_go_against_each_other(capsys) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["-q", "status", "-v"])
     assert exit_.value.code == 2 and "give one" in capsys.readouterr().err
+
+
+def test_version_and_a_bare_prodvec(capsys) -> None:
+    """`prodvec --version` answers; a bare `prodvec` (no command) is a usage error, as argparse's
+    are (exit 2), that prints the whole help with the commands to choose from."""
+    import prodvec
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"prodvec {prodvec.__version__}\n" and re.fullmatch(r"\d+\.\d+\.\d+.*",
+                                                                                         prodvec.__version__)
+    for argv in ([], ["-q"]):
+        assert main(argv) == 2
+        said = capsys.readouterr()
+        assert said.out == "" and said.err.startswith("usage: prodvec "), said
+        for command in ("demo", "db", "import", "worker", "status", "search", "model", "serve"):
+            assert re.search(rf"^    {command} ", said.err, re.MULTILINE), command

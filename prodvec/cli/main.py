@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from prodvec import __version__
 from prodvec.config import load_settings
 from prodvec.db.connection import START_EMBEDDED, embedded_server_down
 from prodvec.errors import ProdvecError
@@ -19,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     from prodvec.cli import catalog, database, evaluate, model, quantized, queue, recall, search, serve
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _talk_options(parser, default=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
+    # Not required: a bare `prodvec` gets the help, which lists the commands (main).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
     demo.set_defaults(handler=_run_demo)
@@ -74,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.verbose and args.quiet:  # one before the command, the other after it
         parser.error("-v/--verbose and -q/--quiet go against each other: give one")
+    if args.command is None:  # a usage error as argparse's (exit 2), with the commands to choose from
+        parser.print_help(sys.stderr)
+        return 2
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.handler(args) or 0)
