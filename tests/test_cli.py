@@ -462,10 +462,11 @@ def test_talk_options_before_or_after_the_command(capsys, db_url: str, argv: lis
     assert logging.getLogger("prodvec").level == level
 
 
-def test_talk_options_that_go_against_each_other(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["-q", "status", "-v"])
-    assert exit_.value.code == 2 and "give one" in capsys.readouterr().err
+@pytest.mark.parametrize("argv", [["-q", "status", "-v"], ["-v", "-q", "status"], ["db", "status", "-v", "-q"],
+                                  ["status", "--quiet", "--verbose"], ["-v", "db", "status", "-q"]])
+def test_talk_options_that_go_against_each_other(capsys, argv: list[str]) -> None:
+    """One wording wherever they are given (before the command, after it, one on each side)."""
+    assert _fails(capsys, *argv) == "prodvec: error: -v/--verbose and -q/--quiet go against each other: give one\n"
 
 
 def test_version_and_a_bare_prodvec(capsys) -> None:

@@ -41,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _talk_options(parser: argparse.ArgumentParser, *, default: object) -> None:
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument("-v", "--verbose", action="store_true", default=default, help="log debugging details too")
-    talk.add_argument("-q", "--quiet", action="store_true", default=default,
-                      help="log only warnings and errors, no progress")
+    # No mutually exclusive group: its error would differ from main's check, which must be there
+    # anyway for -v before the command and -q after it (or the reverse).
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log debugging details too")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="log only warnings and errors, no progress (not with -v)")
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -75,8 +76,8 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose and args.quiet:  # one before the command, the other after it
-        parser.error("-v/--verbose and -q/--quiet go against each other: give one")
+    if args.verbose and args.quiet:  # before the command, after it, or one on each side
+        return _error("-v/--verbose and -q/--quiet go against each other: give one")
     if args.command is None:  # a usage error as argparse's (exit 2), with the commands to choose from
         parser.print_help(sys.stderr)
         return 2
