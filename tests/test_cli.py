@@ -289,6 +289,29 @@ def test_worker_once_reports_products_left_to_retry(capsys, caplog, db_url: str,
     assert re.search(r"LATER +retry in \d+ s +1 +image file not found", capsys.readouterr().out)
 
 
+def test_worker_once_with_several_models_counts_jobs(capsys, db_url: str, tmp_path: Path, photo_dir: Path) -> None:
+    """One product whose photo is not there yet, in a catalog of 3 models: 3 jobs wait (one per
+    model), and `worker --once` says jobs, not products. Its banner names every model it embeds for."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text(f"sku,price,image\nOK,1,{photo_dir / 'red.jpg'}\nLATER,2,{tmp_path / 'later.jpg'}\n")
+    assert main(["import", str(catalog)]) == 0
+    assert main(["model", "add", NARROW_MODEL]) == 0
+    assert main(["model", "add", TEST_MODEL, "--views", "multi"]) == 0
+    capsys.readouterr()
+    assert main(["worker", "--once"]) == 0
+    err = capsys.readouterr().err
+    with connect(db_url) as conn:  # what waits, counted here: 3 jobs of 1 product
+        waiting = conn.execute("SELECT count(*), count(DISTINCT product_id) FROM embedding_jobs "
+                               "WHERE state = 'pending' AND last_error IS NOT NULL").fetchone()
+    assert waiting == (3, 1)
+    assert "worker: 3 job(s) (one per product and model) wait to retry after transient errors" in err, err
+    assert f"worker:   3 × image file not found: {tmp_path / 'later.jpg'}" in err
+    assert "product(s) wait" not in err
+    [banner] = [line for line in err.splitlines() if line.startswith(f"worker: encoder {TEST_MODEL} ")]
+    assert "single-view catalog" not in banner and "for the active model (single-view)" in banner, banner
+    assert f"{NARROW_MODEL} (" in banner and f"{TEST_MODEL} (512-d, multi catalog views)" in banner, banner
+
+
 def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> None:
     """A server that takes the connection and never answers: `worker --once` gives up (the
     connection times out) and exits 2 with one line, instead of waiting for it."""
