@@ -450,6 +450,12 @@ def test_import_says_what_is_wrong_with_a_file(capsys, db_url: str, tmp_path: Pa
     wide = tmp_path / "wide.csv"
     wide.write_text("sku,price\nA,1\n", encoding="utf-16")
     assert "is not UTF-8 (it looks like UTF-16): save it as UTF-8" in _fails(capsys, "import", str(wide))
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):  # a spreadsheet's export in some locales, a TSV
+        other = tmp_path / "other.csv"
+        other.write_text(f"sku{separator}title{separator}price\nA{separator}a{separator}1\n")
+        err = _fails(capsys, "import", str(other))
+        assert f"the file seems to be separated by {name} ({separator!r}), and prodvec reads comma-separated CSV" in err
+    assert _run_json(capsys, "status")["total"] == 0
 
 
 def test_an_image_that_cannot_be_read_offers_sku_only_for_what_could_be_one(capsys, db_url: str, tmp_path: Path):
