@@ -476,6 +476,28 @@ def test_a_sqlalchemy_database_url(capsys, db_url: str, monkeypatch: pytest.Monk
     assert "s3cret" not in err
 
 
+def test_activating_a_model_too_wide_for_the_filter_index_says_it_is_fine(capsys, db_url: str) -> None:
+    """A model over 768 dimensions gets a (category, price) index without its vectors: the switch
+    says so as information, with what it means; back to the 512-d model, the index carries them again."""
+    wide = "open_clip:RN50:none"  # 1024-d
+
+    def carries_vectors() -> bool:
+        with connect(db_url) as conn:
+            return bool((conn.execute("SELECT prodvec_filter_index_carries_vectors()").fetchone() or (None,))[0])
+
+    assert carries_vectors()
+    assert main(["model", "add", wide]) == 0
+    capsys.readouterr()
+    assert main(["model", "activate", wide]) == 0
+    out = capsys.readouterr().out
+    assert not carries_vectors()
+    assert ("built products_category_price on (category, price) alone: it carries vectors of up to 768 dimensions, "
+            "the model's have more (expected for a model this wide, nothing to do: exact filtered passes read its "
+            "vectors from the table instead of that index, with the same answers)\n") in out
+    assert main(["model", "rollback"]) == 0
+    assert "products_category_price" not in capsys.readouterr().out and carries_vectors()
+
+
 def test_dropping_a_binary_code_index_that_is_not_there(capsys, db_url: str) -> None:
     capsys.readouterr()
     assert main(["quantized-index", "drop"]) == 0
