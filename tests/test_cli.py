@@ -289,6 +289,29 @@ def test_worker_once_reports_products_left_to_retry(capsys, caplog, db_url: str,
     assert re.search(r"LATER +retry in \d+ s +1 +image file not found", capsys.readouterr().out)
 
 
+def test_worker_once_with_several_models_counts_jobs(capsys, db_url: str, tmp_path: Path, photo_dir: Path) -> None:
+    """One product whose photo is not there yet, in a catalog of 3 models: 3 jobs wait (one per
+    model), and `worker --once` says jobs, not products. Its banner names every model it embeds for."""
+    catalog = tmp_path / "c.csv"
+    catalog.write_text(f"sku,price,image\nOK,1,{photo_dir / 'red.jpg'}\nLATER,2,{tmp_path / 'later.jpg'}\n")
+    assert main(["import", str(catalog)]) == 0
+    assert main(["model", "add", NARROW_MODEL]) == 0
+    assert main(["model", "add", TEST_MODEL, "--views", "multi"]) == 0
+    capsys.readouterr()
+    assert main(["worker", "--once"]) == 0
+    err = capsys.readouterr().err
+    with connect(db_url) as conn:  # what waits, counted here: 3 jobs of 1 product
+        waiting = conn.execute("SELECT count(*), count(DISTINCT product_id) FROM embedding_jobs "
+                               "WHERE state = 'pending' AND last_error IS NOT NULL").fetchone()
+    assert waiting == (3, 1)
+    assert "worker: 3 job(s) (one per product and model) wait to retry after transient errors" in err, err
+    assert f"worker:   3 × image file not found: {tmp_path / 'later.jpg'}" in err
+    assert "product(s) wait" not in err
+    [banner] = [line for line in err.splitlines() if line.startswith(f"worker: encoder {TEST_MODEL} ")]
+    assert "single-view catalog" not in banner and "for the active model (single-view)" in banner, banner
+    assert f"{NARROW_MODEL} (" in banner and f"{TEST_MODEL} (512-d, multi catalog views)" in banner, banner
+
+
 def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> None:
     """A server that takes the connection and never answers: `worker --once` gives up (the
     connection times out) and exits 2 with one line, instead of waiting for it."""
@@ -310,6 +333,36 @@ def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path:
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_demos_database_url_names_the_embedded_server(capsys, monkeypatch: pytest.MonkeyPatch, pgdata: Path):
+    """`prodvec demo` prints `export DATABASE_URL=…` of the embedded server's prodvec_demo: the db
+    commands print that URL, as `db url` does, and with the server stopped, commands say to start
+    it (unsetting DATABASE_URL would switch to another database)."""
+    from prodvec.db.connection import ensure_database, with_dbname
+    from prodvec.db.embedded import ensure_server
+
+    monkeypatch.setenv("PRODVEC_HOME", str(pgdata.parent))
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    server = ensure_server(pgdata)
+    ensure_database(server, "prodvec_demo")
+    url = with_dbname(server, "prodvec_demo")
+    monkeypatch.setenv("DATABASE_URL", url)
+    capsys.readouterr()
+    assert main(["db", "url"]) == 0 and capsys.readouterr().out == f"{url}\n"
+    assert main(["db", "start"]) == 0 and capsys.readouterr().out == f"{url}\n"
+    assert _run_json(capsys, "db", "status")["url"] == url
+    monkeypatch.setenv("DATABASE_URL", with_dbname(server, "prodvec_nope"))  # the server runs, not that database
+    assert "the embedded server runs: check the database DATABASE_URL names" in _fails(capsys, "status")
+
+    monkeypatch.setenv("DATABASE_URL", url)
+    assert main(["db", "stop"]) == 0
+    for argv in (["status"], ["model"], ["worker", "--once"], ["search", "--sku", "X"]):
+        err = _fails(capsys, *argv)
+        assert "the embedded server is not running: start it with `prodvec db start`" in err, argv
+        assert "unset DATABASE_URL" not in err, argv
+    assert _run_json(capsys, "db", "status") == {"embedded": True, "running": False, "url": None,
+                                                 "pgdata": str(pgdata)}
 
 
 @pytest.fixture
@@ -397,6 +450,12 @@ def test_import_says_what_is_wrong_with_a_file(capsys, db_url: str, tmp_path: Pa
     wide = tmp_path / "wide.csv"
     wide.write_text("sku,price\nA,1\n", encoding="utf-16")
     assert "is not UTF-8 (it looks like UTF-16): save it as UTF-8" in _fails(capsys, "import", str(wide))
+    for separator, name in ((";", "semicolons"), ("\t", "tabs")):  # a spreadsheet's export in some locales, a TSV
+        other = tmp_path / "other.csv"
+        other.write_text(f"sku{separator}title{separator}price\nA{separator}a{separator}1\n")
+        err = _fails(capsys, "import", str(other))
+        assert f"the file seems to be separated by {name} ({separator!r}), and prodvec reads comma-separated CSV" in err
+    assert _run_json(capsys, "status")["total"] == 0
 
 
 def test_an_image_that_cannot_be_read_offers_sku_only_for_what_could_be_one(capsys, db_url: str, tmp_path: Path):
@@ -417,6 +476,28 @@ def test_a_sqlalchemy_database_url(capsys, db_url: str, monkeypatch: pytest.Monk
     assert "s3cret" not in err
 
 
+def test_activating_a_model_too_wide_for_the_filter_index_says_it_is_fine(capsys, db_url: str) -> None:
+    """A model over 768 dimensions gets a (category, price) index without its vectors: the switch
+    says so as information, with what it means; back to the 512-d model, the index carries them again."""
+    wide = "open_clip:RN50:none"  # 1024-d
+
+    def carries_vectors() -> bool:
+        with connect(db_url) as conn:
+            return bool((conn.execute("SELECT prodvec_filter_index_carries_vectors()").fetchone() or (None,))[0])
+
+    assert carries_vectors()
+    assert main(["model", "add", wide]) == 0
+    capsys.readouterr()
+    assert main(["model", "activate", wide]) == 0
+    out = capsys.readouterr().out
+    assert not carries_vectors()
+    assert ("built products_category_price on (category, price) alone: it carries vectors of up to 768 dimensions, "
+            "the model's have more (expected for a model this wide, nothing to do: exact filtered passes read its "
+            "vectors from the table instead of that index, with the same answers)\n") in out
+    assert main(["model", "rollback"]) == 0
+    assert "products_category_price" not in capsys.readouterr().out and carries_vectors()
+
+
 def test_dropping_a_binary_code_index_that_is_not_there(capsys, db_url: str) -> None:
     capsys.readouterr()
     assert main(["quantized-index", "drop"]) == 0
@@ -432,7 +513,27 @@ def test_talk_options_before_or_after_the_command(capsys, db_url: str, argv: lis
     assert logging.getLogger("prodvec").level == level
 
 
-def test_talk_options_that_go_against_each_other(capsys) -> None:
-    with pytest.raises(SystemExit) as exit_:
-        main(["-q", "status", "-v"])
-    assert exit_.value.code == 2 and "give one" in capsys.readouterr().err
+@pytest.mark.parametrize("argv", [["-q", "status", "-v"], ["-v", "-q", "status"], ["db", "status", "-v", "-q"],
+                                  ["status", "--quiet", "--verbose"], ["-v", "db", "status", "-q"]])
+def test_talk_options_that_go_against_each_other(capsys, argv: list[str]) -> None:
+    """One wording wherever they are given (before the command, after it, one on each side)."""
+    assert _fails(capsys, *argv) == "prodvec: error: -v/--verbose and -q/--quiet go against each other: give one\n"
+
+
+def test_version_and_a_bare_prodvec(capsys) -> None:
+    """`prodvec --version` answers; a bare `prodvec` (no command) is a usage error, as argparse's
+    are (exit 2), that prints the whole help with the commands to choose from."""
+    import prodvec
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"prodvec {prodvec.__version__}\n" and re.fullmatch(r"\d+\.\d+\.\d+.*",
+                                                                                         prodvec.__version__)
+    for argv in ([], ["-q"]):
+        assert main(argv) == 2
+        said = capsys.readouterr()
+        assert said.out == "" and said.err.startswith("usage: prodvec "), said
+        for command in ("demo", "db", "import", "worker", "status", "search", "model", "serve"):
+            assert re.search(rf"^    {command} ", said.err, re.MULTILINE), command

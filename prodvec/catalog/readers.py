@@ -48,6 +48,8 @@ def detect_format(path: Path, forced: str | None = None) -> CatalogFormat:
     )
 
 
+#: Separators other than the comma that catalog files come with, and their names.
+_OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs"}
 #: Byte order marks of the encodings spreadsheets and Windows tools save "Unicode text" in.
 _FOREIGN_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"),
                  (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
@@ -125,6 +127,13 @@ def _csv_records(stream: TextIO, ignore_unknown: bool) -> Iterator[Record | Cata
     if repeated:
         raise CatalogRowError(1, f"the header names column {repeated[0]!r} more than once")
     missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    separator = next((char for char in _OTHER_SEPARATORS if len(header) == 1 and char in header[0]), None)
+    if missing and separator:  # a spreadsheet's export in a locale whose lists use semicolons, or a TSV
+        raise CatalogRowError(
+            1, f"the header is one column, {header[0]!r}: the file seems to be separated by "
+               f"{_OTHER_SEPARATORS[separator]} ({separator!r}), and prodvec reads comma-separated CSV; save it "
+               "with commas (in a spreadsheet: CSV UTF-8, comma-delimited) or as JSON Lines"
+        )
     if missing:
         raise CatalogRowError(
             1, f"the header has no {missing[0]!r} column (it has: {', '.join(header)}); "

@@ -48,25 +48,33 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     check.set_defaults(handler=_index_check)
 
 
-def _embedded_settings() -> Settings:
-    """The settings with the embedded server to manage; ConfigError when DATABASE_URL names
+def _embedded_settings(settings: Settings) -> Settings:
+    """``settings`` with the embedded server to manage; ConfigError when DATABASE_URL names
     another server. A URL of the embedded server itself (as `prodvec demo` prints) is fine."""
-    settings = load_settings()
     if settings.database_url and not names_embedded_server(settings.database_url, settings.pgdata):
         raise ConfigError("DATABASE_URL is set: prodvec uses that server and manages no embedded one "
                           "(unset DATABASE_URL to manage the embedded server)")
     return dataclasses.replace(settings, database_url=None)
 
 
+def _products_url(settings: Settings, server_url: str) -> str:
+    """The products' database on the embedded server at ``server_url``, as `prodvec db url` prints
+    it: DATABASE_URL where it names this server (`prodvec demo`'s prodvec_demo), else prodvec's own."""
+    if settings.database_url:
+        return checked_url(settings.database_url)
+    return with_dbname(server_url, EMBEDDED_DATABASE)  # the server's own URL names `postgres`
+
+
 def _start(args: argparse.Namespace) -> int:
-    print(database_url(_embedded_settings()))  # starts it (or finds it running)
+    settings = load_settings()
+    print(_products_url(settings, database_url(_embedded_settings(settings))))  # starts it (or finds it running)
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     from prodvec.db.embedded import stop_server
 
-    stopped = stop_server(_embedded_settings().pgdata)
+    stopped = stop_server(_embedded_settings(load_settings()).pgdata)
     print("stopped" if stopped else "not running")
     return 0
 
@@ -79,8 +87,7 @@ def _status(args: argparse.Namespace) -> int:
         report = {"embedded": False, "url": checked_url(settings.database_url)}
     else:
         state = server_status(settings.pgdata)
-        # The products' database, as `db url` prints it (the server's own URL names `postgres`).
-        url = with_dbname(state.url, EMBEDDED_DATABASE) if state.url else None
+        url = _products_url(settings, state.url) if state.url else None
         report = {"embedded": True, "running": state.running, "url": url, "pgdata": str(settings.pgdata)}
     print_report(report, as_json=args.json)
     return 0

@@ -10,6 +10,9 @@ from typing import Any
 
 import psycopg
 
+from prodvec import __version__
+from prodvec.config import load_settings
+from prodvec.db.connection import START_EMBEDDED, embedded_server_down
 from prodvec.errors import ProdvecError
 
 
@@ -17,8 +20,10 @@ def build_parser() -> argparse.ArgumentParser:
     from prodvec.cli import catalog, database, evaluate, model, quantized, queue, recall, search, serve
 
     parser = argparse.ArgumentParser(prog="prodvec", description="Product image search inside PostgreSQL.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _talk_options(parser, default=False)
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_CommandParser)
+    # Not required: a bare `prodvec` gets the help, which lists the commands (main).
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
     demo.set_defaults(handler=_run_demo)
@@ -36,10 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _talk_options(parser: argparse.ArgumentParser, *, default: object) -> None:
-    talk = parser.add_mutually_exclusive_group()
-    talk.add_argument("-v", "--verbose", action="store_true", default=default, help="log debugging details too")
-    talk.add_argument("-q", "--quiet", action="store_true", default=default,
-                      help="log only warnings and errors, no progress")
+    # No mutually exclusive group: its error would differ from main's check, which must be there
+    # anyway for -v before the command and -q after it (or the reverse).
+    parser.add_argument("-v", "--verbose", action="store_true", default=default, help="log debugging details too")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="log only warnings and errors, no progress (not with -v)")
 
 
 class _CommandParser(argparse.ArgumentParser):
@@ -70,8 +76,11 @@ def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.verbose and args.quiet:  # one before the command, the other after it
-        parser.error("-v/--verbose and -q/--quiet go against each other: give one")
+    if args.verbose and args.quiet:  # before the command, after it, or one on each side
+        return _error("-v/--verbose and -q/--quiet go against each other: give one")
+    if args.command is None:  # a usage error as argparse's (exit 2), with the commands to choose from
+        parser.print_help(sys.stderr)
+        return 2
     configure_logging(verbose=args.verbose, quiet=args.quiet)
     try:
         return int(args.handler(args) or 0)
@@ -93,7 +102,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not isinstance(cause, psycopg.OperationalError):
             raise
         reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        return _error(f"the database connection failed ({reason}): check that the server runs and try again")
+        advice = START_EMBEDDED if embedded_server_down(None, load_settings()) else (
+            "check that the server runs and try again")
+        return _error(f"the database connection failed ({reason}): {advice}")
 
 
 #: What a command meets on a database whose schema prodvec has not made (or an older one).

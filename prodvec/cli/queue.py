@@ -6,14 +6,18 @@ import contextlib
 import functools
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from prodvec import queue as jobs
 from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.active_model import catalog_settings
 from prodvec.db.connection import connect, database_url
-from prodvec.db.model_registry import list_models
+from prodvec.db.model_registry import CatalogModel, list_models
 from prodvec.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prodvec.encode import Encoder
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -80,8 +84,9 @@ def _worker(args: argparse.Namespace) -> int:
     # A database that does not answer: say so now, before the model loads, and exit.
     with connect(url) as conn:
         settings = catalog_settings(conn, settings, record=True)
+        models = list_models(conn)
         # --once with nothing to do: done, without loading torch and the model (seconds).
-        idle = args.once and not jobs.claimable(conn, [model.id for model in list_models(conn)])
+        idle = args.once and not jobs.claimable(conn, [model.id for model in models])
     if idle:
         print("worker: nothing to embed", file=sys.stderr)
         _report_waiting(url)
@@ -123,8 +128,7 @@ def _worker(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         server = serve(metrics, url, port=args.metrics_port, host=args.metrics_host)
         print(f"worker: metrics on http://{args.metrics_host}:{server.port}/metrics", file=sys.stderr)
-    print(f"worker: encoder {encoder.spec} on {encoder.device}, {settings.catalog_views}-view catalog, "
-          f"{'JPEGs decoded on the GPU' if worker.decodes_on_gpu else 'images decoded with PIL'}", file=sys.stderr)
+    print(_banner(encoder, settings.catalog_views, worker.decodes_on_gpu, models), file=sys.stderr)
     try:
         with hnsw_index_dropped(url) if args.bulk else contextlib.nullcontext():
             stats = worker.run(once=args.once)
@@ -142,19 +146,34 @@ def _worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _banner(encoder: Encoder, catalog_views: str, decodes_on_gpu: bool, models: list[CatalogModel]) -> str:
+    """What the worker embeds for: the active model (``encoder`` under ``catalog_views``) and, after
+    its jobs, the catalog's other models, added or kept for rollback (its lanes load each they can)."""
+    decoding = "JPEGs decoded on the GPU" if decodes_on_gpu else "images decoded with PIL"
+    others = [model for model in models if not model.active]
+    if not others:
+        return f"worker: encoder {encoder.spec} on {encoder.device}, {catalog_views}-view catalog, {decoding}"
+    return (f"worker: encoder {encoder.spec} on {encoder.device} for the active model ({catalog_views}-view), "
+            f"{decoding}; then for the catalog's other model(s) this machine can load: {', '.join(map(str, others))}")
+
+
 #: Error texts listed when `worker --once` leaves products waiting to retry; the rest are counted.
 _LISTED_REASONS = 3
 
 
 def _report_waiting(url: str) -> None:
-    """After `worker --once`: the products it left waiting to retry after transient errors, and why."""
+    """After `worker --once`: the jobs it left waiting to retry after transient errors, and why.
+    A job embeds one product for one model: with models added beside the active one, a product
+    whose photo is not there yet has a job waiting for each."""
     with connect(url) as conn:
         waiting = jobs.waiting_to_retry(conn)
+        several_models = len(list_models(conn)) > 1
     if not waiting:
         return
-    total = sum(group.products for group in waiting)
+    total = sum(group.products for group in waiting)  # jobs, one product's each for one model
     next_try = min(group.next_try_seconds for group in waiting)
-    print(f"worker: {total} product(s) wait to retry after transient errors, the next in {next_try:.0f} s: run "
+    counted = "job(s) (one per product and model)" if several_models else "product(s)"
+    print(f"worker: {total} {counted} wait to retry after transient errors, the next in {next_try:.0f} s: run "
           "`prodvec worker --once` again then (`prodvec failures` lists them)", file=sys.stderr)
     for group in waiting[:_LISTED_REASONS]:
         print(f"worker:   {group.products} × {group.reason}", file=sys.stderr)

@@ -22,6 +22,8 @@ POSTGRES_SCHEMES = ("postgresql", "postgres")
 #: PGCONNECT_TIMEOUT in the environment wins.
 CONNECT_TIMEOUT_S = 10
 _PASSWORD = re.compile(r"(://[^/@:]*):[^/@]*@")
+#: What to do when the embedded server a command needs is not running (embedded_server_down).
+START_EMBEDDED = "the embedded server is not running: start it with `prodvec db start`"
 NO_PGVECTOR = (
     "the database has no pgvector extension yet: run `prodvec migrate` (needs pgvector >= 0.8 installed on the server)"
 )
@@ -98,11 +100,19 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     except psycopg.OperationalError as exc:
         # libpq's message runs over several lines (a hint on the second): one line, and what to check.
         raise DatabaseUnavailable(
-            f"cannot connect to the database: {' '.join(str(exc).split())}; check DATABASE_URL and that the server "
-            "runs (unset DATABASE_URL to use the embedded one)"
+            f"cannot connect to the database: {' '.join(str(exc).split())}; {_unavailable_advice(url, load_settings())}"
         ) from exc
     register_pgvector(conn)
     return conn
+
+
+def _unavailable_advice(url: str, settings: Settings) -> str:
+    """What to check when ``url`` does not answer (libpq's message says what failed)."""
+    if not names_embedded_server(url, settings.pgdata):
+        return "check DATABASE_URL and that the server runs (unset DATABASE_URL to use the embedded one)"
+    if embedded_server_down(url, settings):
+        return START_EMBEDDED
+    return "the embedded server runs: check the database DATABASE_URL names"
 
 
 def register_pgvector(conn: psycopg.Connection) -> None:
@@ -132,3 +142,15 @@ def names_embedded_server(url: str, pgdata: Path) -> bool:
     except psycopg.ProgrammingError:  # not a URL at all: checked_url says so where it is used
         return False
     return host.startswith("/") and Path(host).resolve().is_relative_to(pgdata.resolve())
+
+
+def embedded_server_down(url: str | None, settings: Settings) -> bool:
+    """Whether ``url`` (None: the database in effect, DATABASE_URL's or else the embedded server)
+    is the embedded server's and that server is not running. Then the fix is to start it: the
+    URL `prodvec demo` prints is right, and unsetting it would switch to another database."""
+    url = url or settings.database_url
+    if url and not names_embedded_server(url, settings.pgdata):
+        return False
+    from prodvec.db.embedded import server_status  # only needed for the embedded server
+
+    return not server_status(settings.pgdata).running
