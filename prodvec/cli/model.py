@@ -120,7 +120,7 @@ def _add(args: argparse.Namespace) -> int:
     try:
         check_weights(model.spec, load_settings().device)
     except WeightsUnavailable as exc:  # workers on other machines may have them: say so, go on
-        print(f"note: this machine cannot load {model.spec} ({exc}); workers that cannot load it leave its jobs "
+        print(f"note: this machine cannot load {model.spec} ({exc.reason}); workers that cannot load it leave its jobs "
               "to workers that can", file=sys.stderr)
     added, queued, new = add_model(url, model)
     named = added.as_active.argument

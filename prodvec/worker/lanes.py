@@ -19,7 +19,7 @@ from prodvec.db.active_model import ActiveModel, record_active_model
 from prodvec.db.migrate import embedding_dimensions
 from prodvec.db.model_registry import CatalogModel, list_models
 from prodvec.encode import Encoder
-from prodvec.errors import ModelMismatch, ProdvecError, SchemaMismatch
+from prodvec.errors import ModelMismatch, ProdvecError, SchemaMismatch, WeightsUnavailable
 from prodvec.images.views import SINGLE_VIEW, ViewPolicy
 from prodvec.worker.prepare import Preparer
 
@@ -128,7 +128,7 @@ class Lanes:
                 encoder = self._encoders[model.spec] = self._loader(model.spec)
                 return encoder
             except ProdvecError as exc:  # no weights here, a bad checkpoint path: other workers may have them
-                why = str(exc)
+                why = exc.reason if isinstance(exc, WeightsUnavailable) else str(exc)  # not PRODVEC_MODEL advice
         if model.active and self._loader is not None:  # a worker meant to keep the catalog current cannot
             raise ModelMismatch(f"cannot embed for the catalog's active model {model}: {why}")
         self._skipped.add(model.id)
