@@ -539,9 +539,23 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
     own = settings_for(url)
     own = replace(own, prodvec=replace(own.prodvec, home=tmp_path))
     with running(create_app(embedded, encoder=test_encoder)) as embedded_url, \
-            running(create_app(own, encoder=test_encoder)) as own_url:
+            running(create_app(own, encoder=test_encoder)) as own_url, \
+            running(create_app(replace(embedded, api_keys=("reader-key",)), encoder=test_encoder)) as keyed_url:
         assert httpx.get(f"{embedded_url}/readyz").status_code == 200
         assert stop_server(pgdata)
+        # A keyed server's open routes answer anyone: without a valid key, no host, error or path.
+        for headers in ({}, {"X-API-Key": "wrong-key"}):
+            thumbnail = httpx.get(f"{keyed_url}/images/FM-00001", headers=headers)
+            assert_error(thumbnail, 503, "the database is unavailable right now: retry in a moment")
+            assert thumbnail.headers["retry-after"] == "5"
+            ready = httpx.get(f"{keyed_url}/readyz", headers=headers)
+            assert ready.status_code == 503 and ready.json()["database"] is False
+            for answer in (thumbnail, ready):
+                assert str(pgdata) not in answer.text and ".s.PGSQL" not in answer.text, answer.text
+                assert "prodvec db start" not in answer.text, answer.text
+        told = httpx.get(f"{keyed_url}/images/FM-00001", headers={"X-API-Key": "reader-key"})
+        assert_error(told, 503, "retry in a moment", f"(its data is in {pgdata})")
+        assert told.headers["retry-after"] == "5"
         for base, advice in (
             (embedded_url, f"start the embedded database with `prodvec db start` (its data is in {pgdata})"),
             (own_url, f"check that the PostgreSQL server at {pgdata}:5432/prodvec is running and that "
