@@ -63,10 +63,10 @@ def require_read_key(request: Request, key: Annotated[str | None, Security(prese
 def require_admin_key(request: Request, key: Annotated[str | None, Security(presented_key)]) -> None:
     """Dependency of the write routes: always one of PRODVEC_ADMIN_KEYS."""
     settings: ServiceSettings = request.app.state.settings
+    if not settings.admin_keys:  # first: no key could help, so asking for one would mislead
+        raise Forbidden("writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set")
     if key is None:
         raise Unauthorized(f"writes need an admin key: {_HOW}")
-    if not settings.admin_keys:
-        raise Forbidden("writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set")
     if not key_matches(key, settings.admin_keys):
         raise Forbidden("the key is not an admin key: writes need one of the server's PRODVEC_ADMIN_KEYS")
 
