@@ -419,6 +419,30 @@ def test_empty_bodies(client: httpx.Client):
     assert_error(client.post("/v1/search", content=b"hello", headers={"Content-Type": "text/plain"}), 415)
 
 
+#: What a body that cannot be read is told to send instead.
+ONE_OBJECT = "send one JSON object (Content-Type: application/json) with the fields /docs shows for this endpoint"
+
+
+def test_unreadable_bodies_say_what_to_send(client: httpx.Client, service_catalog: ServiceCatalog):
+    """A body cut off or not JSON, JSON that is not an object, a form with two photos or too many
+    fields: one line in prodvec's words (the place for JSON), none of the framework's."""
+    cut = b'{"sku": "FM-00004",'  # 19 characters: a value is missing after the comma
+    answers = {
+        (400, f"the request body is not valid JSON (EOF while parsing a value at line 1 column 19): {ONE_OBJECT}"):
+            client.post("/v1/search", content=cut, headers={"Content-Type": "application/json"}),
+        (422, f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"):
+            client.post("/v1/search", json=["FM-00004"]),
+        (400, "send one photo per search, in the field 'image' (curl -F image=@photo.jpg)"):
+            client.post("/v1/search", files=[("image", ("a.png", png_bytes(service_catalog.photo(sku)), "image/png"))
+                                             for sku in ("FM-00001", "FM-00002")]),
+        (400, "the form has more than 64 fields: send the photo in the field 'image' and the filters, nothing else"):
+            client.post("/v1/search", data={"sku": "FM-00001", "category": [f"c{n}" for n in range(70)]}),
+    }
+    for (status, message), response in answers.items():
+        assert response.status_code == status, response.text
+        assert response.json() == {"error": message}
+
+
 @pytest.mark.parametrize("params", [{"k": 0}, {"k": 101}, {"k": "many"}, {"min_price": -1},
                                     {"max_distance": 3}, {"colour": "red"}, {"min_price": 50, "max_price": 5},
                                     {"max_price": "inf"}, {"min_price": "nan"}])

@@ -17,6 +17,7 @@ import pytest
 from conftest import QuietHTTPServer
 from test_service import (
     DEMO,
+    ONE_OBJECT,
     ServiceCatalog,
     assert_error,
     png_bytes,
@@ -118,6 +119,19 @@ def test_admin_put_queues_the_product_and_the_worker_makes_it_searchable(
     assert keyed.delete(f"/v1/products/{sku}", headers=admin).status_code == 204
     assert_error(keyed.get(f"/v1/products/{sku}", headers=admin), 404)
     assert_error(keyed.delete(f"/v1/products/{sku}", headers=admin), 404)
+
+
+def test_a_put_body_that_is_not_a_json_object_says_where_and_what_to_send(keyed: httpx.Client):
+    admin = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"}
+    broken = b'{"title": "Court sneaker",\n "price": }'  # line 2, column 11: a value is missing
+    answer = keyed.put("/v1/products/NEW-2", content=broken, headers=admin)
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"error": f"the request body is not valid JSON (Expecting value at line 2 column 11): "
+                                      f"{ONE_OBJECT}"}
+    not_an_object = keyed.put("/v1/products/NEW-2", content=b'"a sneaker"', headers=admin)
+    assert not_an_object.status_code == 422, not_an_object.text
+    assert not_an_object.json() == {"error": f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"}
+    assert keyed.get("/v1/products/NEW-2", headers=admin).status_code == 404  # nothing was written
 
 
 def test_writes_are_off_without_admin_keys(service_catalog: ServiceCatalog, test_encoder: Any):

@@ -32,7 +32,7 @@ from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.encoders import Encoders
-from prodvec.service.errors import ApiError, validation_message
+from prodvec.service.errors import ApiError, validation_problem
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
@@ -149,7 +149,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(422, validation_message(exc.errors()))
+        problem = validation_problem(exc.errors(), exc.body)
+        return error(problem.status, str(problem))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:

@@ -215,7 +215,8 @@ class ErrorMessage(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorMessage, "description": description}
     for status, description in {
-        400: "bad request", 401: "no API key", 403: "wrong API key", 404: "unknown sku", 409: "not embedded yet",
+        400: "bad request, or a body that cannot be read (not JSON, more than one photo)", 401: "no API key",
+        403: "wrong API key", 404: "unknown sku", 409: "not embedded yet",
         413: "too large", 415: "not an image", 422: "invalid parameters, or a truncated or corrupt photo",
         503: "overloaded: retry after Retry-After",
     }.items()
