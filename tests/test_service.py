@@ -574,6 +574,7 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             assert thumbnail.headers["retry-after"] == "5"
             ready = httpx.get(f"{keyed_url}/readyz", headers=headers)
             assert ready.status_code == 503 and ready.json()["database"] is False
+            assert ready.json()["schema_current"] is None
             for answer in (thumbnail, ready):
                 assert str(pgdata) not in answer.text and ".s.PGSQL" not in answer.text, answer.text
                 assert "prodvec db start" not in answer.text, answer.text
@@ -588,6 +589,7 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             ready = httpx.get(f"{base}/readyz")
             assert ready.status_code == 503
             assert ready.json()["database"] is False
+            assert ready.json()["schema_current"] is None  # unknown: it cannot be checked
             assert ready.json()["problem"].startswith("the database cannot be reached (")
             assert ready.json()["problem"].endswith(advice), ready.json()["problem"]
             assert "\n" not in ready.json()["problem"]

@@ -82,8 +82,8 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
         if isinstance(exc.orig, psycopg.OperationalError):
             reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__  # libpq's lines as one
             unreachable = f"the database cannot be reached ({reason}): {state.database_advice()}"
-            return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
-                                     problem=unreachable)
+            return schemas.Readiness(ready=False, database=False, schema_current=None, model_loaded=True,
+                                     problem=unreachable)  # the schema cannot be checked: unknown
         return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
                                  problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
     except SchemaMismatch as exc:  # reached, but a new connection cannot set up pgvector's types

@@ -202,7 +202,8 @@ class Status(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     database: bool
-    schema_current: bool
+    schema_current: bool | None = Field(
+        description="the schema is at the server's migration head; null (unknown) while the database cannot be reached")
     model_loaded: bool
     problem: str | None = Field(None, description="what is not ready and what to do about it")
 
