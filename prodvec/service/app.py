@@ -1,5 +1,6 @@
 """The FastAPI application: routers, one error shape, the static page, and the lifespan that
-loads the model once and opens the connection pools (the primary's, one per read replica).
+loads the active model (the catalog's others are loaded ahead by Encoders) and opens the
+connection pools (the primary's, one per read replica).
 
     uvicorn --factory prodvec.service.app:app_from_environment   # what `prodvec serve` runs
 """
@@ -55,8 +56,8 @@ def create_app(
     resolver: Resolver = system_resolver,
     connector: Connector = system_connector,
 ) -> FastAPI:
-    """The service. ``encoder``: an already loaded one (tests); default PRODVEC_MODEL's, loaded
-    at startup. ``resolver``/``connector``: how image_url hosts are resolved and reached."""
+    """The service. ``encoder``: an already loaded one (tests); default the catalog's active
+    model's, loaded at startup. ``resolver``/``connector``: how image_url hosts are resolved and reached."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
