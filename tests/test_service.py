@@ -419,6 +419,30 @@ def test_empty_bodies(client: httpx.Client):
     assert_error(client.post("/v1/search", content=b"hello", headers={"Content-Type": "text/plain"}), 415)
 
 
+#: What a body that cannot be read is told to send instead.
+ONE_OBJECT = "send one JSON object (Content-Type: application/json) with the fields /docs shows for this endpoint"
+
+
+def test_unreadable_bodies_say_what_to_send(client: httpx.Client, service_catalog: ServiceCatalog):
+    """A body cut off or not JSON, JSON that is not an object, a form with two photos or too many
+    fields: one line in prodvec's words (the place for JSON), none of the framework's."""
+    cut = b'{"sku": "FM-00004",'  # 19 characters: a value is missing after the comma
+    answers = {
+        (400, f"the request body is not valid JSON (EOF while parsing a value at line 1 column 19): {ONE_OBJECT}"):
+            client.post("/v1/search", content=cut, headers={"Content-Type": "application/json"}),
+        (422, f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"):
+            client.post("/v1/search", json=["FM-00004"]),
+        (400, "send one photo per search, in the field 'image' (curl -F image=@photo.jpg)"):
+            client.post("/v1/search", files=[("image", ("a.png", png_bytes(service_catalog.photo(sku)), "image/png"))
+                                             for sku in ("FM-00001", "FM-00002")]),
+        (400, "the form has more than 64 fields: send the photo in the field 'image' and the filters, nothing else"):
+            client.post("/v1/search", data={"sku": "FM-00001", "category": [f"c{n}" for n in range(70)]}),
+    }
+    for (status, message), response in answers.items():
+        assert response.status_code == status, response.text
+        assert response.json() == {"error": message}
+
+
 @pytest.mark.parametrize("params", [{"k": 0}, {"k": 101}, {"k": "many"}, {"min_price": -1},
                                     {"max_distance": 3}, {"colour": "red"}, {"min_price": 50, "max_price": 5},
                                     {"max_price": "inf"}, {"min_price": "nan"}])
@@ -539,9 +563,24 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
     own = settings_for(url)
     own = replace(own, prodvec=replace(own.prodvec, home=tmp_path))
     with running(create_app(embedded, encoder=test_encoder)) as embedded_url, \
-            running(create_app(own, encoder=test_encoder)) as own_url:
+            running(create_app(own, encoder=test_encoder)) as own_url, \
+            running(create_app(replace(embedded, api_keys=("reader-key",)), encoder=test_encoder)) as keyed_url:
         assert httpx.get(f"{embedded_url}/readyz").status_code == 200
         assert stop_server(pgdata)
+        # A keyed server's open routes answer anyone: without a valid key, no host, error or path.
+        for headers in ({}, {"X-API-Key": "wrong-key"}):
+            thumbnail = httpx.get(f"{keyed_url}/images/FM-00001", headers=headers)
+            assert_error(thumbnail, 503, "the database is unavailable right now: retry in a moment")
+            assert thumbnail.headers["retry-after"] == "5"
+            ready = httpx.get(f"{keyed_url}/readyz", headers=headers)
+            assert ready.status_code == 503 and ready.json()["database"] is False
+            assert ready.json()["schema_current"] is None
+            for answer in (thumbnail, ready):
+                assert str(pgdata) not in answer.text and ".s.PGSQL" not in answer.text, answer.text
+                assert "prodvec db start" not in answer.text, answer.text
+        told = httpx.get(f"{keyed_url}/images/FM-00001", headers={"X-API-Key": "reader-key"})
+        assert_error(told, 503, "retry in a moment", f"(its data is in {pgdata})")
+        assert told.headers["retry-after"] == "5"
         for base, advice in (
             (embedded_url, f"start the embedded database with `prodvec db start` (its data is in {pgdata})"),
             (own_url, f"check that the PostgreSQL server at {pgdata}:5432/prodvec is running and that "
@@ -550,6 +589,7 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             ready = httpx.get(f"{base}/readyz")
             assert ready.status_code == 503
             assert ready.json()["database"] is False
+            assert ready.json()["schema_current"] is None  # unknown: it cannot be checked
             assert ready.json()["problem"].startswith("the database cannot be reached (")
             assert ready.json()["problem"].endswith(advice), ready.json()["problem"]
             assert "\n" not in ready.json()["problem"]

@@ -17,6 +17,7 @@ import pytest
 from conftest import QuietHTTPServer
 from test_service import (
     DEMO,
+    ONE_OBJECT,
     ServiceCatalog,
     assert_error,
     png_bytes,
@@ -120,12 +121,27 @@ def test_admin_put_queues_the_product_and_the_worker_makes_it_searchable(
     assert_error(keyed.delete(f"/v1/products/{sku}", headers=admin), 404)
 
 
+def test_a_put_body_that_is_not_a_json_object_says_where_and_what_to_send(keyed: httpx.Client):
+    admin = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"}
+    broken = b'{"title": "Court sneaker",\n "price": }'  # line 2, column 11: a value is missing
+    answer = keyed.put("/v1/products/NEW-2", content=broken, headers=admin)
+    assert answer.status_code == 400, answer.text
+    assert answer.json() == {"error": f"the request body is not valid JSON (Expecting value at line 2 column 11): "
+                                      f"{ONE_OBJECT}"}
+    not_an_object = keyed.put("/v1/products/NEW-2", content=b'"a sneaker"', headers=admin)
+    assert not_an_object.status_code == 422, not_an_object.text
+    assert not_an_object.json() == {"error": f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"}
+    assert keyed.get("/v1/products/NEW-2", headers=admin).status_code == 404  # nothing was written
+
+
 def test_writes_are_off_without_admin_keys(service_catalog: ServiceCatalog, test_encoder: Any):
     with running(create_app(settings_for(service_catalog.url), encoder=test_encoder)) as url:
         product = {"price": 1}
-        assert_error(httpx.put(f"{url}/v1/products/X-1", json=product), 401)
-        assert_error(httpx.put(f"{url}/v1/products/X-1", json=product, headers={"X-API-Key": "any"}), 403,
-                     "PRODVEC_ADMIN_KEYS")
+        turned_off = "writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set"
+        # No key could help: with a key or without, the answer says writes are off (not "send a key").
+        for headers in ({}, {"X-API-Key": "any"}):
+            assert_error(httpx.put(f"{url}/v1/products/X-1", json=product, headers=headers), 403, turned_off)
+            assert_error(httpx.delete(f"{url}/v1/products/FM-00004", headers=headers), 403, turned_off)
         assert httpx.get(f"{url}/v1/categories").status_code == 200  # no keys configured: reads are open
 
 

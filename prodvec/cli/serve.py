@@ -59,10 +59,12 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"prodvec serve: http://{shown}:{args.port}/ (API docs at /docs); keys "
           f"{'required' if settings.api_keys else 'off'} for reads, writes "
           f"{'on' if settings.admin_keys else 'off'}", file=sys.stderr)
-    # A worker process answers the supervisor's health pings while it loads the model; on a
-    # busy machine that can take longer than uvicorn's 5 s default, and it would be killed.
+    # uvicorn's own logs follow -q/-v as prodvec's do: with -q only its warnings, and no line per
+    # request. A worker process answers the supervisor's health pings while it loads the model; on
+    # a busy machine that can take longer than uvicorn's 5 s default, and it would be killed.
     uvicorn.run("prodvec.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="info", timeout_graceful_shutdown=10, timeout_worker_healthcheck=60)
+                workers=args.workers, log_level="debug" if args.verbose else "warning" if args.quiet else "info",
+                access_log=not args.quiet, timeout_graceful_shutdown=10, timeout_worker_healthcheck=60)
     return 0
 
 

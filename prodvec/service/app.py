@@ -1,5 +1,6 @@
 """The FastAPI application: routers, one error shape, the static page, and the lifespan that
-loads the model once and opens the connection pools (the primary's, one per read replica).
+loads the active model (the catalog's others are loaded ahead by Encoders) and opens the
+connection pools (the primary's, one per read replica).
 
     uvicorn --factory prodvec.service.app:app_from_environment   # what `prodvec serve` runs
 """
@@ -32,10 +33,11 @@ from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
 from prodvec.service.context import ServiceState, service_state
 from prodvec.service.encoders import Encoders
-from prodvec.service.errors import ApiError, validation_message
+from prodvec.service.errors import ApiError, validation_problem
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
+from prodvec.service.security import may_read, request_key
 from prodvec.service.settings import ServiceSettings, service_settings
 
 log = logging.getLogger("prodvec.service")
@@ -54,8 +56,8 @@ def create_app(
     resolver: Resolver = system_resolver,
     connector: Connector = system_connector,
 ) -> FastAPI:
-    """The service. ``encoder``: an already loaded one (tests); default PRODVEC_MODEL's, loaded
-    at startup. ``resolver``/``connector``: how image_url hosts are resolved and reached."""
+    """The service. ``encoder``: an already loaded one (tests); default the catalog's active
+    model's, loaded at startup. ``resolver``/``connector``: how image_url hosts are resolved and reached."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -148,7 +150,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error(422, validation_message(exc.errors()))
+        problem = validation_problem(exc.errors(), exc.body)
+        return error(problem.status, str(problem))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -157,13 +160,13 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        return unavailable(request, exc.orig)
+        return await unavailable(request, exc.orig)
 
     @app.exception_handler(psycopg.OperationalError)  # raw, from a pooled psycopg connection
     async def connection_error(request: Request, exc: psycopg.OperationalError) -> JSONResponse:
-        return unavailable(request, exc)
+        return await unavailable(request, exc)
 
-    def unavailable(request: Request, cause: BaseException | None) -> JSONResponse:
+    async def unavailable(request: Request, cause: BaseException | None) -> JSONResponse:
         log.warning("database error: %s", cause)
         if isinstance(cause, psycopg.errors.QueryCanceled):  # statement_timeout
             message = "the database is too slow right now: retry in a moment"
@@ -172,7 +175,14 @@ def _add_error_handlers(app: FastAPI) -> None:
                        f"{service_state(request).database_advice()}")
         else:
             message = "the database is unavailable or too slow right now: retry in a moment"
-        return error(503, message, {"Retry-After": "5"})
+        return await database_problem(request, message, {"Retry-After": "5"})
+
+    async def database_problem(request: Request, message: str, headers: Mapping[str, str] | None) -> JSONResponse:
+        """503, the server's problem. The open routes (thumbnails, /readyz) answer anyone who can
+        reach a keyed server: without a valid key, the message names no host, error or path."""
+        if not may_read(app.state.settings, await request_key(request)):
+            message = "the database is unavailable right now: retry in a moment"
+        return error(503, message, headers)
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:  # logged by the server
@@ -181,9 +191,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProdvecError)
     async def prodvec_error(request: Request, exc: ProdvecError) -> JSONResponse:
         if isinstance(exc, DatabaseUnavailable):
-            return error(503, str(exc), {"Retry-After": "5"})
+            return await database_problem(request, str(exc), {"Retry-After": "5"})
         if isinstance(exc, DatabaseError):  # e.g. no schema yet: the server's problem, not the request's
-            return error(503, str(exc))
+            return await database_problem(request, str(exc), None)
         return error(400, str(exc))
 
 

@@ -93,14 +93,47 @@ class TimedOut(ApiError):
     status = 504
 
 
+_ONE_OBJECT = "send one JSON object (Content-Type: application/json) with the fields /docs shows for this endpoint"
+#: Pydantic's error types for a body that is JSON, but not an object (an array, a string, a number).
+_NOT_AN_OBJECT = ("model_type", "model_attributes_type", "dict_type")
+
+
+def validation_problem(errors: Sequence[Mapping[str, Any]], body: Any = None) -> ApiError:
+    """A request that failed validation, as one error in prodvec's words: 400 for a body that is
+    not JSON at all (it cannot be read, as an empty one), else 422 naming each field's problem.
+    ``body``: the text that was parsed, where the framework keeps it (for the line and column)."""
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            return BadRequest(f"the request body is not valid JSON ({_json_problem(error, body)}): {_ONE_OBJECT}")
+        if error.get("type") in _NOT_AN_OBJECT and not _field(error):
+            return InvalidRequest(f"invalid request: the body is JSON but not an object: {_ONE_OBJECT}")
+    return InvalidRequest(validation_message(errors))
+
+
+def _json_problem(error: Mapping[str, Any], body: Any) -> str:
+    """The parser's reason and where: pydantic's says its line and column; FastAPI's own parse
+    (a route's body model) gives the offset in ``body``, from which they are counted here."""
+    reason = str((error.get("ctx") or {}).get("error") or "cannot be parsed")
+    offset = error.get("loc", ())[-1:]
+    if not offset or not isinstance(offset[0], int) or not isinstance(body, str):
+        return reason
+    line = body.count("\n", 0, offset[0]) + 1
+    column = offset[0] - body.rfind("\n", 0, offset[0])
+    return f"{reason} at line {line} column {column}"
+
+
 def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     """Pydantic's validation errors as one line in prodvec's words: each names its field and what
     it should be, with no "Value error, " or "Input should be" from the framework."""
     return "invalid request: " + "; ".join(_problem(error) for error in errors)
 
 
+def _field(error: Mapping[str, Any]) -> str:
+    return ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+
+
 def _problem(error: Mapping[str, Any]) -> str:
-    field = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+    field = _field(error)
     kind, message = error.get("type"), str(error.get("msg", ""))
     cause = (error.get("ctx") or {}).get("error")
     if kind == "value_error" and cause is not None:  # our own validators' messages, as written

@@ -19,7 +19,7 @@ from prodvec.db.replicas import describe
 from prodvec.errors import ProdvecError, SchemaMismatch
 from prodvec.service import schemas
 from prodvec.service.context import ServiceState, service_state
-from prodvec.service.security import key_matches, presented_key, require_read_key
+from prodvec.service.security import may_read, presented_key, require_read_key
 
 router = APIRouter(tags=["operations"])
 
@@ -34,8 +34,7 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request, key: Annotated[str | None, Security(presented_key)]) -> JSONResponse:
     state = service_state(request)
     readiness = await run_in_threadpool(_readiness, state)
-    if readiness.problem and state.settings.reads_need_key and not (
-            key and key_matches(key, (*state.settings.api_keys, *state.settings.admin_keys))):
+    if readiness.problem and not may_read(state.settings, key):
         # Open to load balancers, so without a key it tells what is not ready, not the database's
         # host and error.
         readiness = readiness.model_copy(update={"problem": _WITHOUT_KEY})
@@ -83,8 +82,8 @@ def _readiness(state: ServiceState) -> schemas.Readiness:
         if isinstance(exc.orig, psycopg.OperationalError):
             reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__  # libpq's lines as one
             unreachable = f"the database cannot be reached ({reason}): {state.database_advice()}"
-            return schemas.Readiness(ready=False, database=False, schema_current=False, model_loaded=True,
-                                     problem=unreachable)
+            return schemas.Readiness(ready=False, database=False, schema_current=None, model_loaded=True,
+                                     problem=unreachable)  # the schema cannot be checked: unknown
         return schemas.Readiness(ready=False, database=True, schema_current=False, model_loaded=True,
                                  problem=f"the database has no prodvec schema ({exc.orig}): run `prodvec migrate`")
     except SchemaMismatch as exc:  # reached, but a new connection cannot set up pgvector's types

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from sqlalchemy import ColumnElement, Engine, select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 
 from prodvec.catalog.categories import unknown_category
 from prodvec.config import CatalogViews
@@ -48,6 +49,7 @@ from prodvec.service.security import require_read_key
 router = APIRouter(dependencies=[Depends(require_read_key)], tags=["search"])
 
 _FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+_MAX_FORM_FIELDS = 64  # the filters, each category repeated: more is not a search
 _HOW = ("POST a JSON object with one of sku, text, vector or image_url (and filters), "
         "or a multipart/form-data form with the photo in the field 'image'")
 _FORM_FIELDS = {
@@ -91,7 +93,8 @@ async def similar(request: Request, response: Response, sku: str,
 
 async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.SearchRequest | schemas.PhotoSearch]:
     state = service_state(request)
-    async with request.form(max_files=1, max_fields=64) as form:
+    form = await _read_form(request)
+    try:
         fields: dict[str, Any] = {key: form.getlist(key) if key == "category" else form[key]
                                   for key in form if key != "image"}
         upload = form.get("image")
@@ -105,8 +108,28 @@ async def _from_form(request: Request) -> tuple[Image.Image | None, schemas.Sear
             raise BadRequest("the field 'image' must be a file: send it as a file part (curl -F image=@photo.jpg)")
         options = _validated(schemas.PhotoSearch, fields)
         data = await upload.read()
+    finally:
+        await form.close()
     photo = await state.decode_photo(data)
     return photo, options
+
+
+async def _read_form(request: Request) -> FormData:
+    """The form, parsed within its bounds (one file, few fields). Starlette refuses one past them
+    with a 400 HTTPException whose English text is all it says; told here in prodvec's words."""
+    try:
+        return await request.form(max_files=1, max_fields=_MAX_FORM_FIELDS)
+    except HTTPException as exc:
+        if exc.status_code != 400:  # BodyLimit's 413, already in prodvec's words
+            raise
+        detail = str(exc.detail)
+        if detail.startswith("Too many files"):
+            raise BadRequest("send one photo per search, in the field 'image' (curl -F image=@photo.jpg)") from None
+        if detail.startswith("Too many fields"):
+            raise BadRequest(f"the form has more than {_MAX_FORM_FIELDS} fields: send the photo in the field "
+                             "'image' and the filters, nothing else") from None
+        raise BadRequest(f"the form cannot be read ({detail.rstrip('.')}): send multipart/form-data as "
+                         "curl -F image=@photo.jpg does") from None
 
 
 def _validated(model: type[schemas.PhotoSearch], data: bytes | dict[str, Any]) -> Any:

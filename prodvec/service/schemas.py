@@ -202,7 +202,8 @@ class Status(BaseModel):
 class Readiness(BaseModel):
     ready: bool
     database: bool
-    schema_current: bool
+    schema_current: bool | None = Field(
+        description="the schema is at the server's migration head; null (unknown) while the database cannot be reached")
     model_loaded: bool
     problem: str | None = Field(None, description="what is not ready and what to do about it")
 
@@ -215,7 +216,8 @@ class ErrorMessage(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorMessage, "description": description}
     for status, description in {
-        400: "bad request", 401: "no API key", 403: "wrong API key", 404: "unknown sku", 409: "not embedded yet",
+        400: "bad request, or a body that cannot be read (not JSON, more than one photo)", 401: "no API key",
+        403: "wrong API key", 404: "unknown sku", 409: "not embedded yet",
         413: "too large", 415: "not an image", 422: "invalid parameters, or a truncated or corrupt photo",
         503: "overloaded: retry after Retry-After",
     }.items()

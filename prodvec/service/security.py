@@ -3,7 +3,8 @@
 A key comes in the ``X-API-Key`` header or as ``Authorization: Bearer <key>``. Reads (/v1/*)
 need one of PRODVEC_API_KEYS (or an admin key) when keys are configured; writes always need one
 of PRODVEC_ADMIN_KEYS. Thumbnails (/images/{sku}) stay open, as do the page, the API docs,
-/healthz and /readyz: a browser's <img> sends no key header (docs/service.md). Keys are
+/healthz and /readyz: a browser's <img> sends no key header (docs/service.md); what they answer
+without a key names no database host, error or path (may_read). Keys are
 compared in constant time against every configured key and are never logged or echoed.
 Without keys the server only listens on loopback, unless it is opened read-only on purpose
 (PRODVEC_ALLOW_OPEN / ``prodvec serve --allow-open``).
@@ -36,24 +37,36 @@ def presented_key(
     return key or None
 
 
+async def request_key(request: Request) -> str | None:
+    """presented_key where no dependency runs (the error handlers), read by the same helpers."""
+    return presented_key(await _HEADER(request), await _BEARER(request))
+
+
+def may_read(settings: ServiceSettings, key: str | None) -> bool:
+    """Whether a request with ``key`` may read what the keys guard, including the reasons behind
+    an error (a database's host, error and data directory): always, on a server without keys."""
+    if not settings.reads_need_key:
+        return True
+    return key is not None and key_matches(key, (*settings.api_keys, *settings.admin_keys))
+
+
 def require_read_key(request: Request, key: Annotated[str | None, Security(presented_key)]) -> None:
     """Dependency of the read routes: a valid key when the server has keys, else nothing."""
     settings: ServiceSettings = request.app.state.settings
-    if not settings.reads_need_key:
+    if may_read(settings, key):
         return
     if key is None:
         raise Unauthorized(f"this server needs an API key: {_HOW}")
-    if not key_matches(key, (*settings.api_keys, *settings.admin_keys)):
-        raise Forbidden("the API key is not valid here: use one of the keys in the server's PRODVEC_API_KEYS")
+    raise Forbidden("the API key is not valid here: use one of the keys in the server's PRODVEC_API_KEYS")
 
 
 def require_admin_key(request: Request, key: Annotated[str | None, Security(presented_key)]) -> None:
     """Dependency of the write routes: always one of PRODVEC_ADMIN_KEYS."""
     settings: ServiceSettings = request.app.state.settings
+    if not settings.admin_keys:  # first: no key could help, so asking for one would mislead
+        raise Forbidden("writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set")
     if key is None:
         raise Unauthorized(f"writes need an admin key: {_HOW}")
-    if not settings.admin_keys:
-        raise Forbidden("writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set")
     if not key_matches(key, settings.admin_keys):
         raise Forbidden("the key is not an admin key: writes need one of the server's PRODVEC_ADMIN_KEYS")
 
