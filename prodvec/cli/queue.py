@@ -170,14 +170,14 @@ def _report_waiting(url: str) -> None:
         several_models = len(list_models(conn)) > 1
     if not waiting:
         return
-    total = sum(group.products for group in waiting)  # jobs, one product's each for one model
+    total = sum(group.jobs for group in waiting)
     next_try = min(group.next_try_seconds for group in waiting)
     counted = "job(s) (one per product and model)" if several_models else "product(s)"
     print(f"worker: {total} {counted} wait to retry after transient errors, the next in {next_try:.0f} s: run "
           "`prodvec worker --once` again then (`prodvec failures` lists them)", file=sys.stderr)
     for group in waiting[:_LISTED_REASONS]:
-        print(f"worker:   {group.products} × {group.reason}", file=sys.stderr)
-    others = sum(group.products for group in waiting[_LISTED_REASONS:])
+        print(f"worker:   {group.jobs} × {group.reason}", file=sys.stderr)
+    others = sum(group.jobs for group in waiting[_LISTED_REASONS:])
     if others:
         print(f"worker:   {others} × other errors", file=sys.stderr)
 

@@ -73,10 +73,10 @@ class Failure:
 
 @dataclass(frozen=True)
 class WaitingToRetry:
-    """Products queued again after the same transient error."""
+    """Jobs (a product for one model) queued again after the same transient error."""
 
     reason: str
-    products: int
+    jobs: int
     next_try_seconds: float
 
 
@@ -215,10 +215,10 @@ def failures(conn: psycopg.Connection, *, limit: int = 100) -> list[Failure]:
 
 
 def waiting_to_retry(conn: psycopg.Connection) -> list[WaitingToRetry]:
-    """Products queued again after transient errors, grouped by error, the largest group first."""
+    """Jobs queued again after transient errors, grouped by error, the largest group first."""
     return [
-        WaitingToRetry(reason, products, float(next_try))
-        for reason, products, next_try in conn.execute(_SQL["waiting_to_retry"])
+        WaitingToRetry(reason, jobs, float(next_try))
+        for reason, jobs, next_try in conn.execute(_SQL["waiting_to_retry"])
     ]
 
 
