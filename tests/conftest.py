@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import ThreadingHTTPServer
 from pathlib import Path
 
@@ -141,3 +145,36 @@ class QuietHTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         if not isinstance(sys.exc_info()[1], ConnectionError):
             super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+@contextmanager
+def serve_process(options: list[str], *, cwd: Path, env: dict[str, str], log_path: Path,
+                  start_seconds: float, log_stdout: bool = False) -> Iterator[str]:
+    """A real `prodvec serve OPTIONS` process on a free loopback port, its stderr (and stdout, where
+    uvicorn logs requests, with ``log_stdout``) in ``log_path``; yields its base URL once it listens
+    (uvicorn listens after the app started), and stops it."""
+    with socket.socket() as probe:  # a port free now; `prodvec serve` says so if it is taken meanwhile
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = ["serve", *options, "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server never blocks on it
+        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *command], cwd=cwd, env=env,
+                                  stdout=log if log_stdout else subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + start_seconds
+        while True:
+            assert server.poll() is None, f"prodvec {' '.join(command)} exited: {log_path.read_text()}"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, f"prodvec {' '.join(command)} did not listen in {start_seconds} s"
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

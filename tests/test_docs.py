@@ -27,11 +27,9 @@ import csv
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import serve_process
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -55,7 +54,6 @@ SHOWN = ("text", "csv", "json", "yaml", "toml")
 #: blocks run with that address in its place: 8000 may be taken on a shared machine (another test
 #: run, someone's own server), which would fail the page or answer its curl lines in its stead.
 PAGES_ADDRESS = "127.0.0.1:8000"
-SERVE_COMMAND = ("prodvec", "serve", "--host", "127.0.0.1")
 SERVE_ENV = {"PRODVEC_ADMIN_KEYS": "change-me-admin-key"}
 SERVE_START_SECONDS = 120
 
@@ -199,32 +197,9 @@ def _needs(needs: set[str], workdir: Path, env: dict[str, str]) -> Iterator[dict
     if "serve" not in needs:
         yield env
         return
-    with socket.socket() as probe:  # a port free now; `prodvec serve` says so if it is taken meanwhile
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = " ".join((*SERVE_COMMAND, "--port", str(port)))
-    log_path = workdir / "serve.log"
-    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server never blocks on it
-        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", *command.split()[1:]], cwd=workdir,
-                                  env={**env, **SERVE_ENV}, stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        deadline = time.monotonic() + SERVE_START_SECONDS
-        while True:
-            assert server.poll() is None, f"{command} exited: {log_path.read_text()}"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, f"{command} did not listen within {SERVE_START_SECONDS} s"
-                time.sleep(0.5)
-        yield {**env, "PRODVEC_URL": f"http://127.0.0.1:{port}"}
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+    with serve_process([], cwd=workdir, env={**env, **SERVE_ENV}, log_path=workdir / "serve.log",
+                       start_seconds=SERVE_START_SECONDS) as url:
+        yield {**env, "PRODVEC_URL": url}
 
 
 # --------------------------------------------------------------------------- the setting

@@ -4,14 +4,11 @@ after it stopped."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from conftest import serve_process
 
 ROOT = Path(__file__).resolve().parent.parent
 START_SECONDS = 240  # the model loads first: slow while other work shares the 2 cores
@@ -20,36 +17,14 @@ START_SECONDS = 240  # the model loads first: slow while other work shares the 2
 def serve_and_ask(flag: str, folder: Path) -> str:
     """What `prodvec serve FLAG` wrote (stderr, and stdout where uvicorn logs requests) while it
     answered /healthz and /v1/categories and stopped."""
-    with socket.socket() as probe:  # a port free now; `prodvec serve` says so if it is taken meanwhile
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     env = {name: value for name, value in os.environ.items()
            if name not in ("PRODVEC_API_KEYS", "PRODVEC_ADMIN_KEYS", "PRODVEC_ALLOW_OPEN")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     log_path = folder / f"serve{flag}.log"
-    with open(log_path, "w") as log:  # a file, not a pipe: a chatty server never blocks on it
-        server = subprocess.Popen([sys.executable, "-m", "prodvec.cli.main", "serve", flag, "--port", str(port)],
-                                  cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_SECONDS
-        while True:
-            assert server.poll() is None, f"prodvec serve {flag} exited: {log_path.read_text()}"
-            try:
-                if httpx.get(f"{base}/healthz", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"prodvec serve {flag} did not answer within {START_SECONDS} s"
-            time.sleep(0.5)
+    with serve_process([flag], cwd=folder, env=env, log_path=log_path, start_seconds=START_SECONDS,
+                       log_stdout=True) as base:
+        assert httpx.get(f"{base}/healthz", timeout=60).status_code == 200
         assert httpx.get(f"{base}/v1/categories", timeout=60).status_code == 200
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     return log_path.read_text()
 
 
