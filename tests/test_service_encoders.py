@@ -17,29 +17,35 @@ def _held(encoders: Encoders) -> list[tuple[str, bool]]:
     return [(state.spec, state.loaded) for state in encoders.states()]
 
 
+def _single(*specs: str) -> list[tuple[str, str]]:
+    return [(spec, "single") for spec in specs]
+
+
 def test_the_catalogs_models_are_loaded_ahead_and_dropped_ones_let_go(test_encoder: Any) -> None:
     encoders = Encoders(test_encoder, preload=True)
     assert _held(encoders) == [(TEST_MODEL, True)]
-    # A model listed twice (its single and multi views) is one encoder.
-    encoders.refresh([TEST_MODEL, NARROW_MODEL, MISSING, NARROW_MODEL], in_use=TEST_MODEL)
-    assert _held(encoders) == [(TEST_MODEL, True), (NARROW_MODEL, True), (MISSING, False)]
+    # A model listed under both catalog views is listed twice, and one encoder serves both.
+    encoders.refresh([*_single(TEST_MODEL, NARROW_MODEL, MISSING), (NARROW_MODEL, "multi")], in_use=TEST_MODEL)
+    assert [(state.spec, state.catalog_views, state.loaded) for state in encoders.states()] == [
+        (TEST_MODEL, "single", True), (NARROW_MODEL, "single", True), (MISSING, "single", False),
+        (NARROW_MODEL, "multi", True)]
     problem = encoders.states()[2].problem
     assert problem is not None and "no checkpoint file at /nowhere/weights.pt" in problem
     narrow = encoders.get(NARROW_MODEL)  # what an activation switches to: the encoder already loaded
     assert narrow.spec == NARROW_MODEL and narrow.dimensions == 256 and encoders.get(NARROW_MODEL) is narrow
     # Dropped from the catalog: let go, except the model searches still encode with.
-    encoders.refresh([NARROW_MODEL], in_use=TEST_MODEL)
+    encoders.refresh(_single(NARROW_MODEL), in_use=TEST_MODEL)
     assert _held(encoders) == [(NARROW_MODEL, True), (TEST_MODEL, True)]
-    encoders.refresh([NARROW_MODEL], in_use=NARROW_MODEL)
+    encoders.refresh(_single(NARROW_MODEL), in_use=NARROW_MODEL)
     assert _held(encoders) == [(NARROW_MODEL, True)]
 
 
 def test_without_preloading_only_the_model_in_use_is_held(test_encoder: Any) -> None:
     encoders = Encoders(test_encoder, preload=False)
-    encoders.refresh([TEST_MODEL, NARROW_MODEL], in_use=TEST_MODEL)
+    encoders.refresh(_single(TEST_MODEL, NARROW_MODEL), in_use=TEST_MODEL)
     assert _held(encoders) == [(TEST_MODEL, True), (NARROW_MODEL, False)]
     assert encoders.get(NARROW_MODEL).dimensions == 256  # loaded when it becomes active
-    encoders.refresh([TEST_MODEL, NARROW_MODEL], in_use=NARROW_MODEL)
+    encoders.refresh(_single(TEST_MODEL, NARROW_MODEL), in_use=NARROW_MODEL)
     assert _held(encoders) == [(TEST_MODEL, False), (NARROW_MODEL, True)]
 
 

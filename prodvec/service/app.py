@@ -68,7 +68,7 @@ def create_app(
         log.info("serving %s on %s", state.batcher.model, state.batcher.encoder.device)
         try:
             await run_in_threadpool(state.reads.start)  # waits up to a connect timeout: off the event loop
-            state.encoders.start(state.catalog_specs, lambda: state.batcher.encoder.spec)
+            state.encoders.start(state.catalog_models, lambda: state.batcher.encoder.spec)
             yield
         finally:
             state.encoders.stop()

@@ -24,7 +24,7 @@ from prodvec.db.model_registry import list_models
 from prodvec.db.replicas import describe
 from prodvec.images.views import embedding_model
 from prodvec.service.batching import QueryBatcher
-from prodvec.service.encoders import Encoders
+from prodvec.service.encoders import CatalogEntry, Encoders
 from prodvec.service.fetch_guard import ImageFetcher
 from prodvec.service.images import ThumbnailCache, query_photo
 from prodvec.service.reads import ReadTargets
@@ -86,10 +86,10 @@ class ServiceState:
                      catalog_views)
             self.batcher.switch(self.encoders.get(spec), policy)
 
-    def catalog_specs(self) -> list[str]:
-        """The models the catalog lists (Encoders loads them ahead)."""
+    def catalog_models(self) -> list[CatalogEntry]:
+        """The models the catalog lists, with their catalog views (Encoders loads them ahead)."""
         with self.connection() as conn:
-            return [model.spec for model in list_models(conn)]
+            return [(model.spec, model.catalog_views) for model in list_models(conn)]
 
 
 @contextmanager

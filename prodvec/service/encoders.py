@@ -32,9 +32,15 @@ log = logging.getLogger("prodvec.service")
 CHECK_INTERVAL_SECONDS = 10.0
 
 
+#: A model as the catalog lists it: its spec and its catalog views (single, multi). One encoder
+#: serves a spec under either views.
+CatalogEntry = tuple[str, str]
+
+
 @dataclass(frozen=True)
 class ModelLoad:
     spec: str
+    catalog_views: str | None  # None: the model in use, no longer listed by the catalog
     loaded: bool
     problem: str | None  # why this server cannot load it
 
@@ -48,7 +54,7 @@ class Encoders:
         self.check_interval = check_interval
         self._loaded: dict[str, Encoder] = {current.spec: current}
         self._problems: dict[str, _Problem] = {}  # the last failed load of each model that has one
-        self._listed: list[str] = [current.spec]
+        self._listed: list[CatalogEntry] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,19 +84,19 @@ class Encoders:
             self._problems.pop(spec, None)
             return self._loaded.setdefault(spec, encoder)
 
-    def refresh(self, listed: list[str], in_use: str) -> None:
+    def refresh(self, listed: list[CatalogEntry], in_use: str) -> None:
         """Load the models the catalog ``listed`` that are not loaded yet; let go of those it no
         longer lists, except ``in_use`` (the model searches encode with now)."""
         from prodvec.encode import load_encoder
 
-        listed = list(dict.fromkeys(listed))  # one encoder serves a model's single and multi views
-        keep = set(listed) if self.preload else set()
+        specs = list(dict.fromkeys(spec for spec, _ in listed))
+        keep = set(specs) if self.preload else set()
         with self._lock:
-            self._listed = listed
+            self._listed = list(listed)
             for spec in [spec for spec in self._loaded if spec not in keep and spec != in_use]:
                 log.info("unloading %s: %s", spec, "the catalog no longer lists it" if self.preload else "not in use")
                 del self._loaded[spec]
-            missing = [spec for spec in listed if spec not in self._loaded and spec not in self._problems]
+            missing = [spec for spec in specs if spec not in self._loaded and spec not in self._problems]
         for spec in missing if self.preload else []:
             try:
                 encoder = load_encoder(spec, self.device)
@@ -106,17 +112,20 @@ class Encoders:
                 self._loaded.setdefault(spec, encoder)
 
     def states(self) -> list[ModelLoad]:
-        """Each model the catalog listed at the last look, and the one in use if it is not listed."""
+        """Each model the catalog listed at the last look (before the first, none), and a loaded
+        one it does not list (the model in use)."""
         with self._lock:
-            specs = self._listed + [spec for spec in self._loaded if spec not in self._listed]
-            return [ModelLoad(spec, spec in self._loaded, _problem_text(self._problems.get(spec))) for spec in specs]
+            listed_specs = {spec for spec, _ in self._listed}
+            entries = self._listed + [(spec, None) for spec in self._loaded if spec not in listed_specs]
+            return [ModelLoad(spec, views, spec in self._loaded, _problem_text(self._problems.get(spec)))
+                    for spec, views in entries]
 
-    def start(self, catalog_specs: Callable[[], list[str]], in_use: Callable[[], str]) -> None:
-        """Look every check_interval: ``catalog_specs`` reads the specs the catalog lists (it may
+    def start(self, catalog_models: Callable[[], list[CatalogEntry]], in_use: Callable[[], str]) -> None:
+        """Look every check_interval: ``catalog_models`` reads the models the catalog lists (it may
         raise: the database is down, the schema not made yet), ``in_use`` names the model in use."""
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._look_every_interval,
-                                        args=(catalog_specs, in_use, self._stopping),
+                                        args=(catalog_models, in_use, self._stopping),
                                         name="prodvec-model-loader", daemon=True)
         self._thread.start()
 
@@ -127,11 +136,11 @@ class Encoders:
             self._thread.join(timeout=1)
             self._thread = None
 
-    def _look_every_interval(self, catalog_specs: Callable[[], list[str]], in_use: Callable[[], str],
+    def _look_every_interval(self, catalog_models: Callable[[], list[CatalogEntry]], in_use: Callable[[], str],
                              stopping: threading.Event) -> None:
         while not stopping.is_set():
             try:
-                self.refresh(catalog_specs(), in_use())
+                self.refresh(catalog_models(), in_use())
             except (psycopg.Error, DBAPIError, ProdvecError) as exc:  # the database down, no schema yet: the next look
                 log.debug("could not read the catalog's models: %s", exc)
             stopping.wait(self.check_interval)
@@ -158,5 +167,6 @@ def _problem_text(problem: _Problem | None) -> str | None:
 def _unavailable(spec: str, reason: str) -> ModelUnavailable:
     return ModelUnavailable(
         f"this server cannot load the catalog's active model {spec} ({reason}): roll back with "
-        "`prodvec model rollback`, or give this server the model's weights and restart it"
+        f"`prodvec model rollback`, or give this server the model's weights (it tries again every "
+        f"{CHECK_INTERVAL_SECONDS:g} s)"
     )
