@@ -537,3 +537,43 @@ def test_version_and_a_bare_prodvec(capsys) -> None:
         assert said.out == "" and said.err.startswith("usage: prodvec "), said
         for command in ("demo", "db", "import", "worker", "status", "search", "model", "serve"):
             assert re.search(rf"^    {command} ", said.err, re.MULTILINE), command
+
+
+#: A model whose weights no machine here has (a checkpoint file that is not there).
+MISSING_MODEL = "open_clip:ViT-B-32:/nowhere/x.pt"
+
+
+def test_the_catalogs_active_model_that_this_machine_cannot_load(capsys, db_url: str, tmp_path: Path,
+                                                                 photo_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Activated anyway (--force) where its weights are not: every command that loads the
+    catalog's active model says to roll back or bring the weights, not the loader's advice to
+    set PRODVEC_MODEL (another model than the catalog's, which would be refused)."""
+    photo = photo_dir / "red.jpg"
+    (tmp_path / "c.csv").write_text(f"sku,price,image\nA,1,{photo}\n")
+    (tmp_path / "q.csv").write_text(f"image,sku\n{photo},A\n")
+    assert main(["import", str(tmp_path / "c.csv")]) == 0
+    assert main(["model", "add", MISSING_MODEL]) == 0
+    assert main(["model", "activate", MISSING_MODEL, "--force"]) == 0
+    monkeypatch.delenv("PRODVEC_MODEL")  # the catalog's model, as in every shell after the first setup
+    for argv in (["worker", "--once"], ["worker"], ["search", "--image", str(photo)], ["search", "--text", "red"],
+                 ["eval", str(tmp_path / "q.csv")]):
+        err = _fails(capsys, *argv)
+        assert err.startswith(f"prodvec: error: this machine cannot load the catalog's active model {MISSING_MODEL} ("
+                              "could not load open_clip ViT-B-32 weights '/nowhere/x.pt': "), (argv, err)
+        assert err.endswith("): roll back with `prodvec model rollback`, or give this machine the model's weights\n")
+        assert "PRODVEC_MODEL" not in err, argv
+    assert main(["model", "rollback"]) == 0  # the advice works
+    assert main(["worker", "--once"]) == 0 and main(["search", "--image", str(photo)]) == 0
+
+
+def test_a_first_setup_whose_model_cannot_load_keeps_the_loaders_advice(capsys, unmigrated_url: str, tmp_path: Path,
+                                                                        photo_dir: Path, monkeypatch):
+    """A catalog that records no model yet (its schema made with `psql -f`): PRODVEC_MODEL still
+    chooses it, so setting another is the fix."""
+    from prodvec.db.migrate import upgrade
+
+    upgrade(unmigrated_url, 512)
+    monkeypatch.setenv("PRODVEC_MODEL", MISSING_MODEL)
+    err = _fails(capsys, "search", "--image", str(photo_dir / "red.jpg"))
+    assert "could not load open_clip ViT-B-32 weights '/nowhere/x.pt'" in err and "set PRODVEC_MODEL=" in err, err
+    assert "catalog's active model" not in err

@@ -13,7 +13,7 @@ from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.active_model import catalog_settings
 from prodvec.db.connection import connect, database_url
-from prodvec.db.model_registry import CatalogModel, list_models
+from prodvec.db.model_registry import CatalogModel, list_models, load_active_encoder
 from prodvec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    encoder = load_encoder(settings.model, settings.device)
+    with connect(url, autocommit=True) as conn:  # autocommit: no transaction held open while the model loads
+        encoder = load_active_encoder(conn, settings)
     progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not interrupted else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,

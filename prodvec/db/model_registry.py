@@ -13,17 +13,20 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from prodvec.config import CatalogViews, catalog_policy
-from prodvec.db.active_model import ActiveModel
+from prodvec.config import CatalogViews, Settings, catalog_policy
+from prodvec.db.active_model import ActiveModel, read_active_model
 from prodvec.db.migrate import raised_as_schema_mismatch
-from prodvec.errors import ConfigError, SchemaMismatch
+from prodvec.errors import ConfigError, SchemaMismatch, WeightsUnavailable
 from prodvec.images.views import embedding_model
 from prodvec.sql import queries
+
+if TYPE_CHECKING:  # torch loads only where an encoder is loaded
+    from prodvec.encode import Encoder
 
 log = logging.getLogger("prodvec.model")
 
@@ -93,6 +96,32 @@ def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
               f"add it with `prodvec model add {model.argument}`")
     raise ConfigError(f"the catalog has no model {model.spec} with {model.catalog_views} catalog views "
                       f"(its models: {names}): {advice}")
+
+
+def load_active_encoder(conn: psycopg.Connection, settings: Settings) -> Encoder:
+    """The encoder of ``settings.model`` on ``settings.device``, ``settings`` being as
+    catalog_settings gave them: how commands and searches load the catalog's active model.
+
+    The loader's WeightsUnavailable advises setting PRODVEC_MODEL, which fits a catalog that
+    records no model yet only; a recorded one is the catalog's, and another PRODVEC_MODEL would
+    be refused (ModelMismatch): then it says to roll back or bring the weights to this machine."""
+    from prodvec.encode import load_encoder
+
+    try:
+        return load_encoder(settings.model, settings.device)
+    except WeightsUnavailable as exc:
+        if read_active_model(conn) is None:
+            raise
+        raise WeightsUnavailable(active_model_unloadable(settings.model, exc.reason, list_models(conn)),
+                                 reason=exc.reason) from exc
+
+
+def active_model_unloadable(spec: str, reason: str, models: list[CatalogModel]) -> str:
+    """What to do when this machine cannot load the catalog's active model ``spec`` (``reason``:
+    why, without the loader's setup advice); ``models``: the catalog's, for a rollback target."""
+    rollback = "roll back with `prodvec model rollback`, or " if rollback_target(models) else ""
+    return (f"this machine cannot load the catalog's active model {spec} ({reason}): {rollback}give this machine "
+            "the model's weights")
 
 
 def coverage(conn: psycopg.Connection, model: CatalogModel) -> Coverage:
