@@ -577,3 +577,19 @@ def test_a_first_setup_whose_model_cannot_load_keeps_the_loaders_advice(capsys, 
     err = _fails(capsys, "search", "--image", str(photo_dir / "red.jpg"))
     assert "could not load open_clip ViT-B-32 weights '/nowhere/x.pt'" in err and "set PRODVEC_MODEL=" in err, err
     assert "catalog's active model" not in err
+
+
+def test_the_workers_banner_claims_no_model_it_cannot_load(capsys, caplog, db_url: str, tmp_path: Path,
+                                                           photo_dir: Path) -> None:
+    """The banner names the catalog's other models without saying this machine can load them:
+    the warning that skips the one it cannot comes after it."""
+    (tmp_path / "c.csv").write_text(f"sku,price,image\nA,1,{photo_dir / 'red.jpg'}\n")
+    assert main(["import", str(tmp_path / "c.csv")]) == 0
+    assert main(["model", "add", MISSING_MODEL]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
+        assert main(["worker", "--once"]) == 0
+    [banner] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("worker: encoder ")]
+    assert banner.endswith(f"; then for the catalog's other model(s): {MISSING_MODEL} (512-d, single catalog views)")
+    assert "can load" not in banner
+    assert any(record.getMessage().startswith(f"skipping {MISSING_MODEL} ") for record in caplog.records)

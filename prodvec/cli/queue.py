@@ -149,13 +149,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _banner(encoder: Encoder, catalog_views: str, decodes_on_gpu: bool, models: list[CatalogModel]) -> str:
     """What the worker embeds for: the active model (``encoder`` under ``catalog_views``) and, after
-    its jobs, the catalog's other models, added or kept for rollback (its lanes load each they can)."""
+    its jobs, the catalog's other models, added or kept for rollback. Its lanes load those when it
+    starts: one this machine cannot load is skipped with a warning of its own, after this line."""
     decoding = "JPEGs decoded on the GPU" if decodes_on_gpu else "images decoded with PIL"
     others = [model for model in models if not model.active]
     if not others:
         return f"worker: encoder {encoder.spec} on {encoder.device}, {catalog_views}-view catalog, {decoding}"
     return (f"worker: encoder {encoder.spec} on {encoder.device} for the active model ({catalog_views}-view), "
-            f"{decoding}; then for the catalog's other model(s) this machine can load: {', '.join(map(str, others))}")
+            f"{decoding}; then for the catalog's other model(s): {', '.join(map(str, others))}")
 
 
 #: Error texts listed when `worker --once` leaves products waiting to retry; the rest are counted.
