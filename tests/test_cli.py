@@ -326,13 +326,20 @@ def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> 
     assert done.stderr.count("\n") == 1, done.stderr
 
 
-def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path: Path) -> None:
-    env = os.environ | {"DATABASE_URL": f"postgresql://shop@/shop?host={tmp_path / 'nowhere'}",
-                        "PRODVEC_HOME": str(tmp_path / "home")}
-    done = _prodvec(env, "model")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
-    assert done.stderr.count("\n") == 1, done.stderr
+def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(capsys, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same line for every command, whether it connects through prodvec's connect() (status,
+    model, worker, import) or otherwise (search's session, migrate)."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://shop@/shop?host={tmp_path / 'nowhere'}")
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    (tmp_path / "c.csv").write_text("sku,price\nA,1\n")
+    said = {" ".join(argv): _fails(capsys, *argv) for argv in (
+        ["model"], ["status"], ["worker", "--once"], ["import", str(tmp_path / "c.csv")], ["search", "--sku", "A"],
+        ["migrate"])}
+    assert len(set(said.values())) == 1, said
+    err = said["model"]
+    assert err.startswith("prodvec: error: cannot connect to the database: ") and str(tmp_path / "nowhere") in err
+    assert err.endswith("; check DATABASE_URL and that the server runs (unset DATABASE_URL to use the embedded one)\n")
 
 
 def test_the_demos_database_url_names_the_embedded_server(capsys, monkeypatch: pytest.MonkeyPatch, pgdata: Path):

@@ -11,8 +11,7 @@ from typing import Any
 import psycopg
 
 from prodvec import __version__
-from prodvec.config import load_settings
-from prodvec.db.connection import START_EMBEDDED, embedded_server_down
+from prodvec.db.connection import unavailable
 from prodvec.errors import ProdvecError
 
 
@@ -101,10 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _error(f"the database has no prodvec schema yet ({reason}): run `prodvec migrate`")
         if not isinstance(cause, psycopg.OperationalError):
             raise
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        advice = START_EMBEDDED if embedded_server_down(None, load_settings()) else (
-            "check that the server runs and try again")
-        return _error(f"the database connection failed ({reason}): {advice}")
+        return _error(unavailable(cause))  # as connect() says it, for the commands that connect there
 
 
 #: What a command meets on a database whose schema prodvec has not made (or an older one).
