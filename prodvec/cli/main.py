@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
+    demo.add_argument("--reset", action="store_true",
+                      help="drop the prodvec_demo database an earlier demo left (with what you imported or changed "
+                           "in it) and run the demo again")
     demo.set_defaults(handler=_run_demo)
 
     database.add_commands(commands)
@@ -61,7 +64,7 @@ class _CommandParser(argparse.ArgumentParser):
 def _run_demo(args: argparse.Namespace) -> int:
     from prodvec.demo.run import run_demo
 
-    return run_demo()
+    return run_demo(reset=args.reset)
 
 
 def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
