@@ -600,3 +600,16 @@ def test_the_workers_banner_claims_no_model_it_cannot_load(capsys, caplog, db_ur
     assert banner.endswith(f"; then for the catalog's other model(s): {MISSING_MODEL} (512-d, single catalog views)")
     assert "can load" not in banner
     assert any(record.getMessage().startswith(f"skipping {MISSING_MODEL} ") for record in caplog.records)
+
+
+def test_a_model_the_catalog_does_not_have(capsys, db_url: str) -> None:
+    """Activating it needs it added first; dropping or rolling back to it has nothing to do."""
+    absent = f"the catalog has no model {NARROW_MODEL} with single catalog views (its models: {TEST_MODEL} (512-d, "
+    err = _fails(capsys, "model", "drop", NARROW_MODEL)
+    assert err == (f"prodvec: error: {absent}single catalog views)): nothing to drop; `prodvec model` lists the "
+                   "catalog's models\n")
+    assert _fails(capsys, "model", "activate", NARROW_MODEL).endswith(
+        f"add it with `prodvec model add {NARROW_MODEL}`\n")
+    assert _fails(capsys, "model", "rollback").endswith(
+        "no previous model is kept to roll back to: `prodvec model` lists the catalog's models\n")
+    assert "did you mean --views single?" in _fails(capsys, "model", "drop", TEST_MODEL, "--views", "multi")

@@ -84,8 +84,9 @@ def list_models(conn: psycopg.Connection) -> list[CatalogModel]:
     return [CatalogModel(*row) for row in conn.execute(_SQL["models"])]
 
 
-def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
-    """The catalog's model with this spec and catalog views; ConfigError naming those there are."""
+def find_model(conn: psycopg.Connection, model: ActiveModel, *, to_drop: bool = False) -> CatalogModel:
+    """The catalog's model with this spec and catalog views; ConfigError naming those there are
+    and what to do (``to_drop``: there is nothing to drop, rather than a model to add first)."""
     models = list_models(conn)
     for known in models:
         if (known.spec, known.catalog_views) == (model.spec, model.catalog_views):
@@ -93,6 +94,7 @@ def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
     names = "; ".join(str(known) for known in models) or "none"
     other_views = [known.catalog_views for known in models if known.spec == model.spec]
     advice = (f"did you mean --views {other_views[0]}?" if other_views else
+              "nothing to drop; `prodvec model` lists the catalog's models" if to_drop else
               f"add it with `prodvec model add {model.argument}`")
     raise ConfigError(f"the catalog has no model {model.spec} with {model.catalog_views} catalog views "
                       f"(its models: {names}): {advice}")
