@@ -326,13 +326,20 @@ def test_worker_once_against_a_database_that_does_not_answer(tmp_path: Path) -> 
     assert done.stderr.count("\n") == 1, done.stderr
 
 
-def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(tmp_path: Path) -> None:
-    env = os.environ | {"DATABASE_URL": f"postgresql://shop@/shop?host={tmp_path / 'nowhere'}",
-                        "PRODVEC_HOME": str(tmp_path / "home")}
-    done = _prodvec(env, "model")
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("prodvec: error: cannot connect to the database") and "DATABASE_URL" in done.stderr
-    assert done.stderr.count("\n") == 1, done.stderr
+def test_a_database_that_is_not_there_is_one_line_saying_what_to_check(capsys, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same line for every command, whether it connects through prodvec's connect() (status,
+    model, worker, import) or otherwise (search's session, migrate)."""
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://shop@/shop?host={tmp_path / 'nowhere'}")
+    monkeypatch.setenv("PRODVEC_MODEL", TEST_MODEL)
+    (tmp_path / "c.csv").write_text("sku,price\nA,1\n")
+    said = {" ".join(argv): _fails(capsys, *argv) for argv in (
+        ["model"], ["status"], ["worker", "--once"], ["import", str(tmp_path / "c.csv")], ["search", "--sku", "A"],
+        ["migrate"])}
+    assert len(set(said.values())) == 1, said
+    err = said["model"]
+    assert err.startswith("prodvec: error: cannot connect to the database: ") and str(tmp_path / "nowhere") in err
+    assert err.endswith("; check DATABASE_URL and that the server runs (unset DATABASE_URL to use the embedded one)\n")
 
 
 def test_the_demos_database_url_names_the_embedded_server(capsys, monkeypatch: pytest.MonkeyPatch, pgdata: Path):
@@ -537,3 +544,72 @@ def test_version_and_a_bare_prodvec(capsys) -> None:
         assert said.out == "" and said.err.startswith("usage: prodvec "), said
         for command in ("demo", "db", "import", "worker", "status", "search", "model", "serve"):
             assert re.search(rf"^    {command} ", said.err, re.MULTILINE), command
+
+
+#: A model whose weights no machine here has (a checkpoint file that is not there).
+MISSING_MODEL = "open_clip:ViT-B-32:/nowhere/x.pt"
+
+
+def test_the_catalogs_active_model_that_this_machine_cannot_load(capsys, db_url: str, tmp_path: Path,
+                                                                 photo_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Activated anyway (--force) where its weights are not: every command that loads the
+    catalog's active model says to roll back or bring the weights, not the loader's advice to
+    set PRODVEC_MODEL (another model than the catalog's, which would be refused)."""
+    photo = photo_dir / "red.jpg"
+    (tmp_path / "c.csv").write_text(f"sku,price,image\nA,1,{photo}\n")
+    (tmp_path / "q.csv").write_text(f"image,sku\n{photo},A\n")
+    assert main(["import", str(tmp_path / "c.csv")]) == 0
+    assert main(["model", "add", MISSING_MODEL]) == 0
+    assert main(["model", "activate", MISSING_MODEL, "--force"]) == 0
+    monkeypatch.delenv("PRODVEC_MODEL")  # the catalog's model, as in every shell after the first setup
+    for argv in (["worker", "--once"], ["worker"], ["search", "--image", str(photo)], ["search", "--text", "red"],
+                 ["eval", str(tmp_path / "q.csv")]):
+        err = _fails(capsys, *argv)
+        assert err.startswith(f"prodvec: error: this machine cannot load the catalog's active model {MISSING_MODEL} ("
+                              "could not load open_clip ViT-B-32 weights '/nowhere/x.pt': "), (argv, err)
+        assert err.endswith("): roll back with `prodvec model rollback`, or give this machine the model's weights\n")
+        assert "PRODVEC_MODEL" not in err, argv
+    assert main(["model", "rollback"]) == 0  # the advice works
+    assert main(["worker", "--once"]) == 0 and main(["search", "--image", str(photo)]) == 0
+
+
+def test_a_first_setup_whose_model_cannot_load_keeps_the_loaders_advice(capsys, unmigrated_url: str, tmp_path: Path,
+                                                                        photo_dir: Path, monkeypatch):
+    """A catalog that records no model yet (its schema made with `psql -f`): PRODVEC_MODEL still
+    chooses it, so setting another is the fix."""
+    from prodvec.db.migrate import upgrade
+
+    upgrade(unmigrated_url, 512)
+    monkeypatch.setenv("PRODVEC_MODEL", MISSING_MODEL)
+    err = _fails(capsys, "search", "--image", str(photo_dir / "red.jpg"))
+    assert "could not load open_clip ViT-B-32 weights '/nowhere/x.pt'" in err and "set PRODVEC_MODEL=" in err, err
+    assert "catalog's active model" not in err
+
+
+def test_the_workers_banner_claims_no_model_it_cannot_load(capsys, caplog, db_url: str, tmp_path: Path,
+                                                           photo_dir: Path) -> None:
+    """The banner names the catalog's other models without saying this machine can load them:
+    the warning that skips the one it cannot comes after it."""
+    (tmp_path / "c.csv").write_text(f"sku,price,image\nA,1,{photo_dir / 'red.jpg'}\n")
+    assert main(["import", str(tmp_path / "c.csv")]) == 0
+    assert main(["model", "add", MISSING_MODEL]) == 0
+    capsys.readouterr()
+    with caplog.at_level(logging.WARNING, logger="prodvec.worker"):
+        assert main(["worker", "--once"]) == 0
+    [banner] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("worker: encoder ")]
+    assert banner.endswith(f"; then for the catalog's other model(s): {MISSING_MODEL} (512-d, single catalog views)")
+    assert "can load" not in banner
+    assert any(record.getMessage().startswith(f"skipping {MISSING_MODEL} ") for record in caplog.records)
+
+
+def test_a_model_the_catalog_does_not_have(capsys, db_url: str) -> None:
+    """Activating it needs it added first; dropping or rolling back to it has nothing to do."""
+    absent = f"the catalog has no model {NARROW_MODEL} with single catalog views (its models: {TEST_MODEL} (512-d, "
+    err = _fails(capsys, "model", "drop", NARROW_MODEL)
+    assert err == (f"prodvec: error: {absent}single catalog views)): nothing to drop; `prodvec model` lists the "
+                   "catalog's models\n")
+    assert _fails(capsys, "model", "activate", NARROW_MODEL).endswith(
+        f"add it with `prodvec model add {NARROW_MODEL}`\n")
+    assert _fails(capsys, "model", "rollback").endswith(
+        "no previous model is kept to roll back to: `prodvec model` lists the catalog's models\n")
+    assert "did you mean --views single?" in _fails(capsys, "model", "drop", TEST_MODEL, "--views", "multi")

@@ -14,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import psycopg
+import pytest
 from pgvector.psycopg import register_vector
+from test_cli import _fails
 
 from prodvec.db.active_model import ActiveModel, read_active_model
-from prodvec.db.connection import with_dbname
+from prodvec.db.connection import ensure_database, with_dbname
 from prodvec.db.embedded import ensure_server
-from prodvec.demo.run import CATALOG_DIR, DEMO_DATABASE
+from prodvec.demo.run import CATALOG_DIR, DEMO_DATABASE, fresh_database
 from prodvec.images.views import fused_distances
 
 TIE = 2e-3  # halfvec storage; the table prints 4 decimals
@@ -75,6 +77,10 @@ def test_demo_runs_end_to_end() -> None:
         [export] = [line for line in out.splitlines() if line.strip().startswith("export DATABASE_URL=")]
         demo_url = shlex.split(export)[1].removeprefix("DATABASE_URL=")
         assert demo_url.split("?")[0].endswith(f"/{DEMO_DATABASE}")
+        # Run again, it leaves the catalog where the user may have worked since as it is, and says how to replace it.
+        again = subprocess.run([prodvec, "demo"], env=env, capture_output=True, text=True, timeout=120)
+        assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+        assert "`prodvec demo --reset`" in again.stderr and again.stdout == ""
         status = subprocess.run([prodvec, "status", "--json"], env=env | {"DATABASE_URL": demo_url},
                                 capture_output=True, text=True, timeout=120)
         assert json.loads(status.stdout)["up_to_date"] == 300, status.stderr
@@ -113,3 +119,28 @@ def _check_hits(pgdata: Path, *, sneakers: list[tuple[str, float]], like_sku: li
     distances = fused_distances(views, vectors)[0]
     keep = (category == "sneaker") & (price < 80) & (stock > 0)
     _assert_nearest(sneakers, skus[keep], distances[keep], 5)
+
+
+def test_an_earlier_demos_database_is_replaced_only_when_asked(capsys, pgdata: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README invites working in the demo's database: `prodvec demo` refuses, in one line and
+    before anything else, to drop it; --reset (fresh_database's ``reset``) replaces it."""
+    monkeypatch.setenv("PRODVEC_HOME", str(pgdata.parent))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    server = ensure_server(pgdata)
+    ensure_database(server, DEMO_DATABASE)
+    url = with_dbname(server, DEMO_DATABASE)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE mine (note text)")  # the user's work there
+    err = _fails(capsys, "demo")
+    assert err == (f"prodvec: error: the database {DEMO_DATABASE} of an earlier demo is there, with what you "
+                   "imported or changed in it since: `prodvec demo --reset` drops it and runs the demo again\n")
+
+    def mine() -> tuple[object, ...] | None:
+        with psycopg.connect(url) as conn:
+            return conn.execute("SELECT to_regclass('mine')").fetchone()
+
+    assert mine() == ("mine",)
+    assert fresh_database(server, reset=True) == url
+    assert capsys.readouterr().out == f"dropping the earlier demo's database {DEMO_DATABASE} (--reset)\n"
+    assert mine() == (None,)

@@ -222,3 +222,24 @@ def test_bulk_backfill_rebuilds_the_index(conn, db_url, encoder, photo_dir: Path
     with pytest.raises(RuntimeError), hnsw_index_dropped(db_url):
         raise RuntimeError("backfill interrupted")
     assert _has_hnsw_index(conn)  # rebuilt even when the backfill fails
+
+
+def test_a_worker_whose_active_model_it_cannot_load_stops_saying_what_to_do(conn, db_url, encoder,
+                                                                            photo_dir: Path) -> None:
+    """The catalog's active model switched (--force) to one whose weights this machine lacks: the
+    worker started with the previous one cannot keep the catalog current, and says to roll back
+    or bring the weights, as the commands do."""
+    from prodvec.db.active_model import ActiveModel
+    from prodvec.db.model_registry import activate_model, add_model
+    from prodvec.encode import load_encoder
+    from prodvec.errors import ModelMismatch
+
+    _insert(conn, "P", str(photo_dir / "red.jpg"))
+    missing, _, _ = add_model(db_url, ActiveModel("open_clip:ViT-B-32:/nowhere/x.pt", 512, "single"))
+    activate_model(conn, missing, force=True)
+    worker = Worker(db_url, encoder, WorkerOptions(), loader=lambda spec: load_encoder(spec, "cpu"))
+    with pytest.raises(ModelMismatch) as raised:
+        worker.run(once=True)
+    assert str(raised.value).startswith(f"this machine cannot load the catalog's active model {missing.spec} (")
+    assert str(raised.value).endswith("): roll back with `prodvec model rollback`, or give this machine the model's "
+                                      "weights")

@@ -31,14 +31,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from prodvec import session
     from prodvec.config import load_settings
     from prodvec.db.active_model import catalog_settings, session_connection
-    from prodvec.encode import load_encoder
+    from prodvec.db.model_registry import load_active_encoder
     from prodvec.evaluate import evaluate, read_queries
 
     queries = read_queries(args.queries)
     with session() as db:
         settings = catalog_settings(session_connection(db), load_settings())  # the catalog's model
         robust = settings.robust_queries if args.robust is None else args.robust
-        encoder = load_encoder(settings.model, settings.device)  # the one searches embed photos with
+        encoder = load_active_encoder(session_connection(db), settings)  # the one searches embed photos with
         result = evaluate(db, queries, k=args.k, robust=robust, encoder=encoder, policy=settings.catalog_policy)
     if args.json:
         print_json(result.as_dict())

@@ -11,8 +11,7 @@ from typing import Any
 import psycopg
 
 from prodvec import __version__
-from prodvec.config import load_settings
-from prodvec.db.connection import START_EMBEDDED, embedded_server_down
+from prodvec.db.connection import unavailable
 from prodvec.errors import ProdvecError
 
 
@@ -26,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_CommandParser)
 
     demo = commands.add_parser("demo", help="embedded DB, sample catalog, embed, search: the whole tour")
+    demo.add_argument("--reset", action="store_true",
+                      help="drop the prodvec_demo database an earlier demo left (with what you imported or changed "
+                           "in it) and run the demo again")
     demo.set_defaults(handler=_run_demo)
 
     database.add_commands(commands)
@@ -62,7 +64,7 @@ class _CommandParser(argparse.ArgumentParser):
 def _run_demo(args: argparse.Namespace) -> int:
     from prodvec.demo.run import run_demo
 
-    return run_demo()
+    return run_demo(reset=args.reset)
 
 
 def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
@@ -101,10 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _error(f"the database has no prodvec schema yet ({reason}): run `prodvec migrate`")
         if not isinstance(cause, psycopg.OperationalError):
             raise
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        advice = START_EMBEDDED if embedded_server_down(None, load_settings()) else (
-            "check that the server runs and try again")
-        return _error(f"the database connection failed ({reason}): {advice}")
+        return _error(unavailable(cause))  # as connect() says it, for the commands that connect there
 
 
 #: What a command meets on a database whose schema prodvec has not made (or an older one).

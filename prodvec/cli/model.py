@@ -159,7 +159,7 @@ def _drop(args: argparse.Namespace) -> int:
 
     url, model = _asked(args)
     with connect(url, autocommit=True) as conn:
-        known = find_model(conn, model)
+        known = find_model(conn, model, to_drop=True)
         drop_model(conn, known)
     print(f"dropped {known}: its vectors, indexes and jobs")
     return 0

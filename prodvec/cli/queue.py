@@ -13,7 +13,7 @@ from prodvec.cli.output import print_json, print_report, print_table
 from prodvec.config import load_settings
 from prodvec.db.active_model import catalog_settings
 from prodvec.db.connection import connect, database_url
-from prodvec.db.model_registry import CatalogModel, list_models
+from prodvec.db.model_registry import CatalogModel, list_models, load_active_encoder
 from prodvec.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -109,7 +109,8 @@ def _worker(args: argparse.Namespace) -> int:
         )
         if value is not None
     }
-    encoder = load_encoder(settings.model, settings.device)
+    with connect(url, autocommit=True) as conn:  # autocommit: no transaction held open while the model loads
+        encoder = load_active_encoder(conn, settings)
     progress = _progress_bar(url) if args.once and sys.stderr.isatty() and not interrupted else None
     metrics = WorkerMetrics()
     worker = Worker(url, encoder, WorkerOptions(**overrides), on_progress=progress.update if progress else None,
@@ -148,13 +149,14 @@ def _worker(args: argparse.Namespace) -> int:
 
 def _banner(encoder: Encoder, catalog_views: str, decodes_on_gpu: bool, models: list[CatalogModel]) -> str:
     """What the worker embeds for: the active model (``encoder`` under ``catalog_views``) and, after
-    its jobs, the catalog's other models, added or kept for rollback (its lanes load each they can)."""
+    its jobs, the catalog's other models, added or kept for rollback. Its lanes load those when it
+    starts: one this machine cannot load is skipped with a warning of its own, after this line."""
     decoding = "JPEGs decoded on the GPU" if decodes_on_gpu else "images decoded with PIL"
     others = [model for model in models if not model.active]
     if not others:
         return f"worker: encoder {encoder.spec} on {encoder.device}, {catalog_views}-view catalog, {decoding}"
     return (f"worker: encoder {encoder.spec} on {encoder.device} for the active model ({catalog_views}-view), "
-            f"{decoding}; then for the catalog's other model(s) this machine can load: {', '.join(map(str, others))}")
+            f"{decoding}; then for the catalog's other model(s): {', '.join(map(str, others))}")
 
 
 #: Error texts listed when `worker --once` leaves products waiting to retry; the rest are counted.

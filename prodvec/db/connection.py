@@ -98,20 +98,29 @@ def connect(url: str | None = None, *, autocommit: bool = False) -> psycopg.Conn
     try:
         conn = psycopg.connect(url, autocommit=autocommit)
     except psycopg.OperationalError as exc:
-        # libpq's message runs over several lines (a hint on the second): one line, and what to check.
-        raise DatabaseUnavailable(
-            f"cannot connect to the database: {' '.join(str(exc).split())}; {_unavailable_advice(url, load_settings())}"
-        ) from exc
+        raise DatabaseUnavailable(unavailable(exc, url)) from exc
     register_pgvector(conn)
     return conn
 
 
-def _unavailable_advice(url: str, settings: Settings) -> str:
-    """What to check when ``url`` does not answer (libpq's message says what failed)."""
-    if not names_embedded_server(url, settings.pgdata):
+def unavailable(exc: psycopg.OperationalError, url: str | None = None) -> str:
+    """One line for a database that did not answer (on connecting, or later in a command) and
+    what to check; ``url`` None: the database in effect. libpq's message runs over several
+    lines (a hint on the second): one line here."""
+    settings = load_settings()
+    return (f"cannot connect to the database: {' '.join(str(exc).split())}; "
+            f"{_unavailable_advice(url or settings.database_url, settings)}")
+
+
+def _unavailable_advice(url: str | None, settings: Settings) -> str:
+    """What to check when ``url`` (None: the embedded server's, DATABASE_URL being unset) does
+    not answer (libpq's message says what failed)."""
+    if url and not names_embedded_server(url, settings.pgdata):
         return "check DATABASE_URL and that the server runs (unset DATABASE_URL to use the embedded one)"
     if embedded_server_down(url, settings):
         return START_EMBEDDED
+    if url is None:  # it answers again, or it was restarted meanwhile
+        return "the embedded server runs: try again"
     return "the embedded server runs: check the database DATABASE_URL names"
 
 

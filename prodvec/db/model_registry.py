@@ -13,17 +13,20 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
 
-from prodvec.config import CatalogViews, catalog_policy
-from prodvec.db.active_model import ActiveModel
+from prodvec.config import CatalogViews, Settings, catalog_policy
+from prodvec.db.active_model import ActiveModel, read_active_model
 from prodvec.db.migrate import raised_as_schema_mismatch
-from prodvec.errors import ConfigError, SchemaMismatch
+from prodvec.errors import ConfigError, SchemaMismatch, WeightsUnavailable
 from prodvec.images.views import embedding_model
 from prodvec.sql import queries
+
+if TYPE_CHECKING:  # torch loads only where an encoder is loaded
+    from prodvec.encode import Encoder
 
 log = logging.getLogger("prodvec.model")
 
@@ -81,8 +84,9 @@ def list_models(conn: psycopg.Connection) -> list[CatalogModel]:
     return [CatalogModel(*row) for row in conn.execute(_SQL["models"])]
 
 
-def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
-    """The catalog's model with this spec and catalog views; ConfigError naming those there are."""
+def find_model(conn: psycopg.Connection, model: ActiveModel, *, to_drop: bool = False) -> CatalogModel:
+    """The catalog's model with this spec and catalog views; ConfigError naming those there are
+    and what to do (``to_drop``: there is nothing to drop, rather than a model to add first)."""
     models = list_models(conn)
     for known in models:
         if (known.spec, known.catalog_views) == (model.spec, model.catalog_views):
@@ -90,9 +94,36 @@ def find_model(conn: psycopg.Connection, model: ActiveModel) -> CatalogModel:
     names = "; ".join(str(known) for known in models) or "none"
     other_views = [known.catalog_views for known in models if known.spec == model.spec]
     advice = (f"did you mean --views {other_views[0]}?" if other_views else
+              "nothing to drop; `prodvec model` lists the catalog's models" if to_drop else
               f"add it with `prodvec model add {model.argument}`")
     raise ConfigError(f"the catalog has no model {model.spec} with {model.catalog_views} catalog views "
                       f"(its models: {names}): {advice}")
+
+
+def load_active_encoder(conn: psycopg.Connection, settings: Settings) -> Encoder:
+    """The encoder of ``settings.model`` on ``settings.device``, ``settings`` being as
+    catalog_settings gave them: how commands and searches load the catalog's active model.
+
+    The loader's WeightsUnavailable advises setting PRODVEC_MODEL, which fits a catalog that
+    records no model yet only; a recorded one is the catalog's, and another PRODVEC_MODEL would
+    be refused (ModelMismatch): then it says to roll back or bring the weights to this machine."""
+    from prodvec.encode import load_encoder
+
+    try:
+        return load_encoder(settings.model, settings.device)
+    except WeightsUnavailable as exc:
+        if read_active_model(conn) is None:
+            raise
+        raise WeightsUnavailable(active_model_unloadable(settings.model, exc.reason, list_models(conn)),
+                                 reason=exc.reason) from exc
+
+
+def active_model_unloadable(spec: str, reason: str, models: list[CatalogModel]) -> str:
+    """What to do when this machine cannot load the catalog's active model ``spec`` (``reason``:
+    why, without the loader's setup advice); ``models``: the catalog's, for a rollback target."""
+    rollback = "roll back with `prodvec model rollback`, or " if rollback_target(models) else ""
+    return (f"this machine cannot load the catalog's active model {spec} ({reason}): {rollback}give this machine "
+            "the model's weights")
 
 
 def coverage(conn: psycopg.Connection, model: CatalogModel) -> Coverage:

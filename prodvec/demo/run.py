@@ -1,6 +1,7 @@
 """`prodvec demo`: the whole tour on the embedded database, with no network.
 
-A fresh `prodvec_demo` database on the embedded server (your own data is never touched),
+A fresh `prodvec_demo` database on the embedded server (your own data is never touched; one
+left by an earlier demo, where you may have worked since, is replaced only when asked: --reset),
 the sample catalog of 300 Fashion-MNIST product photos (see catalog/ATTRIBUTION.md),
 embedding with the configured model or, when its weights cannot be had, the offline
 encoder, then three filtered searches printed as tables.
@@ -24,7 +25,7 @@ from prodvec.db.active_model import ActiveModel, record_active_model
 from prodvec.db.connection import connect, database_url, with_dbname
 from prodvec.db.migrate import upgrade_schema
 from prodvec.encode import Encoder, load_encoder
-from prodvec.errors import WeightsUnavailable
+from prodvec.errors import ConfigError, WeightsUnavailable
 from prodvec.search.result import SearchResult
 from prodvec.worker.pipeline import Worker
 
@@ -32,10 +33,11 @@ CATALOG_DIR = Path(__file__).parent / "catalog"
 DEMO_DATABASE = "prodvec_demo"
 
 
-def run_demo() -> int:
+def run_demo(*, reset: bool = False) -> int:
+    """The tour; ``reset``: replace the demo database an earlier demo left (ConfigError otherwise)."""
     started = time.perf_counter()
     settings = dataclasses.replace(load_settings(), database_url=None)  # always the embedded server
-    url = _fresh_database(database_url(settings))
+    url = fresh_database(database_url(settings), reset=reset)
     print(f"database: embedded PostgreSQL, {url}")
 
     encoder = _demo_encoder(settings.model, settings.device)
@@ -63,9 +65,18 @@ def run_demo() -> int:
     return 0
 
 
-def _fresh_database(server_url: str) -> str:
+def fresh_database(server_url: str, *, reset: bool) -> str:
+    """The URL of a new, empty demo database on the server at ``server_url``. The README invites
+    working in the demo's database, so one already there is dropped only with ``reset``."""
     with psycopg.connect(server_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE IF EXISTS "{DEMO_DATABASE}" WITH (FORCE)')
+        if admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DEMO_DATABASE,)).fetchone():
+            if not reset:
+                raise ConfigError(
+                    f"the database {DEMO_DATABASE} of an earlier demo is there, with what you imported or changed "
+                    f"in it since: `prodvec demo --reset` drops it and runs the demo again"
+                )
+            print(f"dropping the earlier demo's database {DEMO_DATABASE} (--reset)")
+            admin.execute(f'DROP DATABASE "{DEMO_DATABASE}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{DEMO_DATABASE}"')
     return with_dbname(server_url, DEMO_DATABASE)
 

@@ -146,12 +146,12 @@ class _QueryEncoding:
         if encoder is None or policy is None or (images and robust is None):
             from prodvec.config import load_settings
             from prodvec.db.active_model import catalog_settings, session_connection
-            from prodvec.encode import load_encoder
+            from prodvec.db.model_registry import load_active_encoder
 
             settings = load_settings()
             if encoder is None or policy is None:
                 settings = catalog_settings(session_connection(session), settings)
-            encoder = encoder if encoder is not None else load_encoder(settings.model, settings.device)
+            encoder = encoder if encoder is not None else load_active_encoder(session_connection(session), settings)
             policy = policy if policy is not None else settings.catalog_policy
             robust = robust if robust is not None else settings.robust_queries
         return cls(encoder, policy, bool(robust))

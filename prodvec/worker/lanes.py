@@ -17,7 +17,7 @@ import psycopg
 from prodvec.config import catalog_policy
 from prodvec.db.active_model import ActiveModel, record_active_model
 from prodvec.db.migrate import embedding_dimensions
-from prodvec.db.model_registry import CatalogModel, list_models
+from prodvec.db.model_registry import CatalogModel, active_model_unloadable, list_models
 from prodvec.encode import Encoder
 from prodvec.errors import ModelMismatch, ProdvecError, SchemaMismatch, WeightsUnavailable
 from prodvec.images.views import SINGLE_VIEW, ViewPolicy
@@ -104,7 +104,7 @@ class Lanes:
         self._retired.clear()
 
     def _open(self, conn: psycopg.Connection, model: CatalogModel) -> None:
-        encoder = self._encoder(model)
+        encoder = self._encoder(conn, model)
         if encoder is None:
             return
         column = model.column("embedding")
@@ -117,7 +117,7 @@ class Lanes:
         self._lanes[model.id] = Lane(model, encoder, policy, self._make_preparer(encoder, policy))
         log.info("embedding for %s%s", model, " (active)" if model.active else " (added beside the active model)")
 
-    def _encoder(self, model: CatalogModel) -> Encoder | None:
+    def _encoder(self, conn: psycopg.Connection, model: CatalogModel) -> Encoder | None:
         encoder = self._encoders.get(model.spec)
         if encoder is not None:
             return encoder
@@ -130,7 +130,7 @@ class Lanes:
             except ProdvecError as exc:  # no weights here, a bad checkpoint path: other workers may have them
                 why = exc.reason if isinstance(exc, WeightsUnavailable) else str(exc)  # not PRODVEC_MODEL advice
         if model.active and self._loader is not None:  # a worker meant to keep the catalog current cannot
-            raise ModelMismatch(f"cannot embed for the catalog's active model {model}: {why}")
+            raise ModelMismatch(active_model_unloadable(model.spec, why, list_models(conn)))
         self._skipped.add(model.id)
         log.warning("skipping %s's jobs: this worker cannot load it; a worker where its weights are embeds them "
                     "(or `prodvec model drop %s`). Loading it said: %s", model, model.spec, why)
