@@ -37,7 +37,7 @@ from prodvec.service.errors import ApiError, validation_problem
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
-from prodvec.service.security import may_read, request_key
+from prodvec.service.security import key_refusal, may_read, request_key
 from prodvec.service.settings import ServiceSettings, service_settings
 
 log = logging.getLogger("prodvec.service")
@@ -150,8 +150,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problem = validation_problem(exc.errors(), exc.body)
-        return error(problem.status, str(problem))
+        problem = await key_refusal(request) or validation_problem(exc.errors(), exc.body)
+        return error(problem.status, str(problem), problem.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
