@@ -131,6 +131,20 @@ def test_a_put_body_that_is_not_a_json_object_says_where_and_what_to_send(keyed:
     not_an_object = keyed.put("/v1/products/NEW-2", content=b'"a sneaker"', headers=admin)
     assert not_an_object.status_code == 422, not_an_object.text
     assert not_an_object.json() == {"error": f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"}
+    # An object, but not sent as JSON: curl -d (a form's type), text/plain, curl -F (multipart), untyped.
+    key, product = {"X-API-Key": ADMIN_KEY}, b'{"title": "x", "price": 1}'
+    for sent, answer in (
+        ("sent as application/x-www-form-urlencoded",
+         keyed.put("/v1/products/NEW-2", content=product,
+                   headers={**key, "Content-Type": "application/x-www-form-urlencoded"})),
+        ("sent as text/plain",
+         keyed.put("/v1/products/NEW-2", content=product,
+                   headers={**key, "Content-Type": "text/plain; charset=utf-8"})),
+        ("sent as multipart/form-data", keyed.put("/v1/products/NEW-2", files={"x": (None, "1")}, headers=key)),
+        ("sent without a Content-Type", keyed.put("/v1/products/NEW-2", content=product, headers=key)),
+    ):
+        assert answer.status_code == 415, answer.text
+        assert answer.json() == {"error": f"the request body is {sent}, not as JSON: {ONE_OBJECT}"}
     assert keyed.get("/v1/products/NEW-2", headers=admin).status_code == 404  # nothing was written
 
 

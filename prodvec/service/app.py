@@ -150,7 +150,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problem = await key_refusal(request) or validation_problem(exc.errors(), exc.body)
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        problem = await key_refusal(request) or validation_problem(exc.errors(), exc.body, media_type)
         return error(problem.status, str(problem), problem.headers)
 
     @app.exception_handler(HTTPException)
