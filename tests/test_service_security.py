@@ -145,6 +145,10 @@ def test_a_put_body_that_is_not_a_json_object_says_where_and_what_to_send(keyed:
     ):
         assert answer.status_code == 415, answer.text
         assert answer.json() == {"error": f"the request body is {sent}, not as JSON: {ONE_OBJECT}"}
+    for headers in (admin, key):  # empty, typed as JSON or not at all (docs/service.md: 400)
+        empty = keyed.put("/v1/products/NEW-2", content=b"", headers=headers)
+        assert empty.status_code == 400, empty.text
+        assert empty.json() == {"error": f"the request body is empty: {ONE_OBJECT}"}
     assert keyed.get("/v1/products/NEW-2", headers=admin).status_code == 404  # nothing was written
 
 

@@ -101,12 +101,14 @@ _NOT_AN_OBJECT = ("model_type", "model_attributes_type", "dict_type")
 def validation_problem(errors: Sequence[Mapping[str, Any]], body: Any = None,
                        media_type: str = "application/json") -> ApiError:
     """A request that failed validation, as one error in prodvec's words: 400 for a body that is
-    not JSON at all (it cannot be read, as an empty one), 415 for one sent as another type than
-    JSON, else 422 naming each field's problem. ``body``: the text that was parsed, where the framework keeps
+    empty or not JSON at all (it cannot be read), 415 for one sent as another type than JSON, else
+    422 naming each field's problem. ``body``: the text that was parsed, where the framework keeps
     it (for the line and column); ``media_type``: the request's Content-Type, without parameters."""
     for error in errors:
         if error.get("type") == "json_invalid":
             return BadRequest(f"the request body is not valid JSON ({_json_problem(error, body)}): {_ONE_OBJECT}")
+        if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):  # FastAPI: no body at all
+            return BadRequest(f"the request body is empty: {_ONE_OBJECT}")
         if error.get("type") in _NOT_AN_OBJECT and not _field(error):
             if not is_json(media_type):  # the framework left it unparsed: its bytes are no object
                 sent = f"sent as {media_type}" if media_type else "sent without a Content-Type"
