@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException
 import prodvec
 from prodvec.encode import Encoder
 from prodvec.errors import DatabaseError, DatabaseUnavailable, ProdvecError
+from prodvec.logs import configure_logging
 from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
@@ -45,8 +46,12 @@ STATIC_DIR = Path(str(files("prodvec.service") / "static"))
 
 
 def app_from_environment() -> FastAPI:
-    """The app as configured by the environment: the factory `prodvec serve` hands uvicorn."""
-    return create_app(service_settings())
+    """The app as configured by the environment: the factory `prodvec serve` hands uvicorn. It sets
+    up prodvec's logging too, at the level `prodvec serve` was given (PRODVEC_LOG_LEVEL): each
+    --workers process is a fresh interpreter that never ran the command line's setup."""
+    settings = service_settings()
+    configure_logging(verbose=settings.log_level == "debug", quiet=settings.log_level == "warning")
+    return create_app(settings)
 
 
 def create_app(
