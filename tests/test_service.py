@@ -544,10 +544,12 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
             assert ("prodvec migrate" in told.json()["problem"]) == (key == "reader-key"), told.json()
 
 
-def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,
-                                                                         tmp_path: Path):
+def test_when_the_database_stops_readiness_and_searches_say_what_to_do(
+    pgdata: Path, test_encoder: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """A server on its own embedded database, which then stops: /readyz and searches say to start
-    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it."""
+    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it.
+    The server logs each database error in one line."""
     from prodvec.db.active_model import ActiveModel, record_active_model
     from prodvec.db.embedded import stop_server
     from prodvec.db.migrate import upgrade
@@ -599,6 +601,9 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             # Every other read says the same, not 500 "internal server error".
             for path in ("/v1/status", "/v1/categories", "/v1/products/FM-00001", "/images/FM-00001"):
                 assert_error(httpx.get(f"{base}{path}"), 503, "retry in a moment", advice)
+    logged = [record.getMessage() for record in caplog.records if record.name == "prodvec.service"]
+    errors = [message for message in logged if message.startswith("database error: ")]
+    assert errors and all("\n" not in message and "\t" not in message for message in errors), errors
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

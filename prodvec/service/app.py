@@ -173,7 +173,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return await unavailable(request, exc)
 
     async def unavailable(request: Request, cause: BaseException | None) -> JSONResponse:
-        log.warning("database error: %s", cause)
+        log.warning("database error: %s", " ".join(str(cause).split()))  # psycopg's: lines, tab-indented
         if isinstance(cause, psycopg.errors.QueryCanceled):  # statement_timeout
             message = "the database is too slow right now: retry in a moment"
         elif isinstance(cause, psycopg.OperationalError):
