@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import socket
 import struct
@@ -294,6 +295,17 @@ def test_vector_query(client: httpx.Client, service_catalog: ServiceCatalog):
     assert response.status_code == 200, response.text
     ranking = expected(service_catalog, vector, keep=lambda row: row["category"] == "bag")
     assert_same_hits(response.json()["hits"], ranking, 3)
+
+
+def test_the_search_answer_docs_service_md_shows_has_a_real_answers_fields(client: httpx.Client):
+    """The page's sample answer (values made up) names every field a real one has, in its order."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "service.md").read_text()
+    shown = re.search(r"^Every search answers in the same shape.*?^```json\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert shown, "docs/service.md: the sample search answer moved"
+    sample = json.loads(shown[1])
+    real = client.get("/v1/products/FM-00001/similar", params={"k": 1}).json()
+    assert list(sample) == list(real)
+    assert list(sample["hits"][0]) == list(real["hits"][0])
 
 
 # --- reads ----------------------------------------------------------------------------------------------------
