@@ -618,6 +618,16 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(
     assert errors and all("\n" not in message and "\t" not in message for message in errors), errors
 
 
+def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(client: httpx.Client):
+    for method, path, takes, allow in (("PATCH", "/v1/products/FM-00001", "GET, PUT or DELETE", "GET, PUT, DELETE"),
+                                       ("GET", "/v1/search", "POST", "POST"), ("POST", "/", "GET", "GET"),
+                                       ("PUT", "/static/app.js", "GET or HEAD", "GET, HEAD")):
+        answer = client.request(method, path)
+        assert answer.status_code == 405, answer.text
+        assert answer.json() == {"error": f"{method} is not allowed on {path}: it takes {takes} (see /docs)"}
+        assert answer.headers["allow"] == allow
+
+
 def test_unknown_skus_are_404(client: httpx.Client):
     assert_error(client.get("/v1/products/NOPE-1/similar"), 404, "NOPE-1")
     assert_error(client.post("/v1/search", json={"sku": "NOPE-1"}), 404, "NOPE-1")
