@@ -110,14 +110,14 @@ def validation_problem(errors: Sequence[Mapping[str, Any]], body: Any = None,
         if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):  # FastAPI: no body at all
             return BadRequest(f"the request body is empty: {_ONE_OBJECT}")
         if error.get("type") in _NOT_AN_OBJECT and not _field(error):
-            if not is_json(media_type):  # the framework left it unparsed: its bytes are no object
+            if not _is_json(media_type):  # the framework left it unparsed: its bytes are no object
                 sent = f"sent as {media_type}" if media_type else "sent without a Content-Type"
                 return UnsupportedMedia(f"the request body is {sent}, not as JSON: {_ONE_OBJECT}")
             return InvalidRequest(f"invalid request: the body is JSON but not an object: {_ONE_OBJECT}")
     return InvalidRequest(validation_message(errors))
 
 
-def is_json(media_type: str) -> bool:
+def _is_json(media_type: str) -> bool:
     """Whether FastAPI parses a body of this type as JSON (application/json, application/*+json)."""
     kind, _, subtype = media_type.partition("/")
     return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
