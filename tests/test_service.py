@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import socket
 import struct
@@ -296,6 +297,17 @@ def test_vector_query(client: httpx.Client, service_catalog: ServiceCatalog):
     assert_same_hits(response.json()["hits"], ranking, 3)
 
 
+def test_the_search_answer_docs_service_md_shows_has_a_real_answers_fields(client: httpx.Client):
+    """The page's sample answer (values made up) names every field a real one has, in its order."""
+    page = (Path(__file__).resolve().parent.parent / "docs" / "service.md").read_text()
+    shown = re.search(r"^Every search answers in the same shape.*?^```json\n(.*?)^```", page, re.DOTALL | re.MULTILINE)
+    assert shown, "docs/service.md: the sample search answer moved"
+    sample = json.loads(shown[1])
+    real = client.get("/v1/products/FM-00001/similar", params={"k": 1}).json()
+    assert list(sample) == list(real)
+    assert list(sample["hits"][0]) == list(real["hits"][0])
+
+
 # --- reads ----------------------------------------------------------------------------------------------------
 
 def test_product_categories_status_and_readiness(client: httpx.Client, service_catalog: ServiceCatalog):
@@ -544,10 +556,12 @@ def test_readiness_says_what_to_do(pg_server: str, test_encoder: Any):
             assert ("prodvec migrate" in told.json()["problem"]) == (key == "reader-key"), told.json()
 
 
-def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: Path, test_encoder: Any,
-                                                                         tmp_path: Path):
+def test_when_the_database_stops_readiness_and_searches_say_what_to_do(
+    pgdata: Path, test_encoder: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+):
     """A server on its own embedded database, which then stops: /readyz and searches say to start
-    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it."""
+    it again (`prodvec db start`); a server that takes it for one's own PostgreSQL says to check it.
+    The server logs each database error in one line."""
     from prodvec.db.active_model import ActiveModel, record_active_model
     from prodvec.db.embedded import stop_server
     from prodvec.db.migrate import upgrade
@@ -599,6 +613,19 @@ def test_when_the_database_stops_readiness_and_searches_say_what_to_do(pgdata: P
             # Every other read says the same, not 500 "internal server error".
             for path in ("/v1/status", "/v1/categories", "/v1/products/FM-00001", "/images/FM-00001"):
                 assert_error(httpx.get(f"{base}{path}"), 503, "retry in a moment", advice)
+    logged = [record.getMessage() for record in caplog.records if record.name == "prodvec.service"]
+    errors = [message for message in logged if message.startswith("database error: ")]
+    assert errors and all("\n" not in message and "\t" not in message for message in errors), errors
+
+
+def test_a_method_a_path_does_not_take_is_405_naming_those_it_does(client: httpx.Client):
+    for method, path, takes, allow in (("PATCH", "/v1/products/FM-00001", "GET, PUT or DELETE", "GET, PUT, DELETE"),
+                                       ("GET", "/v1/search", "POST", "POST"), ("POST", "/", "GET", "GET"),
+                                       ("PUT", "/static/app.js", "GET or HEAD", "GET, HEAD")):
+        answer = client.request(method, path)
+        assert answer.status_code == 405, answer.text
+        assert answer.json() == {"error": f"{method} is not allowed on {path}: it takes {takes} (see /docs)"}
+        assert answer.headers["allow"] == allow
 
 
 def test_unknown_skus_are_404(client: httpx.Client):

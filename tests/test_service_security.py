@@ -131,16 +131,60 @@ def test_a_put_body_that_is_not_a_json_object_says_where_and_what_to_send(keyed:
     not_an_object = keyed.put("/v1/products/NEW-2", content=b'"a sneaker"', headers=admin)
     assert not_an_object.status_code == 422, not_an_object.text
     assert not_an_object.json() == {"error": f"invalid request: the body is JSON but not an object: {ONE_OBJECT}"}
+    # An object, but not sent as JSON: curl -d (a form's type), text/plain, curl -F (multipart), untyped.
+    key, product = {"X-API-Key": ADMIN_KEY}, b'{"title": "x", "price": 1}'
+    for sent, answer in (
+        ("sent as application/x-www-form-urlencoded",
+         keyed.put("/v1/products/NEW-2", content=product,
+                   headers={**key, "Content-Type": "application/x-www-form-urlencoded"})),
+        ("sent as text/plain",
+         keyed.put("/v1/products/NEW-2", content=product,
+                   headers={**key, "Content-Type": "text/plain; charset=utf-8"})),
+        ("sent as multipart/form-data", keyed.put("/v1/products/NEW-2", files={"x": (None, "1")}, headers=key)),
+        ("sent without a Content-Type", keyed.put("/v1/products/NEW-2", content=product, headers=key)),
+    ):
+        assert answer.status_code == 415, answer.text
+        assert answer.json() == {"error": f"the request body is {sent}, not as JSON: {ONE_OBJECT}"}
+    for headers in (admin, key):  # empty, typed as JSON or not at all (docs/service.md: 400)
+        empty = keyed.put("/v1/products/NEW-2", content=b"", headers=headers)
+        assert empty.status_code == 400, empty.text
+        assert empty.json() == {"error": f"the request body is empty: {ONE_OBJECT}"}
     assert keyed.get("/v1/products/NEW-2", headers=admin).status_code == 404  # nothing was written
+
+
+#: A body FastAPI cannot parse, which it reads before a route's dependencies (the key check) run.
+BROKEN_JSON = b'{"title": '
+
+
+def test_a_request_without_the_right_key_is_refused_whatever_its_body(keyed: httpx.Client):
+    """The key is checked before the body is judged: a broken body gets the refusal a good one gets."""
+    good = {"title": "Court sneaker", "price": 1}
+    for key, status, words in ((None, 401, "writes need an admin key"), (READ_KEYS[0], 403, "not an admin key")):
+        headers = {"Content-Type": "application/json", **({"X-API-Key": key} if key else {})}
+        broken = keyed.put("/v1/products/X1", content=BROKEN_JSON, headers=headers)
+        assert_error(broken, status, words)
+        refused = keyed.put("/v1/products/X1", json=good, headers=headers)
+        assert (broken.status_code, broken.json(), broken.headers.get("www-authenticate")) == \
+               (refused.status_code, refused.json(), refused.headers.get("www-authenticate"))
+    # Reads too: without a key, 401 (with its WWW-Authenticate), not what is wrong with the request.
+    for answer in (keyed.post("/v1/search", content=BROKEN_JSON, headers={"Content-Type": "application/json"}),
+                   keyed.get("/v1/products/FM-00001/similar", params={"k": 0})):
+        assert_error(answer, 401, "this server needs an API key")
+        assert answer.headers["www-authenticate"] == "Bearer"
+    admin = {"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"}
+    assert_error(keyed.put("/v1/products/X1", content=BROKEN_JSON, headers=admin), 400, "not valid JSON")
 
 
 def test_writes_are_off_without_admin_keys(service_catalog: ServiceCatalog, test_encoder: Any):
     with running(create_app(settings_for(service_catalog.url), encoder=test_encoder)) as url:
         product = {"price": 1}
         turned_off = "writes are turned off on this server: start it with PRODVEC_ADMIN_KEYS set"
-        # No key could help: with a key or without, the answer says writes are off (not "send a key").
+        # No key could help: with a key or without, the answer says writes are off (not "send a key"),
+        # whatever the body.
         for headers in ({}, {"X-API-Key": "any"}):
             assert_error(httpx.put(f"{url}/v1/products/X-1", json=product, headers=headers), 403, turned_off)
+            assert_error(httpx.put(f"{url}/v1/products/X-1", content=BROKEN_JSON,
+                                   headers={**headers, "Content-Type": "application/json"}), 403, turned_off)
             assert_error(httpx.delete(f"{url}/v1/products/FM-00004", headers=headers), 403, turned_off)
         assert httpx.get(f"{url}/v1/categories").status_code == 200  # no keys configured: reads are open
 

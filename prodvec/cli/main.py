@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import psycopg
 from prodvec import __version__
 from prodvec.db.connection import unavailable
 from prodvec.errors import ProdvecError
+from prodvec.logs import configure_logging
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -65,14 +65,6 @@ def _run_demo(args: argparse.Namespace) -> int:
     from prodvec.demo.run import run_demo
 
     return run_demo(reset=args.reset)
-
-
-def configure_logging(*, verbose: bool = False, quiet: bool = False) -> None:
-    """prodvec's progress (INFO: an index rebuilt, a fallback taken) on stderr by default, its
-    details with -v, only warnings with -q; other libraries' logs from WARNING up."""
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.getLogger("prodvec").setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

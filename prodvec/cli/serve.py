@@ -46,6 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ["PRODVEC_ALLOW_OPEN"] = "1"
     if args.queue_limit is not None:
         os.environ["PRODVEC_QUEUE_LIMIT"] = str(args.queue_limit)
+    log_level = "debug" if args.verbose else "warning" if args.quiet else "info"
+    os.environ["PRODVEC_LOG_LEVEL"] = log_level  # prodvec's logging in each server process, as in this one
     settings = service_settings()
     check_bind(args.host, settings)
     check_free(args.host, args.port)  # now, not after the database is started and the model loaded
@@ -63,7 +65,7 @@ def _serve(args: argparse.Namespace) -> int:
     # request. A worker process answers the supervisor's health pings while it loads the model; on
     # a busy machine that can take longer than uvicorn's 5 s default, and it would be killed.
     uvicorn.run("prodvec.service.app:app_from_environment", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level="debug" if args.verbose else "warning" if args.quiet else "info",
+                workers=args.workers, log_level=log_level,
                 access_log=not args.quiet, timeout_graceful_shutdown=10, timeout_worker_healthcheck=60)
     return 0
 

@@ -18,16 +18,19 @@ import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 import prodvec
 from prodvec.encode import Encoder
 from prodvec.errors import DatabaseError, DatabaseUnavailable, ProdvecError
+from prodvec.logs import configure_logging
 from prodvec.service import routes_ops, routes_products, routes_search
 from prodvec.service.batching import QueryBatcher
 from prodvec.service.body_limit import BodyLimit
@@ -37,16 +40,23 @@ from prodvec.service.errors import ApiError, validation_problem
 from prodvec.service.fetch_guard import Connector, ImageFetcher, Resolver, system_connector, system_resolver
 from prodvec.service.images import ThumbnailCache
 from prodvec.service.reads import ReadTargets
-from prodvec.service.security import may_read, request_key
+from prodvec.service.security import key_refusal, may_read, request_key
 from prodvec.service.settings import ServiceSettings, service_settings
 
 log = logging.getLogger("prodvec.service")
 STATIC_DIR = Path(str(files("prodvec.service") / "static"))
+#: The API's routers, included as they are (no prefix): their routes' paths are the app's.
+ROUTERS = (routes_search.router, routes_products.reads, routes_products.writes, routes_products.images,
+           routes_ops.router)
 
 
 def app_from_environment() -> FastAPI:
-    """The app as configured by the environment: the factory `prodvec serve` hands uvicorn."""
-    return create_app(service_settings())
+    """The app as configured by the environment: the factory `prodvec serve` hands uvicorn. It sets
+    up prodvec's logging too, at the level `prodvec serve` was given (PRODVEC_LOG_LEVEL): each
+    --workers process is a fresh interpreter that never ran the command line's setup."""
+    settings = service_settings()
+    configure_logging(verbose=settings.log_level == "debug", quiet=settings.log_level == "warning")
+    return create_app(settings)
 
 
 def create_app(
@@ -85,8 +95,7 @@ def create_app(
     )
     app.state.settings = settings
     app.add_middleware(BodyLimit, max_bytes=settings.max_upload_bytes)
-    for router in (routes_search.router, routes_products.reads, routes_products.writes, routes_products.images,
-                   routes_ops.router):
+    for router in ROUTERS:
         app.include_router(router)
     _add_error_handlers(app)
     _add_page(app)
@@ -150,13 +159,27 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problem = validation_problem(exc.errors(), exc.body)
-        return error(problem.status, str(problem))
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        problem = await key_refusal(request) or validation_problem(exc.errors(), exc.body, media_type)
+        return error(problem.status, str(problem), problem.headers)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 405:
+            return method_not_allowed(request, exc)
         message = f"no such endpoint {request.url.path}: see /docs" if exc.detail == "Not Found" else exc.detail
         return error(exc.status_code, str(message), exc.headers)
+
+    def method_not_allowed(request: Request, exc: HTTPException) -> JSONResponse:
+        """405, naming the methods the path takes: every route's at the path (Starlette's Allow
+        names only the first route's, GET for /v1/products/{sku}, which PUT and DELETE share)."""
+        methods = [method for router in ROUTERS for route in router.routes
+                   if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
+                   for method in sorted(route.methods or ())]
+        allow = ", ".join(methods) or (exc.headers or {}).get("Allow", "")  # the page's, the static files'
+        takes = f": it takes {' or '.join(allow.rsplit(', ', 1))}" if allow else ""
+        return error(405, f"{request.method} is not allowed on {request.url.path}{takes} (see /docs)",
+                     {**(exc.headers or {}), "Allow": allow})
 
     @app.exception_handler(DBAPIError)
     async def database_error(request: Request, exc: DBAPIError) -> JSONResponse:
@@ -167,7 +190,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return await unavailable(request, exc)
 
     async def unavailable(request: Request, cause: BaseException | None) -> JSONResponse:
-        log.warning("database error: %s", cause)
+        log.warning("database error: %s", " ".join(str(cause).split()))  # psycopg's: lines, tab-indented
         if isinstance(cause, psycopg.errors.QueryCanceled):  # statement_timeout
             message = "the database is too slow right now: retry in a moment"
         elif isinstance(cause, psycopg.OperationalError):

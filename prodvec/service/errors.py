@@ -98,16 +98,29 @@ _ONE_OBJECT = "send one JSON object (Content-Type: application/json) with the fi
 _NOT_AN_OBJECT = ("model_type", "model_attributes_type", "dict_type")
 
 
-def validation_problem(errors: Sequence[Mapping[str, Any]], body: Any = None) -> ApiError:
+def validation_problem(errors: Sequence[Mapping[str, Any]], body: Any = None,
+                       media_type: str = "application/json") -> ApiError:
     """A request that failed validation, as one error in prodvec's words: 400 for a body that is
-    not JSON at all (it cannot be read, as an empty one), else 422 naming each field's problem.
-    ``body``: the text that was parsed, where the framework keeps it (for the line and column)."""
+    empty or not JSON at all (it cannot be read), 415 for one sent as another type than JSON, else
+    422 naming each field's problem. ``body``: the text that was parsed, where the framework keeps
+    it (for the line and column); ``media_type``: the request's Content-Type, without parameters."""
     for error in errors:
         if error.get("type") == "json_invalid":
             return BadRequest(f"the request body is not valid JSON ({_json_problem(error, body)}): {_ONE_OBJECT}")
+        if error.get("type") == "missing" and tuple(error.get("loc", ())) == ("body",):  # FastAPI: no body at all
+            return BadRequest(f"the request body is empty: {_ONE_OBJECT}")
         if error.get("type") in _NOT_AN_OBJECT and not _field(error):
+            if not _is_json(media_type):  # the framework left it unparsed: its bytes are no object
+                sent = f"sent as {media_type}" if media_type else "sent without a Content-Type"
+                return UnsupportedMedia(f"the request body is {sent}, not as JSON: {_ONE_OBJECT}")
             return InvalidRequest(f"invalid request: the body is JSON but not an object: {_ONE_OBJECT}")
     return InvalidRequest(validation_message(errors))
+
+
+def _is_json(media_type: str) -> bool:
+    """Whether FastAPI parses a body of this type as JSON (application/json, application/*+json)."""
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 def _json_problem(error: Mapping[str, Any], body: Any) -> str:

@@ -19,7 +19,7 @@ from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from prodvec.errors import ConfigError
-from prodvec.service.errors import Forbidden, Unauthorized
+from prodvec.service.errors import ApiError, Forbidden, Unauthorized
 from prodvec.service.settings import ServiceSettings
 
 _HOW = "send it in the X-API-Key header or as Authorization: Bearer <key>"
@@ -69,6 +69,25 @@ def require_admin_key(request: Request, key: Annotated[str | None, Security(pres
         raise Unauthorized(f"writes need an admin key: {_HOW}")
     if not key_matches(key, settings.admin_keys):
         raise Forbidden("the key is not an admin key: writes need one of the server's PRODVEC_ADMIN_KEYS")
+
+
+async def key_refusal(request: Request) -> ApiError | None:
+    """What the route's key check (its require_*_key dependency) says to this request, for the
+    error handlers: FastAPI reads a JSON body before it runs a route's dependencies, so a body it
+    cannot parse fails before the key was checked. A request the key check refuses is told that,
+    whatever its body, as a request with a good body would be."""
+    route = request.scope.get("route")
+    checks = [depends.dependency for depends in getattr(route, "dependencies", ())
+              if depends.dependency in (require_read_key, require_admin_key)]
+    if not checks:
+        return None
+    key = await request_key(request)
+    try:
+        for check in checks:
+            check(request, key)
+    except ApiError as refusal:
+        return refusal
+    return None
 
 
 def key_matches(key: str, keys: tuple[str, ...]) -> bool:

@@ -13,6 +13,8 @@ PRODVEC_REQUEST_TIMEOUT seconds a search may take, encoder wait and database inc
 PRODVEC_DB_POOL         database connections the server keeps per database server [8]
 PRODVEC_PRELOAD_MODELS  0: load a model only when it becomes active, not when the catalog adds
                         it (one encoder in memory; the first searches after a switch wait) [1]
+PRODVEC_LOG_LEVEL       prodvec's logging in each server process: debug, info or warning
+                        (what `prodvec serve` sets for -v, neither, -q) [info]
 
 Read by prodvec.config as for every command: DATABASE_URL, PRODVEC_MODEL, ..., and
 PRODVEC_READ_URLS / PRODVEC_MAX_REPLICA_LAG: hot-standby replicas that searches and product
@@ -30,6 +32,8 @@ from prodvec.db.connection import POSTGRES_SCHEMES
 from prodvec.errors import ConfigError
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+#: PRODVEC_LOG_LEVEL's values, the default first: uvicorn's names for `prodvec serve`'s levels.
+LOG_LEVELS = ("info", "debug", "warning")
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class ServiceSettings:
     request_timeout_seconds: float = 30.0
     db_pool_size: int = 8
     preload_models: bool = True
+    log_level: str = "info"
 
     @property
     def reads_need_key(self) -> bool:
@@ -97,6 +102,7 @@ def service_settings(environ: Mapping[str, str] | None = None) -> ServiceSetting
         request_timeout_seconds=_number(env, "PRODVEC_REQUEST_TIMEOUT", 30.0),
         db_pool_size=int(_number(env, "PRODVEC_DB_POOL", 8, whole=True)),
         preload_models=env_flag(env, "PRODVEC_PRELOAD_MODELS", True),
+        log_level=_choice(env, "PRODVEC_LOG_LEVEL", LOG_LEVELS),
     )
 
 
@@ -107,6 +113,14 @@ def _check_read_urls(urls: tuple[str, ...]) -> None:
         if not separator or scheme.lower() not in POSTGRES_SCHEMES:
             raise ConfigError(f"PRODVEC_READ_URLS: item {place} is not a PostgreSQL URL: write each replica as "
                               "postgresql://USER:PASSWORD@HOST:5432/DBNAME, comma-separated")
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (the first when unset), in any case."""
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ConfigError(f"{name}={env[name]!r}: use one of {', '.join(choices)}")
+    return text
 
 
 def _number(env: Mapping[str, str], name: str, default: float, *, whole: bool = False, minimum: float = 1) -> float:
