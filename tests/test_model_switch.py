@@ -163,6 +163,7 @@ def test_a_model_change_never_takes_search_down(conn, db_url: str, photo_dir: Pa
             assert upload(client, photo, "photo.jpg").json()["model"] == TEST_MODEL
             # The server loads the added model ahead, so the switch loads nothing.
             assert _settled_models(client, 2) == [(TEST_MODEL, True, None), (NARROW_MODEL, True, None)]
+            assert [m["catalog_views"] for m in client.get("/v1/status").json()["models"]] == ["single", "single"]
             caplog.clear()
             assert main(["model", "activate", NARROW_MODEL]) == 0
             out = capsys.readouterr().out

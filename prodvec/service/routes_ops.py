@@ -63,7 +63,8 @@ async def status(request: Request) -> schemas.Status:
         supports_text=batcher.encoder.supports_text,
         encoder=schemas.EncoderQueue(queued=batcher.queued, limit=batcher.limit, passes=batcher.passes,
                                      queries=batcher.queries),
-        models=[schemas.LoadedModel(spec=model.spec, loaded=model.loaded, problem=model.problem)
+        models=[schemas.LoadedModel(spec=model.spec, catalog_views=model.catalog_views, loaded=model.loaded,
+                                    problem=model.problem)
                 for model in state.encoders.states()],
         reads=schemas.Reads(answered=state.reads.answered(), replicas=[
             schemas.ReplicaHealth(target=describe(replica.url), usable=replica.usable, reason=replica.reason,

@@ -174,6 +174,8 @@ class Reads(BaseModel):
 
 class LoadedModel(BaseModel):
     spec: str
+    catalog_views: str | None = Field(description="single or multi, as the catalog lists it (a spec may be "
+                                      "listed under both); null: the model in use, no longer listed")
     loaded: bool = Field(description="in memory: activating it (or rolling back to it) switches searches at once")
     problem: str | None = Field(None, description="why this server cannot load it")
 
