@@ -3,10 +3,13 @@ their activation, one that cannot load said before anyone activates it, dropped 
 PRODVEC_PRELOAD_MODELS=0 holds only the model in use."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+import pytest
 from conftest import NARROW_MODEL, TEST_MODEL
 
+from prodvec.service import encoders as encoders_module
 from prodvec.service.encoders import Encoders
 from prodvec.service.settings import service_settings
 
@@ -52,3 +55,19 @@ def test_without_preloading_only_the_model_in_use_is_held(test_encoder: Any) -> 
 def test_preloading_is_on_unless_turned_off() -> None:
     assert service_settings({}).preload_models
     assert not service_settings({"PRODVEC_PRELOAD_MODELS": "0"}).preload_models
+
+
+def test_a_model_that_failed_to_load_is_tried_again_minutes_later(
+    test_encoder: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not at every look (each would log the failure again), but its weights may come later."""
+    encoders = Encoders(test_encoder, preload=True)
+    with caplog.at_level(logging.WARNING, logger="prodvec.service"):
+        for _ in range(2):
+            encoders.refresh(_single(TEST_MODEL, MISSING), in_use=TEST_MODEL)
+        assert sum(MISSING in record.message for record in caplog.records) == 1
+        monkeypatch.setattr(encoders_module, "RETRY_AHEAD_SECONDS", 0.0)
+        encoders.refresh(_single(TEST_MODEL, MISSING), in_use=TEST_MODEL)
+        assert sum(MISSING in record.message for record in caplog.records) == 2
+    problem = encoders.states()[1].problem
+    assert problem is not None and "tries again every" in problem

@@ -4,8 +4,9 @@ the catalog lists (one added for an upgrade, the previous one a rollback returns
 Loading a model takes seconds; a search that finds the catalog switched to a model not loaded
 would wait that long, and every search behind it. So a thread looks at the catalog's models
 every few seconds and loads those missing (PRODVEC_PRELOAD_MODELS=0: only when a model becomes
-active, one encoder in memory). A model this machine cannot load is said once in the log and in
-/v1/status, before anyone activates it. A model dropped from the catalog is let go.
+active, one encoder in memory). A model this machine cannot load is said in the log and in
+/v1/status before anyone activates it, and tried again every few minutes. A model dropped from
+the catalog is let go.
 """
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ log = logging.getLogger("prodvec.service")
 #: Seconds between looks at the catalog's models: `prodvec model add` is followed by a backfill
 #: of minutes at least, so a model is loaded long before it can be activated.
 CHECK_INTERVAL_SECONDS = 10.0
+#: A model that failed to load ahead is tried again after this long (its weights may have been
+#: put on this server since); not at every look, each of which would log the failure again.
+RETRY_AHEAD_SECONDS = 300.0
 
 
 #: A model as the catalog lists it: its spec and its catalog views (single, multi). One encoder
@@ -96,7 +100,9 @@ class Encoders:
             for spec in [spec for spec in self._loaded if spec not in keep and spec != in_use]:
                 log.info("unloading %s: %s", spec, "the catalog no longer lists it" if self.preload else "not in use")
                 del self._loaded[spec]
-            missing = [spec for spec in specs if spec not in self._loaded and spec not in self._problems]
+            now = time.monotonic()
+            missing = [spec for spec in specs if spec not in self._loaded
+                       and (spec not in self._problems or now - self._problems[spec].at >= RETRY_AHEAD_SECONDS)]
         for spec in missing if self.preload else []:
             try:
                 encoder = load_encoder(spec, self.device)
@@ -109,6 +115,7 @@ class Encoders:
                 continue
             log.info("loaded %s ahead of its activation", spec)
             with self._lock:
+                self._problems.pop(spec, None)
                 self._loaded.setdefault(spec, encoder)
 
     def states(self) -> list[ModelLoad]:
@@ -161,7 +168,8 @@ def _reason(exc: ProdvecError) -> str:
 def _problem_text(problem: _Problem | None) -> str | None:
     if problem is None:
         return None
-    return f"{problem.reason}: give this server the model's weights, then restart it"
+    every = f"{RETRY_AHEAD_SECONDS / 60:g} min"
+    return f"{problem.reason}: give this server the model's weights (it tries again every {every})"
 
 
 def _unavailable(spec: str, reason: str) -> ModelUnavailable:
