@@ -66,8 +66,6 @@ class Encoders:
     def get(self, spec: str) -> Encoder:
         """``spec``'s encoder: the one loaded, else loaded now. ModelUnavailable where it cannot
         be; tried again at most every check_interval (a search each time would only wait)."""
-        from prodvec.encode import load_encoder
-
         with self._lock:
             found = self._loaded.get(spec)
             failed = self._problems.get(spec)
@@ -76,23 +74,15 @@ class Encoders:
         if failed is not None and time.monotonic() - failed.at < self.check_interval:
             raise _unavailable(spec, failed.reason)
         log.info("loading %s (not loaded ahead)", spec)
-        try:
-            encoder = load_encoder(spec, self.device)
-        except ProdvecError as exc:
-            reason = _reason(exc)
-            log.warning("cannot load the catalog's active model %s on this server: %s", spec, reason)
-            with self._lock:
-                self._problems[spec] = _Problem(reason, time.monotonic())
-            raise _unavailable(spec, reason) from None
-        with self._lock:
-            self._problems.pop(spec, None)
-            return self._loaded.setdefault(spec, encoder)
+        loaded = self._load(spec)
+        if isinstance(loaded, _Problem):
+            log.warning("cannot load the catalog's active model %s on this server: %s", spec, loaded.reason)
+            raise _unavailable(spec, loaded.reason)
+        return loaded
 
     def refresh(self, listed: list[CatalogEntry], in_use: str) -> None:
         """Load the models the catalog ``listed`` that are not loaded yet; let go of those it no
         longer lists, except ``in_use`` (the model searches encode with now)."""
-        from prodvec.encode import load_encoder
-
         specs = list(dict.fromkeys(spec for spec, _ in listed))
         keep = set(specs) if self.preload else set()
         with self._lock:
@@ -104,19 +94,28 @@ class Encoders:
             missing = [spec for spec in specs if spec not in self._loaded
                        and (spec not in self._problems or now - self._problems[spec].at >= RETRY_AHEAD_SECONDS)]
         for spec in missing if self.preload else []:
-            try:
-                encoder = load_encoder(spec, self.device)
-            except ProdvecError as exc:
-                reason = _reason(exc)
+            loaded = self._load(spec)
+            if isinstance(loaded, _Problem):
                 log.warning("cannot load %s on this server, so searches here would fail once it is "
-                            "activated: %s", spec, reason)
-                with self._lock:
-                    self._problems[spec] = _Problem(reason, time.monotonic())
-                continue
-            log.info("loaded %s ahead of its activation", spec)
+                            "activated: %s", spec, loaded.reason)
+            else:
+                log.info("loaded %s ahead of its activation", spec)
+
+    def _load(self, spec: str) -> Encoder | _Problem:
+        """Load ``spec``'s encoder and hold it; where it cannot be, the problem, kept for states()
+        and for when to try again."""
+        from prodvec.encode import load_encoder
+
+        try:
+            encoder = load_encoder(spec, self.device)
+        except ProdvecError as exc:
+            problem = _Problem(_reason(exc), time.monotonic())
             with self._lock:
-                self._problems.pop(spec, None)
-                self._loaded.setdefault(spec, encoder)
+                self._problems[spec] = problem
+            return problem
+        with self._lock:
+            self._problems.pop(spec, None)
+            return self._loaded.setdefault(spec, encoder)
 
     def states(self) -> list[ModelLoad]:
         """Each model the catalog listed at the last look (before the first, none), and a loaded
